@@ -8,7 +8,7 @@ parts load their heavy resources lazily on first use.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -151,6 +151,8 @@ class ScoringContext:
     scoring_top: list[SequenceSimulation]
     scoring_random: list[SequenceSimulation]
     calibration: list[SequenceSimulation] | None = None
+    calibrator: Callable[[np.ndarray], np.ndarray] | None = None  # sim -> real scale, fitted on calibration
+    calibration_problem: str | None = None  # why there is no calibrator (kept as the NaN reason)
     subject: Any = None
     simulator: Simulator | None = None
 
@@ -165,13 +167,12 @@ class Scorer(Protocol):
 
 @runtime_checkable
 class Sink(Protocol):
-    """Where results go as units finish.  JSONL is the resumable source of truth; MLflow mirrors it."""
-
-    def finished_units(self) -> set[str]: ...
+    """A mirror of results as units finish (MLflow ...).  The run's JSONL is the resumable source of
+    truth (``bench.tracking.jsonl.JsonlSink``); mirrors never decide what is finished."""
 
     def write(self, result: UnitResult) -> None: ...
 
-    def close(self, summary: dict[str, float]) -> None: ...
+    def close(self, summary: dict[str, float], results: list[UnitResult]) -> None: ...
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -219,6 +220,4 @@ class Subject(Protocol):
     @property
     def tokenizer(self) -> Any: ...
 
-    def mine(
-        self, excerpts: ExcerptSet, layer: int, top_k: int, random_k: int, seed: int
-    ) -> list[UnitRecord]: ...
+    def mine(self, excerpts: ExcerptSet, layer: int, top_k: int, random_k: int, seed: int) -> list[UnitRecord]: ...

@@ -41,9 +41,7 @@ class ActivationRecord:
 
     def __post_init__(self) -> None:
         if len(self.tokens) != len(self.activations):
-            raise ValueError(
-                f"ActivationRecord has {len(self.tokens)} tokens but {len(self.activations)} activations"
-            )
+            raise ValueError(f"ActivationRecord has {len(self.tokens)} tokens but {len(self.activations)} activations")
 
     @property
     def max_activation(self) -> float:
@@ -218,7 +216,12 @@ def unit_result_from_json(data: dict[str, Any]) -> UnitResult:
         unit=UnitId(**data["unit"]),
         status=data["status"],
         explanation=(
-            Explanation(text=expl["text"], explainer=expl["explainer"], meta=expl.get("meta", {}), usage=usage(expl.get("usage")))
+            Explanation(
+                text=expl["text"],
+                explainer=expl["explainer"],
+                meta=expl.get("meta", {}),
+                usage=usage(expl.get("usage")),
+            )
             if expl
             else None
         ),

@@ -1,0 +1,176 @@
+"""``neuronbench`` command line.
+
+``neuronbench run [-m] [overrides ...]`` composes ``conf/`` with Hydra, validates every combination
+(one-line errors, exit code 2, before any model loads), then hands over to Hydra, which runs the job
+or the sweep.  Imports stay light until a run really starts, so ``--help`` answers instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.errors import UserError
+
+HELP = """\
+examples:
+  neuronbench run                                   # offline default: SmolLM2 explains + simulates 5 neurons
+  neuronbench run explainer=token_list units.count=3
+  neuronbench run -m explainer=smollm2,token_list   # a sweep: one MLflow run per combination
+  neuronbench run --cfg job                         # print the composed config and exit
+
+Config groups live in conf/ (subject, dataset, units, explainer, prompt, simulator, scorer, tracking).
+Results: runs/<name>-<hash>/results.jsonl (resumable) and MLflow
+(mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db).
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="neuronbench",
+        description="Benchmark natural-language explanations of language-model units.",
+        epilog=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_p = sub.add_parser(
+        "run",
+        help="run one configuration, or a sweep with -m",
+        epilog=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run_p.add_argument("-m", "--multirun", action="store_true", help="run a sweep (comma-separated values)")
+    run_p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run_p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. explainer=token_list units.count=3")
+    args, extra = parser.parse_known_args(argv)
+    try:
+        if args.command == "run":
+            return command_run(args.overrides + extra, multirun=args.multirun, progress=not args.no_progress)
+    except UserError as err:
+        print(f"neuronbench: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("neuronbench: interrupted; finished units are saved, re-run the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def command_run(overrides: list[str], multirun: bool, progress: bool) -> int:
+    from bench.config import compose, expand_sweep, validate
+
+    passthrough = [o for o in overrides if o.startswith("--")]
+    plain = [o for o in overrides if not o.startswith("--")]
+    combos = expand_sweep(plain)
+    if not multirun and len(combos) > 1:
+        raise UserError("the overrides contain a sweep (a,b or range(...)); add -m to run a sweep")
+    for combo in combos:
+        validate(compose(combo))
+    return _launch_hydra(plain, passthrough, multirun, progress)
+
+
+def _launch_hydra(overrides: list[str], passthrough: list[str], multirun: bool, progress: bool) -> int:
+    import hydra
+
+    from bench.config import conf_dir
+
+    status: dict[str, int] = {"code": 0}
+
+    def task(cfg: Any) -> None:
+        try:
+            run_job(cfg, progress=progress)
+        except UserError as err:
+            print(f"neuronbench: {err}", file=sys.stderr)
+            status["code"] = err.exit_code
+
+    main_fn = hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(task)
+    saved = sys.argv
+    sys.argv = ["neuronbench", *(["-m"] if multirun else []), *passthrough, *overrides]
+    try:
+        main_fn()
+    finally:
+        sys.argv = saved
+    return status["code"]
+
+
+# ---------------------------------------------------------------------------------------------------
+def run_identity(cfg: Any, choices: dict[str, str]) -> tuple[str, str]:
+    """(run name, config hash).  The hash covers everything that determines results, so re-running
+    the same configuration resumes the same run folder."""
+    from omegaconf import OmegaConf
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    determining = {
+        k: v for k, v in resolved.items() if k not in ("hydra", "tracking", "output_dir", "run_name", "cache_dir")
+    }
+    digest = hashlib.sha256(json.dumps(determining, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    name = cfg.get("run_name") or "__".join(choices.get(group, "?") for group in ("explainer", "simulator", "subject"))
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name), digest
+
+
+def run_job(cfg: Any, progress: bool = True) -> Any:
+    """One job: validate, build parts, run the pipeline with its sinks, print the summary."""
+    from omegaconf import OmegaConf
+
+    from bench import pipeline
+    from bench.config import validate
+    from bench.provenance import git_commit, package_versions
+    from bench.summary import print_summary
+    from bench.tracking.jsonl import JsonlSink
+
+    settings, parts = validate(cfg)
+    choices = _hydra_choices()
+    name, digest = run_identity(cfg, choices)
+    run_dir = Path(settings.output_dir) / f"{name}-{digest}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    store = JsonlSink(run_dir / "results.jsonl")
+    config = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"}
+    (run_dir / "config.json").write_text(json.dumps(_redacted(config), indent=2, default=str))
+    mirrors = []
+    if settings.tracking.enabled:
+        from bench.tracking.mlflow_sink import MlflowSink
+
+        tags = {
+            "git_commit": git_commit(),
+            "config_hash": digest,
+            "run_dir": str(run_dir),
+            **{f"choice/{k}": str(v) for k, v in choices.items()},
+            **{f"version/{k}": v for k, v in package_versions().items()},
+        }
+        mirrors.append(MlflowSink(settings.tracking, run_dir, name, config, tags))
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        outcome = pipeline.run(settings, parts, store, mirrors, run_dir, progress=progress)
+    except BaseException:
+        for mirror in mirrors:
+            getattr(mirror, "abort", lambda: None)()
+        raise
+    for sink in (store, *mirrors):
+        sink.close(outcome.summary, outcome.results)
+    print_summary(name, run_dir, outcome)
+    return outcome
+
+
+def _redacted(config: dict[str, Any]) -> dict[str, Any]:
+    from bench.tracking.redact import redact
+
+    return redact(config)
+
+
+def _hydra_choices() -> dict[str, str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra/")}
+    except ValueError:  # not inside a Hydra job (tests call run_job directly)
+        return {}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

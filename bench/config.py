@@ -1,0 +1,343 @@
+"""Compose, validate and instantiate a run configuration -- before any model is loaded.
+
+Hydra composes ``conf/``; this module checks the result and turns every problem into a
+:class:`~bench.errors.ConfigError` whose one-line message names the key and what is allowed:
+
+* unknown group option / unknown key (Hydra composition errors, reworded);
+* wrong types and out-of-range values of the run-level nodes (``units``, ``mining``, ``tracking``)
+  through the structured schemas below;
+* wrong types, unknown fields and ``__post_init__`` checks of every component (``_target_`` nodes),
+  by building each component: constructors are cheap by contract (see ``bench.protocols``).
+
+Sweeps are expanded and every combination is validated before the first job starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.errors import ConfigError, UserError
+
+COMPONENT_GROUPS = ("subject", "dataset", "explainer", "simulator")
+SCORING_SETS = ("top_and_random", "top_only", "random_only")
+SPLITS = ("calibration", "valid", "test")
+
+
+def conf_dir() -> Path:
+    """The config folder: ``$NEURONBENCH_CONF`` or the repository's ``conf/``."""
+    env = os.environ.get("NEURONBENCH_CONF")
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "conf"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Structured schemas of the run-level nodes (component nodes are checked by building them).
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class UnitsConfig:
+    version: int = 1
+    kind: str = "mlp_neuron"
+    layers: list[int] = field(default_factory=lambda: [15])
+    count: int = 5
+    indices: list[int] | None = None
+    seed: int = 0
+    examples_per_split: int = 5
+
+    def __post_init__(self) -> None:
+        if self.kind != "mlp_neuron":
+            raise ValueError("kind: only 'mlp_neuron' is supported so far")
+        if not self.layers:
+            raise ValueError("layers: give at least one layer, e.g. [15]")
+        if any(layer < 0 for layer in self.layers):
+            raise ValueError(f"layers: must be >= 0, got {list(self.layers)}")
+        if self.count < 1:
+            raise ValueError(f"count: must be >= 1, got {self.count}")
+        if self.indices is not None and (not self.indices or any(i < 0 for i in self.indices)):
+            raise ValueError(f"indices: must be a non-empty list of indices >= 0, got {list(self.indices)}")
+        if self.examples_per_split < 1:
+            raise ValueError(f"examples_per_split: must be >= 1, got {self.examples_per_split}")
+
+
+@dataclass
+class MiningConfig:
+    top_k: int = 50
+    random_k: int = 50
+
+    def __post_init__(self) -> None:
+        for name in ("top_k", "random_k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class TrackingConfig:
+    version: int = 1
+    enabled: bool = True
+    uri: str | None = None
+    artifact_location: str | None = None
+    experiment: str = "neuronbench"
+
+    def __post_init__(self) -> None:
+        if self.enabled and not self.uri:
+            raise ValueError("uri: set an MLflow tracking URI (e.g. sqlite:///mlruns/mlflow.db) or tracking=none")
+
+
+@dataclass
+class ControlConfig:
+    """Shuffled-explanation control: score each unit again with another unit's explanation."""
+
+    enabled: bool = True
+    repeats: int = 1
+
+    def __post_init__(self) -> None:
+        if self.repeats < 1:
+            raise ValueError(f"repeats: must be >= 1, got {self.repeats}")
+
+
+@dataclass
+class ScoringConfig:
+    split: str = "valid"
+    calibration: str = "linear"
+    bootstrap_resamples: int = 2000
+    confidence: float = 0.95
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ValueError(f"split: must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        if self.calibration not in ("linear", "percentile", "none"):
+            raise ValueError(f"calibration: must be linear, percentile or none, got {self.calibration!r}")
+        if self.bootstrap_resamples < 100:
+            raise ValueError(f"bootstrap_resamples: must be >= 100, got {self.bootstrap_resamples}")
+        if not 0.5 < self.confidence < 1:
+            raise ValueError(f"confidence: must be between 0.5 and 1, got {self.confidence}")
+
+
+RUN_NODES: dict[str, type] = {
+    "units": UnitsConfig,
+    "mining": MiningConfig,
+    "tracking": TrackingConfig,
+    "control": ControlConfig,
+    "scoring": ScoringConfig,
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Composition
+# ---------------------------------------------------------------------------------------------------
+def compose(overrides: list[str]) -> Any:
+    """Compose ``conf/config.yaml`` with overrides (no sweep syntax); Hydra errors become one line."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    except Exception as err:  # noqa: BLE001 - every composition problem is a user mistake here
+        raise hydra_error_to_config_error(err) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def hydra_error_to_config_error(err: Exception) -> UserError:
+    """Reword Hydra's multi-line composition errors into one line that names the key."""
+    text = str(err)
+    missing = re.search(r"Could not find '([^/']+)/([^']+)'", text)
+    if missing:
+        group, option = missing.groups()
+        options = sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+        return ConfigError(group, f"no option {option!r}; available: {', '.join(options)}")
+    not_struct = re.search(r"Could not override '([^']+)'", text)
+    if not_struct:
+        key = not_struct.group(1)
+        return ConfigError(key, "no such key; to add a new key use '+key=value', or check the spelling")
+    primary = re.search(r"Cannot find primary config", text)
+    if primary:
+        return UserError(f"cannot find conf/config.yaml under {conf_dir()} (set NEURONBENCH_CONF)")
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
+    return UserError(f"invalid overrides: {first}")
+
+
+def expand_sweep(overrides: list[str]) -> list[list[str]]:
+    """All override combinations a ``-m`` sweep will run, with Hydra's own parser and sweeper rules."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as err:  # noqa: BLE001
+        raise hydra_error_to_config_error(err) from None
+    batches = BasicSweeper.split_arguments(parsed, None)
+    return [combo for batch in batches for combo in batch]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunSettings:
+    """The validated run-level settings (components are built separately by :func:`build_parts`)."""
+
+    units: UnitsConfig
+    mining: MiningConfig
+    tracking: TrackingConfig
+    control: ControlConfig
+    scoring: ScoringConfig
+    seed: int
+    run_name: str | None
+    cache_dir: str
+    output_dir: str
+
+
+def validate(cfg: Any) -> tuple[RunSettings, dict[str, Any]]:
+    """Check everything; return the run settings and the built (not yet loaded) components."""
+    from omegaconf import OmegaConf
+
+    settings: dict[str, Any] = {}
+    for key, schema in RUN_NODES.items():
+        node = cfg.get(key) if key in cfg else OmegaConf.create({})
+        settings[key] = _structured(key, schema, node)
+    if not isinstance(cfg.get("seed"), int):
+        raise ConfigError("seed", f"must be an integer, got {cfg.get('seed')!r}")
+    run = RunSettings(
+        seed=cfg.seed,
+        run_name=cfg.get("run_name"),
+        cache_dir=str(cfg.cache_dir),
+        output_dir=str(cfg.output_dir),
+        **settings,
+    )
+    need_top, need_random = 4 * run.units.examples_per_split, 3 * run.units.examples_per_split
+    if run.mining.top_k < need_top:
+        raise ConfigError(
+            "mining.top_k",
+            f"{run.mining.top_k} top excerpts are too few for units.examples_per_split="
+            f"{run.units.examples_per_split}; need >= {need_top} (4 per example)",
+        )
+    if run.mining.random_k < need_random:
+        raise ConfigError(
+            "mining.random_k",
+            f"{run.mining.random_k} random excerpts are too few for units.examples_per_split="
+            f"{run.units.examples_per_split}; need >= {need_random} (3 per example)",
+        )
+    parts = build_parts(cfg)
+    _check_compatibility(run, parts)
+    return run, parts
+
+
+def _structured(key: str, schema: type, node: Any) -> Any:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        sub = getattr(err, "full_key", None) or ""
+        raise ConfigError(f"{key}.{sub}".rstrip("."), _omegaconf_problem(err)) from None
+    except (ValueError, TypeError) as err:
+        raise _field_error(key, err) from None
+
+
+def _omegaconf_problem(err: Exception) -> str:
+    msg = getattr(err, "msg", None) or str(err)
+    return msg.splitlines()[0].strip()
+
+
+def _field_error(key: str, err: Exception) -> ConfigError:
+    """``"count: must be >= 1"`` raised in ``__post_init__`` -> key ``units.count``."""
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    m = re.match(r"^([A-Za-z_][A-Za-z0-9_]*): (.*)$", text)
+    if m:
+        return ConfigError(f"{key}.{m.group(1)}", m.group(2))
+    unexpected = re.search(r"unexpected keyword argument '([^']+)'", text)
+    if unexpected:
+        return ConfigError(f"{key}.{unexpected.group(1)}", "unknown field; check the spelling in conf/")
+    return ConfigError(key, text)
+
+
+def build_component(key: str, node: Any) -> Any:
+    """Instantiate one ``_target_`` node (cheap by contract), type-checking dataclass fields first."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import get_class, instantiate
+    from omegaconf import DictConfig
+
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        raise ConfigError(key, "must be a component node with a '_target_' (see conf/ for examples)")
+    try:
+        cls = get_class(node._target_)
+    except Exception:  # noqa: BLE001
+        raise ConfigError(f"{key}._target_", f"cannot import {node._target_!r}") from None
+    if dataclasses.is_dataclass(cls):
+        _type_check_fields(key, cls, node)
+    try:
+        return instantiate(node, _convert_="all")
+    except InstantiationException as err:
+        cause = err.__cause__ or err
+        raise _field_error(key, cause) from None
+    except (ValueError, TypeError) as err:
+        raise _field_error(key, err) from None
+
+
+def _type_check_fields(key: str, cls: type, node: Any) -> None:
+    """Unknown fields and wrong scalar types, via an OmegaConf schema of the dataclass when it has one."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    for name in node:
+        if name.startswith("_"):
+            continue
+        if name not in names:
+            raise ConfigError(f"{key}.{name}", f"unknown field; {cls.__name__} accepts {', '.join(sorted(names))}")
+    plain = {
+        k: v
+        for k, v in OmegaConf.to_container(node, resolve=True).items()
+        if not k.startswith("_") and not (isinstance(v, dict) and "_target_" in v)
+    }
+    try:
+        schema = OmegaConf.structured(cls)
+    except Exception:  # noqa: BLE001 - annotations OmegaConf cannot express: construction still checks
+        return
+    try:
+        for name, value in plain.items():
+            if name in schema:
+                OmegaConf.merge(OmegaConf.masked_copy(schema, [name]), {name: value})
+    except OmegaConfBaseException as err:
+        sub = getattr(err, "full_key", None) or ""
+        raise ConfigError(f"{key}.{sub}".rstrip("."), _omegaconf_problem(err)) from None
+
+
+def build_parts(cfg: Any) -> dict[str, Any]:
+    """Build every component of a run; scorers are a name -> component mapping (multi-select group)."""
+    parts: dict[str, Any] = {}
+    for key in COMPONENT_GROUPS:
+        if key not in cfg or cfg[key] is None:
+            raise ConfigError(key, f"missing; pick one with {key}=<option> (see conf/{key}/)")
+        parts[key] = build_component(key, cfg[key])
+    scorers = cfg.get("scorer") or {}
+    if not scorers:
+        raise ConfigError("scorer", "pick at least one scorer, e.g. scorer=[correlation]")
+    parts["scorers"] = {name: build_component(f"scorer.{name}", node) for name, node in scorers.items()}
+    return parts
+
+
+def _check_compatibility(run: RunSettings, parts: dict[str, Any]) -> None:
+    """Capabilities are checked before any call: a simulator refuses a backend that cannot serve it."""
+    simulator = parts["simulator"]
+    needed = set(getattr(simulator, "required_capabilities", ()) or ())
+    llm = getattr(simulator, "llm", None)
+    if needed and llm is not None:
+        offered = set(llm.capabilities)
+        missing = needed - offered
+        if missing:
+            offers = ", ".join(sorted(str(c) for c in offered)) or "nothing"
+            raise ConfigError(
+                "simulator.estimator",
+                f"{getattr(simulator, 'estimator', '?')} needs {', '.join(sorted(map(str, missing)))}, "
+                f"which backend {getattr(llm, 'name', type(llm).__name__)!r} does not offer (it offers: {offers})",
+            )

@@ -1,0 +1,310 @@
+"""One run: units -> records -> explain -> simulate -> score -> sinks.
+
+Every stage's output is written as soon as it exists (explanations, then unit results), so an
+interrupted run resumes where it stopped; a unit that fails at any stage becomes a ``failed``
+:class:`UnitResult` with the stage and reason -- counted, never dropped, never a zero.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import traceback
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.aggregate import aggregate
+from bench.config import RunSettings
+from bench.errors import UserError
+from bench.protocols import ScoringContext, Simulator, Sink
+from bench.records import Explanation, Score, UnitRecord, UnitResult, Usage
+from bench.scorers import metrics
+from bench.scorers.calibration import CalibrationError, fit_calibration
+from bench.scorers.correlation import pooled
+from bench.splits import make_splits
+from bench.tracking.jsonl import JsonlSink
+
+log = logging.getLogger(__name__)
+
+CONTROL_SCORE = "correlation/top_and_random"
+
+
+@dataclass
+class RunOutcome:
+    results: list[UnitResult]
+    summary: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
+
+
+def choose_units(layer: int, width: int, count: int, indices: Sequence[int] | None, seed: int) -> list[int]:
+    """Explicit indices, or ``count`` distinct indices sampled with a seed (per layer)."""
+    import numpy as np
+
+    if indices is not None:
+        bad = [i for i in indices if i >= width]
+        if bad:
+            raise UserError(
+                f"config error at 'units.indices': {bad} out of range; layer {layer} has {width} units (0..{width - 1})"
+            )
+        return list(dict.fromkeys(indices))
+    if count > width:
+        raise UserError(f"config error at 'units.count': {count} exceeds the layer width {width}")
+    rng = np.random.default_rng([seed, layer])
+    return sorted(int(i) for i in rng.choice(width, size=count, replace=False))
+
+
+def derangement(n: int, shift: int, seed: int) -> list[int] | None:
+    """A fixed seeded derangement: a cyclic shift of a random order (no unit gets its own explanation)."""
+    import numpy as np
+
+    if n < 2 or shift % n == 0:
+        return None
+    order = np.random.default_rng(seed).permutation(n)
+    target = [0] * n
+    for pos, unit in enumerate(order):
+        target[int(unit)] = int(order[(pos + shift) % n])
+    return target
+
+
+class ExplanationStore:
+    """explanations.jsonl in the run folder: written as each unit is explained, read back on resume."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.items: dict[str, dict[str, Any]] = {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    item = json.loads(line)
+                    self.items[item["unit"]] = item
+
+    def add(self, key: str, explanation: Explanation | None, error: str | None) -> None:
+        item = {"unit": key, "explanation": asdict(explanation) if explanation else None, "error": error}
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(item) + "\n")
+        self.items[key] = item
+
+    def get(self, key: str) -> tuple[Explanation | None, str | None] | None:
+        item = self.items.get(key)
+        if item is None:
+            return None
+        e = item["explanation"]
+        if e is None:
+            return None, item["error"]
+        return Explanation(text=e["text"], explainer=e["explainer"], meta=e["meta"], usage=Usage(**e["usage"])), None
+
+
+def _error_text(err: BaseException) -> str:
+    text = f"{type(err).__name__}: {err}".strip()
+    return text if len(text) < 2000 else text[:2000] + " ..."
+
+
+def run(
+    settings: RunSettings,
+    parts: dict[str, Any],
+    store: JsonlSink,
+    mirrors: Sequence[Sink],
+    run_dir: Path,
+    progress: bool = True,
+) -> RunOutcome:
+    from tqdm.auto import tqdm
+
+    from bench.subject.record_cache import load_or_mine
+
+    subject, dataset = parts["subject"], parts["dataset"]
+    explainer, simulator = parts["explainer"], parts["simulator"]
+    scorers = list(parts["scorers"].values())
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    # Records: one streaming pass per layer, cached on disk.
+    info = subject.info
+    excerpts = dataset.excerpts(subject.tokenizer, seed=settings.seed)
+    provenance = {"subject": asdict(info), "excerpts": excerpts.fingerprint}
+    records: dict[str, UnitRecord] = {}
+    for layer in settings.units.layers:
+        if layer >= info.n_layers:
+            raise UserError(
+                f"config error at 'units.layers': layer {layer} out of range; {info.model} has {info.n_layers} layers (0..{info.n_layers - 1})"
+            )
+        chosen = choose_units(layer, info.width, settings.units.count, settings.units.indices, settings.units.seed)
+        layer_records = load_or_mine(
+            subject, excerpts, layer, settings.mining.top_k, settings.mining.random_k, settings.seed, settings.cache_dir
+        )
+        for index in chosen:
+            rec = layer_records[index]
+            records[rec.unit.key] = rec
+
+    done = store.finished_units()
+    n = settings.units.examples_per_split
+
+    # Explain every unit (resumable), so the control can borrow other units' explanations.
+    store = ExplanationStore(run_dir / "explanations.jsonl")
+    explanations: dict[str, tuple[Explanation | None, str | None]] = {}
+    for key in tqdm(list(records), desc="explain", disable=not progress):
+        cached = store.get(key)
+        if cached is not None:
+            explanations[key] = cached
+            continue
+        try:
+            splits = make_splits(records[key], n)
+            found = explainer.explain(records[key].unit, splits.train.top)
+            if not found:
+                raise RuntimeError("explainer returned no explanation")
+            explanation, error = found[0], None
+        except Exception as err:  # noqa: BLE001 - a failed unit is recorded, the run goes on
+            log.debug("explain failed for %s", key, exc_info=True)
+            explanation, error = None, _error_text(err)
+        store.add(key, explanation, error)
+        explanations[key] = (explanation, error)
+
+    keys = list(records)
+    ok_keys = [k for k in keys if explanations[k][0] is not None]
+    controls: dict[str, list[str]] = {k: [] for k in ok_keys}
+    if settings.control.enabled:
+        for shift in range(1, settings.control.repeats + 1):
+            perm = derangement(len(ok_keys), shift, settings.seed)
+            if perm is None:
+                continue
+            for i, key in enumerate(ok_keys):
+                controls[key].append(ok_keys[perm[i]])
+
+    results = [r for r in store.previous_results() if r.unit.key in records]
+    for key in tqdm(keys, desc="simulate+score", disable=not progress):
+        if key in done:
+            continue
+        explanation, error = explanations[key]
+        if explanation is None:
+            result = UnitResult(
+                unit=records[key].unit, status="failed", error=error, stage="explain", extras={"provenance": provenance}
+            )
+        else:
+            control_texts = [explanations[c][0].text for c in controls.get(key, [])]  # type: ignore[union-attr]
+            result = score_unit(
+                settings, records[key], explanation, simulator, scorers, subject, control_texts, provenance
+            )
+        for sink in (store, *mirrors):
+            sink.write(result)
+        results.append(result)
+
+    summary = aggregate(results, settings.scoring.bootstrap_resamples, settings.scoring.confidence, settings.seed)
+    warnings = specificity_warnings(summary, settings)
+    return RunOutcome(results=results, summary=summary, warnings=warnings)
+
+
+def score_unit(
+    settings: RunSettings,
+    record: UnitRecord,
+    explanation: Explanation,
+    simulator: Simulator,
+    scorers: Sequence[Any],
+    subject: Any,
+    control_texts: Sequence[str],
+    provenance: dict[str, Any],
+) -> UnitResult:
+    """Simulate the scoring (and calibration) split, run every scorer, then the shuffled control."""
+    extras: dict[str, Any] = {"provenance": provenance}
+    stage = "simulate"
+    simulation = None
+    try:
+        splits = make_splits(record, settings.units.examples_per_split)
+        scoring = splits.get(settings.scoring.split)
+        simulation = simulator.simulate(explanation.text, [*scoring.top, *scoring.random])
+        top_sims = simulation.sequences[: len(scoring.top)]
+        random_sims = simulation.sequences[len(scoring.top) :]
+        calibration_sims, calibrator, problem = None, None, None
+        if settings.scoring.calibration != "none" and any(s.needs_calibration for s in scorers):
+            cal = splits.calibration
+            cal_sim = simulator.simulate(explanation.text, [*cal.top, *cal.random])
+            calibration_sims = cal_sim.sequences
+            extras["calibration_usage"] = asdict(cal_sim.usage)
+            real, sim = pooled(calibration_sims)
+            try:
+                calibrator = fit_calibration(settings.scoring.calibration, sim, real)
+            except CalibrationError as err:
+                problem = str(err)
+        elif settings.scoring.calibration == "none":
+            calibrator = fit_calibration("none", [], [])
+        stage = "score"
+        ctx = ScoringContext(
+            unit=record,
+            explanation=explanation,
+            scoring_top=top_sims,
+            scoring_random=random_sims,
+            calibration=calibration_sims,
+            calibrator=calibrator,
+            calibration_problem=problem,
+            subject=subject,
+            simulator=simulator,
+        )
+        scores: dict[str, Score] = {}
+        for scorer in scorers:
+            scores.update(scorer.score(ctx))
+        stage = "control"
+        scores.update(
+            control_scores(simulator, explanation, scores, control_texts, [*scoring.top, *scoring.random], extras)
+        )
+    except Exception as err:  # noqa: BLE001 - a failed unit is recorded with its stage and reason
+        log.debug("unit %s failed at %s", record.unit.key, stage, exc_info=True)
+        extras["traceback"] = traceback.format_exc(limit=8)
+        return UnitResult(
+            unit=record.unit,
+            status="failed",
+            explanation=explanation,
+            simulation=simulation,
+            error=_error_text(err),
+            stage=stage,
+            extras=extras,
+        )
+    return UnitResult(
+        unit=record.unit, status="ok", explanation=explanation, simulation=simulation, scores=scores, extras=extras
+    )
+
+
+def control_scores(
+    simulator: Simulator,
+    explanation: Explanation,
+    scores: dict[str, Score],
+    control_texts: Sequence[str],
+    scoring_records: Sequence[Any],
+    extras: dict[str, Any],
+) -> dict[str, Score]:
+    """Score the same excerpts with other units' explanations; specificity = real - control."""
+    if not control_texts:
+        return {}
+    values, usage = [], Usage()
+    for text in control_texts:
+        sim = simulator.simulate(text, scoring_records)
+        usage = usage + sim.usage
+        real, pred = pooled(sim.sequences)
+        values.append(metrics.correlation(CONTROL_SCORE, real, pred).value)
+    extras["control"] = {"explanations": list(control_texts), "scores": values, "usage": asdict(usage)}
+    finite = [v for v in values if not math.isnan(v)]
+    control = (
+        Score(f"control/{CONTROL_SCORE}", sum(finite) / len(finite))
+        if finite
+        else Score(f"control/{CONTROL_SCORE}", math.nan, "control simulations were constant")
+    )
+    real_score = scores.get(CONTROL_SCORE)
+    if real_score is None or not real_score.ok or not control.ok:
+        why = real_score.reason if real_score is not None and not real_score.ok else control.reason
+        spec = Score(f"specificity/{CONTROL_SCORE}", math.nan, f"undefined: {why}")
+    else:
+        spec = Score(f"specificity/{CONTROL_SCORE}", real_score.value - control.value)
+    return {control.name: control, spec.name: spec}
+
+
+def specificity_warnings(summary: dict[str, float], settings: RunSettings) -> list[str]:
+    """Warn when the specificity CI includes 0: the simulator does not respond to explanations."""
+    low = summary.get(f"score/specificity/{CONTROL_SCORE}/ci_low")
+    high = summary.get(f"score/specificity/{CONTROL_SCORE}/ci_high")
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
+        return []
+    if low <= 0 <= high:
+        return [
+            f"the simulator does not respond to explanations: specificity CI [{low:.3f}, {high:.3f}] includes 0 "
+            "(scores with a shuffled explanation are as good as with the real one)"
+        ]
+    return []

@@ -1,0 +1,70 @@
+"""The table printed at the end of a run: every score's mean, CI and failures side by side."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+HEADLINE = (
+    "correlation/top_and_random",
+    "correlation/top_only",
+    "correlation/random_only",
+    "rsquared",
+    "absolute_dev_explained",
+    "explained_variance",
+    "control/correlation/top_and_random",
+    "specificity/correlation/top_and_random",
+)
+
+
+def _fmt(v: float) -> str:
+    return "nan" if v is None or math.isnan(v) else f"{v:.3f}"
+
+
+def score_rows(summary: dict[str, float]) -> list[tuple[str, str, str, str, str, str]]:
+    names = [
+        k.removeprefix("score/").removesuffix("/mean")
+        for k in summary
+        if k.startswith("score/") and k.endswith("/mean")
+    ]
+    ordered = [n for n in HEADLINE if n in names] + sorted(n for n in names if n not in HEADLINE)
+    rows = []
+    for n in ordered:
+        g = lambda f, n=n: summary.get(f"score/{n}/{f}", math.nan)  # noqa: E731
+        rows.append(
+            (
+                n,
+                _fmt(g("mean")),
+                _fmt(g("median")),
+                f"[{_fmt(g('ci_low'))}, {_fmt(g('ci_high'))}]",
+                f"{int(g('n'))}",
+                f"{int(g('n_nan'))}",
+            )
+        )
+    return rows
+
+
+def print_summary(name: str, run_dir: Path, outcome: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    s = outcome.summary
+    console = Console(stderr=False)
+    table = Table(title=f"neuronbench run {name}")
+    for col in ("score", "mean", "median", "95% CI", "units", "NaN"):
+        table.add_column(col, justify="left" if col == "score" else "right")
+    for row in score_rows(s):
+        table.add_row(*row)
+    console.print(table)
+    console.print(
+        f"units: {int(s['units/ok'])} ok, {int(s['units/failed'])} failed "
+        f"(failure rate {_fmt(s['units/failure_rate'])}); unparsed simulated tokens: "
+        f"{int(s['simulation/unparsed_tokens'])} of {int(s['simulation/tokens'])}"
+    )
+    failed = [r for r in outcome.results if r.status != "ok"]
+    for r in failed[:5]:
+        console.print(f"  failed {r.unit.key} at {r.stage}: {r.error}", markup=False)
+    console.print(f"results: {run_dir / 'results.jsonl'}")
+    for warning in outcome.warnings:
+        console.print(f"[bold yellow]warning:[/] {warning}")

@@ -1,0 +1,126 @@
+"""MLflow mirror of a run: params, tags, per-unit artifacts as units finish, aggregates at the end.
+
+The run id is kept in the run folder, so a resumed run continues the same MLflow run instead of
+starting a second one.  Everything logged passes through :func:`bench.tracking.redact.redact`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from bench.config import TrackingConfig
+from bench.records import UnitResult
+from bench.tracking.redact import redact
+
+MAX_PARAM_CHARS = 500
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    else:
+        out[prefix] = node
+    return out
+
+
+def _param_value(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= MAX_PARAM_CHARS else text[: MAX_PARAM_CHARS - 20] + " ...(see config.json)"
+
+
+class MlflowSink:
+    def __init__(
+        self,
+        tracking: TrackingConfig,
+        run_dir: Path,
+        run_name: str,
+        config: dict[str, Any],
+        tags: dict[str, str],
+    ) -> None:
+        import mlflow
+
+        self.mlflow = mlflow
+        self.run_dir = run_dir
+        if tracking.uri and tracking.uri.startswith("sqlite:///"):
+            Path(tracking.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(tracking.uri)
+        experiment = mlflow.get_experiment_by_name(tracking.experiment)
+        if experiment is None:
+            location = None
+            if tracking.artifact_location:
+                location = Path(tracking.artifact_location).resolve().as_uri()
+            experiment_id = mlflow.create_experiment(tracking.experiment, artifact_location=location)
+        else:
+            experiment_id = experiment.experiment_id
+        id_file = run_dir / "mlflow_run.json"
+        run_id = json.loads(id_file.read_text())["run_id"] if id_file.exists() else None
+        if run_id is not None:
+            try:
+                mlflow.get_run(run_id)
+            except Exception:  # noqa: BLE001 - the store was wiped: start afresh
+                run_id = None
+        self.run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id, run_name=run_name)
+        id_file.write_text(json.dumps({"run_id": self.run.info.run_id, "tracking_uri": tracking.uri}))
+        safe_config = redact(config)
+        if run_id is None:
+            params = {k: _param_value(v) for k, v in flatten(safe_config).items()}
+            items = list(params.items())
+            for i in range(0, len(items), 100):
+                mlflow.log_params(dict(items[i : i + 100]))
+            mlflow.log_dict(safe_config, "config.json")
+        mlflow.set_tags(redact(tags))
+
+    def write(self, result: UnitResult) -> None:
+        safe = redact(result.to_json())
+        self.mlflow.log_dict(safe, f"units/{result.unit.key.replace('/', '_')}.json")
+
+    def abort(self) -> None:
+        """An interrupted or crashed run: mark it KILLED; re-running the command resumes it."""
+        self.mlflow.end_run(status="KILLED")
+
+    def close(self, summary: dict[str, float], results: list[UnitResult]) -> None:
+        finite = {k: v for k, v in summary.items() if not math.isnan(v)}
+        self.mlflow.log_metrics(finite)
+        nan_keys = sorted(k for k, v in summary.items() if math.isnan(v))
+        if nan_keys:
+            self.mlflow.set_tag("metrics_nan", ", ".join(nan_keys)[:5000])
+        self.mlflow.log_dict(summary | {}, "summary.json")
+        for name in ("results.jsonl", "explanations.jsonl"):
+            path = self.run_dir / name
+            if path.exists():
+                self.mlflow.log_artifact(str(path))
+        self.mlflow.log_text(units_table(results), "units.csv")
+        self.mlflow.end_run()
+
+
+def units_table(results: list[UnitResult]) -> str:
+    """One CSV row per unit: status, explanation, every score and its NaN reason."""
+    names: dict[str, None] = {}
+    for r in results:
+        for k in r.scores:
+            names.setdefault(k, None)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["unit", "status", "stage", "error", "explanation", *names, *(f"{n}/reason" for n in names)])
+    for r in results:
+        scores = [r.scores[n].value if n in r.scores else "" for n in names]
+        reasons = [(r.scores[n].reason or "") if n in r.scores else "" for n in names]
+        writer.writerow(
+            [
+                r.unit.key,
+                r.status,
+                r.stage or "",
+                r.error or "",
+                r.explanation.text if r.explanation else "",
+                *scores,
+                *reasons,
+            ]
+        )
+    return buf.getvalue()
