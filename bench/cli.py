@@ -49,10 +49,19 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("-m", "--multirun", action="store_true", help="run a sweep (comma-separated values)")
     run_p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run_p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. explainer=token_list units.count=3")
+    cmp_p = sub.add_parser("compare", help="paired comparison of two runs on the same units")
+    cmp_p.add_argument("run_a", help="run folder (runs/<name>-<hash>) of run A")
+    cmp_p.add_argument("run_b", help="run folder of run B")
+    cmp_p.add_argument("--score", default="correlation/top_and_random", help="score to compare")
+    cmp_p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     args, extra = parser.parse_known_args(argv)
     try:
         if args.command == "run":
             return command_run(args.overrides + extra, multirun=args.multirun, progress=not args.no_progress)
+        if args.command == "compare":
+            if extra:
+                raise UserError(f"compare: unexpected arguments {extra}")
+            return command_compare(args.run_a, args.run_b, args.score, args.json)
     except UserError as err:
         print(f"neuronbench: {err}", file=sys.stderr)
         return err.exit_code
@@ -73,6 +82,23 @@ def command_run(overrides: list[str], multirun: bool, progress: bool) -> int:
     for combo in combos:
         validate(compose(combo))
     return _launch_hydra(plain, passthrough, multirun, progress)
+
+
+def command_compare(run_a: str, run_b: str, score: str, as_json: bool) -> int:
+    from dataclasses import asdict
+
+    from bench.compare import compare, load_results
+
+    c = compare(load_results(run_a), load_results(run_b), score)
+    if as_json:
+        print(json.dumps(asdict(c)))
+        return 0
+    print(
+        f"{score}: A - B = {c.mean_diff:+.4f} (95% CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}], "
+        f"paired permutation p = {c.p_value:.4g}) over {c.n_pairs} paired units "
+        f"(A mean {c.mean_a:.4f}, B mean {c.mean_b:.4f}; {c.n_unpaired} units unpaired: missing, failed or NaN)"
+    )
+    return 0
 
 
 def _launch_hydra(overrides: list[str], passthrough: list[str], multirun: bool, progress: bool) -> int:

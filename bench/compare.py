@@ -1,0 +1,97 @@
+"""Paired comparison of two runs on the same units: is explainer A better than explainer B?
+
+Units are paired by id; the difference of a score is summarised by its mean, a bootstrap CI and a
+paired sign-flip permutation p-value.  Units missing, failed or NaN in either run are counted and
+left out of the pairing, never filled in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench.aggregate import bootstrap_ci
+from bench.errors import UserError
+from bench.records import UnitResult, unit_result_from_json
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    score: str
+    n_pairs: int
+    n_unpaired: int  # units present in only one run, failed, or NaN in either
+    mean_a: float
+    mean_b: float
+    mean_diff: float  # a - b
+    ci_low: float
+    ci_high: float
+    p_value: float
+
+
+def load_results(run: str) -> list[UnitResult]:
+    """Results of a run, given its folder (``runs/<name>-<hash>``) or its results.jsonl."""
+    path = Path(run)
+    if path.is_dir():
+        path = path / "results.jsonl"
+    if not path.exists():
+        raise UserError(f"compare: no results at {path}; give a run folder such as runs/<name>-<hash>")
+    out = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                r = unit_result_from_json(json.loads(line))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+            out[r.unit.key] = r
+    return list(out.values())
+
+
+def permutation_p_value(diffs: np.ndarray, resamples: int, seed: int) -> float:
+    """Two-sided paired sign-flip permutation test of mean(diffs) == 0 (exact when 2^n is small)."""
+    n = diffs.size
+    observed = abs(diffs.mean())
+    if n <= 16:
+        signs = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1) * 2 - 1
+    else:
+        signs = np.random.default_rng(seed).choice([-1, 1], size=(resamples, n))
+    means = np.abs((signs * diffs).mean(axis=1))
+    return float((means >= observed - 1e-12).mean())
+
+
+def compare(
+    a: list[UnitResult], b: list[UnitResult], score: str, resamples: int = 5000, confidence: float = 0.95, seed: int = 0
+) -> PairedComparison:
+    def values(results: list[UnitResult]) -> dict[str, float]:
+        return {
+            r.unit.key: r.scores[score].value
+            for r in results
+            if r.status == "ok" and score in r.scores and not math.isnan(r.scores[score].value)
+        }
+
+    va, vb = values(a), values(b)
+    if not any(score in r.scores for r in [*a, *b]):
+        known = sorted({k for r in [*a, *b] for k in r.scores})
+        raise UserError(f"compare: no score {score!r} in these runs; available: {', '.join(known)}")
+    keys = sorted(set(va) & set(vb))
+    all_keys = {r.unit.key for r in [*a, *b]}
+    if not keys:
+        return PairedComparison(score, 0, len(all_keys), *(math.nan,) * 6)
+    xa = np.array([va[k] for k in keys])
+    xb = np.array([vb[k] for k in keys])
+    diffs = xa - xb
+    low, high = bootstrap_ci(diffs, resamples, confidence, seed)
+    return PairedComparison(
+        score=score,
+        n_pairs=len(keys),
+        n_unpaired=len(all_keys) - len(keys),
+        mean_a=float(xa.mean()),
+        mean_b=float(xb.mean()),
+        mean_diff=float(diffs.mean()),
+        ci_low=low,
+        ci_high=high,
+        p_value=permutation_p_value(diffs, resamples, seed) if diffs.size > 1 else math.nan,
+    )

@@ -1,0 +1,32 @@
+"""Shared fixtures: an isolated MLflow store per test (migrated once per session, then copied)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+@pytest.fixture(scope="session")
+def _mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A freshly migrated sqlite store: migrations cost seconds, copying the file costs nothing."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow.set_tracking_uri(f"sqlite:///{path}")
+    mlflow.search_experiments()
+    return path
+
+
+@pytest.fixture
+def mlflow_store(tmp_path: Path, _mlflow_template: Path) -> dict[str, str]:
+    """A private MLflow tracking URI and artifact folder for one test."""
+    db = tmp_path / "mlruns" / "mlflow.db"
+    db.parent.mkdir()
+    shutil.copyfile(_mlflow_template, db)
+    return {"uri": f"sqlite:///{db}", "artifacts": str(tmp_path / "mlruns" / "artifacts")}
