@@ -233,6 +233,7 @@ def score_unit(
             explanation=explanation,
             scoring_top=top_sims,
             scoring_random=random_sims,
+            scoring_records=[*scoring.top, *scoring.random],
             calibration=calibration_sims,
             calibrator=calibrator,
             calibration_problem=problem,

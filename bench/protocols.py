@@ -150,6 +150,7 @@ class ScoringContext:
     explanation: Explanation
     scoring_top: list[SequenceSimulation]
     scoring_random: list[SequenceSimulation]
+    scoring_records: list[ActivationRecord] = field(default_factory=list)  # top then random, as simulated
     calibration: list[SequenceSimulation] | None = None
     calibrator: Callable[[np.ndarray], np.ndarray] | None = None  # sim -> real scale, fitted on calibration
     calibration_problem: str | None = None  # why there is no calibrator (kept as the NaN reason)
@@ -219,5 +220,10 @@ class Subject(Protocol):
 
     @property
     def tokenizer(self) -> Any: ...
+
+    @property
+    def model(self) -> Any:
+        """The loaded torch model (for ablation); ``info.hook_site`` says where its units live."""
+        ...
 
     def mine(self, excerpts: ExcerptSet, layer: int, top_k: int, random_k: int, seed: int) -> list[UnitRecord]: ...

@@ -34,10 +34,15 @@ class UnitId:
 
 @dataclass(frozen=True)
 class ActivationRecord:
-    """One excerpt: the subject tokenizer's token strings and the unit's raw activation per token."""
+    """One excerpt: the subject tokenizer's token strings and the unit's raw activation per token.
+
+    ``token_ids`` (when the record was mined here) lets scorers run the subject on the exact excerpt
+    again (ablation); token strings alone do not round-trip through a tokenizer.
+    """
 
     tokens: list[str]
     activations: list[float]
+    token_ids: list[int] | None = None
 
     def __post_init__(self) -> None:
         if len(self.tokens) != len(self.activations):

@@ -1,0 +1,166 @@
+"""Ablation score (method.md section 6): does the explanation carry what the unit does to the output?
+
+Run the subject on the scoring excerpts three times -- unchanged, with the unit replaced at every
+token by its *calibrated* simulation, and with the unit replaced by its mean activation -- and compare
+next-token distributions with the unchanged run:
+
+    score = 1 - D(simulated) / D(mean-ablated)
+
+1 means the simulation reproduces everything the unit does to the output; 0 means it is no better
+than the mean.  D is the mean over all token positions of KL(p_unchanged || p_ablated) (default),
+Jensen-Shannon divergence, or the increase in next-token loss; all three are reported.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bench.protocols import ScoringContext
+from bench.records import ActivationRecord, Score
+
+DIVERGENCES = ("kl", "js", "loss")
+
+
+def parse_hook_site(hook_site: str, layer: int) -> tuple[str, str]:
+    """``"model.layers.{layer}.mlp.down_proj:input"`` -> (module path, "input" | "output")."""
+    path, _, where = hook_site.partition(":")
+    if where not in ("input", "output"):
+        raise ValueError(f"hook site {hook_site!r} must end in ':input' or ':output'")
+    return path.format(layer=layer), where
+
+
+def _override_hook(where: str, index: int, values: Any) -> tuple[str, Any]:
+    """A forward (pre-)hook that writes ``values`` (batch, tokens) into unit ``index``."""
+
+    def replace(tensor: Any) -> Any:
+        tensor = tensor.clone()
+        tensor[..., index] = values.to(tensor.dtype)
+        return tensor
+
+    if where == "input":
+
+        def pre_hook(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            return (replace(args[0]), *args[1:])
+
+        return "pre", pre_hook
+
+    def hook(module: Any, args: tuple[Any, ...], output: Any) -> Any:
+        return replace(output)
+
+    return "post", hook
+
+
+def next_token_logprobs(model: Any, ids: Any, site: tuple[str, str] | None, index: int, values: Any) -> Any:
+    """Log-probabilities of the next token at every position, optionally with the unit overridden."""
+    import torch
+
+    handle = None
+    if site is not None:
+        kind, hook = _override_hook(site[1], index, values)
+        module = model.get_submodule(site[0])
+        handle = module.register_forward_pre_hook(hook) if kind == "pre" else module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits.float()
+    finally:
+        if handle is not None:
+            handle.remove()
+    return torch.log_softmax(logits, dim=-1)
+
+
+def divergences(base: Any, other: Any, ids: Any) -> dict[str, float]:
+    """Mean over positions of KL(base || other), JS(base, other), and the next-token loss increase."""
+    import torch
+
+    p = base.exp()
+    kl = (p * (base - other)).sum(-1)
+    q = other.exp()
+    m_log = torch.log((p + q) / 2 + 1e-30)
+    js = 0.5 * (p * (base - m_log)).sum(-1) + 0.5 * (q * (other - m_log)).sum(-1)
+    target = ids[:, 1:].unsqueeze(-1)
+    loss_base = -base[:, :-1].gather(-1, target).squeeze(-1)
+    loss_other = -other[:, :-1].gather(-1, target).squeeze(-1)
+    return {
+        "kl": float(kl.mean().clamp_min(0)),
+        "js": float(js.mean().clamp_min(0)),
+        "loss": float((loss_other - loss_base).mean()),
+    }
+
+
+def ablation_scores(
+    model: Any,
+    hook_site: str,
+    layer: int,
+    index: int,
+    records: Sequence[ActivationRecord],
+    simulated: Sequence[Sequence[float]],
+    mean_activation: float,
+) -> dict[str, float]:
+    """Raw divergences and ``1 - D(sim)/D(mean)`` per divergence, for one unit, batched over excerpts."""
+    import torch
+
+    if any(r.token_ids is None for r in records):
+        raise ValueError("records carry no token ids; re-mine them (the record cache key includes the code version)")
+    device = next(model.parameters()).device
+    ids = torch.tensor([r.token_ids for r in records], dtype=torch.long, device=device)
+    sim = torch.tensor(np.asarray(simulated, dtype=np.float32), device=device)
+    site = parse_hook_site(hook_site, layer)
+    base = next_token_logprobs(model, ids, None, index, None)
+    with_sim = divergences(base, next_token_logprobs(model, ids, site, index, sim), ids)
+    mean_values = torch.full_like(sim, float(mean_activation))
+    with_mean = divergences(base, next_token_logprobs(model, ids, site, index, mean_values), ids)
+    out: dict[str, float] = {}
+    for name in DIVERGENCES:
+        out[f"{name}/simulated"] = with_sim[name]
+        out[f"{name}/mean_ablated"] = with_mean[name]
+        out[name] = 1.0 - with_sim[name] / with_mean[name] if with_mean[name] > 0 else math.nan
+    return out
+
+
+@dataclass(frozen=True)
+class AblationScorer:
+    """Replace the unit by its calibrated simulation inside the subject; compare with mean-ablation."""
+
+    divergence: str = "kl"  # the headline: ablation = 1 - D_sim / D_mean with this D
+    name: str = "ablation"
+    version: int = 1
+    needs_calibration: bool = True
+
+    def __post_init__(self) -> None:
+        if self.divergence not in DIVERGENCES:
+            raise ValueError(f"divergence: must be one of {', '.join(DIVERGENCES)}, got {self.divergence!r}")
+
+    def score(self, ctx: ScoringContext) -> dict[str, Score]:
+        sequences = [*ctx.scoring_top, *ctx.scoring_random]
+        if ctx.calibrator is None:
+            reason = f"no calibration: {ctx.calibration_problem or 'calibration split not simulated'}"
+            return {"ablation": Score("ablation", math.nan, reason)}
+        if ctx.subject is None:
+            return {"ablation": Score("ablation", math.nan, "no subject model given to the scorer")}
+        simulated = [list(ctx.calibrator(np.asarray(s.expected, dtype=np.float64))) for s in sequences]
+        unit = ctx.unit.unit
+        raw = ablation_scores(
+            ctx.subject.model,
+            ctx.subject.info.hook_site,
+            unit.layer,
+            unit.index,
+            ctx.scoring_records,
+            simulated,
+            ctx.unit.stats.mean,
+        )
+        out = {}
+        for key, value in raw.items():
+            name = f"ablation/{key}"
+            reason = None
+            if math.isnan(value):
+                what = "raise the next-token loss" if key.startswith("loss") else "change the output"
+                reason = f"mean-ablation does not {what} on these excerpts"
+            out[name] = Score(name, value, reason)
+        headline = out[f"ablation/{self.divergence}"]
+        out["ablation"] = Score("ablation", headline.value, headline.reason)
+        return out

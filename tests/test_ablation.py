@@ -1,0 +1,127 @@
+"""Ablation score on tiny in-process GPT-2 and Llama models: exact simulation -> 1, mean -> 0."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from bench.protocols import ScoringContext
+from bench.records import ActivationRecord, Explanation, SequenceSimulation, UnitId, UnitRecord, UnitStats
+from bench.scorers.ablation import AblationScorer, ablation_scores, divergences, parse_hook_site
+
+SITES = {
+    "gpt2": "transformer.h.{layer}.mlp.act:output",
+    "llama": "model.layers.{layer}.mlp.down_proj:input",
+}
+
+
+def tiny_model(family: str):
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    if family == "gpt2":
+        cfg = GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=2, n_inner=64)
+        return GPT2LMHeadModel(cfg).eval()
+    cfg = LlamaConfig(
+        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=32,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def real_activations(model, site: str, layer: int, index: int, ids: torch.Tensor) -> np.ndarray:
+    path, where = parse_hook_site(site, layer)
+    seen = {}
+    module = model.get_submodule(path)
+
+    def keep(tensor: torch.Tensor) -> None:  # returns None: observe without replacing
+        seen["x"] = tensor[..., index].clone()
+
+    if where == "input":
+        h = module.register_forward_pre_hook(lambda m, a: keep(a[0]))
+    else:
+        h = module.register_forward_hook(lambda m, a, o: keep(o))
+    with torch.no_grad():
+        model(input_ids=ids)
+    h.remove()
+    return seen["x"].numpy()
+
+
+def make_records(ids: torch.Tensor, acts: np.ndarray) -> list[ActivationRecord]:
+    return [
+        ActivationRecord(tokens=[str(t) for t in row.tolist()], activations=a.tolist(), token_ids=row.tolist())
+        for row, a in zip(ids, acts, strict=True)
+    ]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_exact_simulation_scores_one_and_mean_scores_zero(family: str) -> None:
+    model = tiny_model(family)
+    ids = torch.randint(0, 97, (3, 12), generator=torch.Generator().manual_seed(1))
+    acts = real_activations(model, SITES[family], 1, 5, ids)
+    records = make_records(ids, acts)
+    exact = ablation_scores(model, SITES[family], 1, 5, records, acts, float(acts.mean()))
+    for d in ("kl", "js"):
+        assert exact[d] == pytest.approx(1.0, abs=1e-4), d
+    # the loss variant is defined only when mean-ablation raises the loss (a random model may not)
+    if exact["loss/mean_ablated"] > 0:
+        assert exact["loss"] == pytest.approx(1.0, abs=1e-3)
+    else:
+        assert math.isnan(exact["loss"])
+    assert exact["kl/simulated"] == pytest.approx(0.0, abs=1e-6)
+    mean = float(acts.mean())
+    const = ablation_scores(model, SITES[family], 1, 5, records, np.full_like(acts, mean), mean)
+    assert const["kl"] == pytest.approx(0.0, abs=1e-6) and const["js"] == pytest.approx(0.0, abs=1e-6)
+    assert const["kl/mean_ablated"] > 0
+
+
+def test_divergences_hand_checked() -> None:
+    # One sequence of two positions over a 2-token vocabulary.
+    p = torch.tensor([[[0.5, 0.5], [0.9, 0.1]]])
+    q = torch.tensor([[[0.25, 0.75], [0.9, 0.1]]])
+    ids = torch.tensor([[0, 1]])
+    d = divergences(p.log(), q.log(), ids)
+    kl0 = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert d["kl"] == pytest.approx(kl0 / 2)
+    m = [0.375, 0.625]
+    js0 = 0.5 * (0.5 * math.log(0.5 / m[0]) + 0.5 * math.log(0.5 / m[1])) + 0.5 * (
+        0.25 * math.log(0.25 / m[0]) + 0.75 * math.log(0.75 / m[1])
+    )
+    assert d["js"] == pytest.approx(js0 / 2)
+    # loss of next token 1 at position 0: -log 0.5 unchanged vs -log 0.75 ablated
+    assert d["loss"] == pytest.approx(-math.log(0.75) + math.log(0.5))
+
+
+def test_scorer_uses_calibrated_simulation_and_reports_all_divergences() -> None:
+    model = tiny_model("llama")
+    ids = torch.randint(0, 97, (2, 10), generator=torch.Generator().manual_seed(2))
+    acts = real_activations(model, SITES["llama"], 0, 3, ids)
+    records = make_records(ids, acts)
+    # The simulator predicted 2*real+1 on its own scale; calibration maps it back exactly.
+    sims = [
+        SequenceSimulation(tokens=r.tokens, expected=list(2 * np.array(r.activations) + 1), true_activations=r.activations)
+        for r in records
+    ]
+    unit = UnitRecord(UnitId(0, 3), records, [], UnitStats(20, float(acts.mean()), 1.0, 0.0, 0.0))
+    subject = SimpleNamespace(model=model, info=SimpleNamespace(hook_site=SITES["llama"]))
+    ctx = ScoringContext(
+        unit=unit, explanation=Explanation("x", "test"), scoring_top=sims, scoring_random=[],
+        scoring_records=records, calibrator=lambda x: (np.asarray(x) - 1) / 2, subject=subject,
+    )
+    scores = AblationScorer().score(ctx)
+    assert scores["ablation"].value == pytest.approx(1.0, abs=1e-4)
+    assert {"ablation/kl", "ablation/js", "ablation/loss", "ablation/kl/mean_ablated"} <= set(scores)
+    no_cal = AblationScorer().score(
+        ScoringContext(unit=unit, explanation=Explanation("x", "t"), scoring_top=sims, scoring_random=[],
+                       scoring_records=records, calibration_problem="simulation is constant")
+    )
+    assert math.isnan(no_cal["ablation"].value) and "constant" in no_cal["ablation"].reason
+
+
+def test_bad_divergence_refused() -> None:
+    with pytest.raises(ValueError, match="divergence"):
+        AblationScorer(divergence="l2")
