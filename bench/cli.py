@@ -54,14 +54,23 @@ def main(argv: list[str] | None = None) -> int:
     cmp_p.add_argument("run_b", help="run folder of run B")
     cmp_p.add_argument("--score", default="correlation/top_and_random", help="score to compare")
     cmp_p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    lb_p = sub.add_parser("leaderboard", help="write results/<name>/leaderboard.md from run folders")
+    lb_p.add_argument("--runs", default="runs", help="folder holding run folders (default: runs)")
+    lb_p.add_argument("--out", default="results/offline_default", help="output folder")
+    lb_p.add_argument("--title", default="neuronbench leaderboard", help="heading of the markdown file")
     args, extra = parser.parse_known_args(argv)
     try:
         if args.command == "run":
             return command_run(args.overrides + extra, multirun=args.multirun, progress=not args.no_progress)
+        if extra:
+            raise UserError(f"{args.command}: unexpected arguments {' '.join(extra)}")
         if args.command == "compare":
-            if extra:
-                raise UserError(f"compare: unexpected arguments {extra}")
             return command_compare(args.run_a, args.run_b, args.score, args.json)
+        if args.command == "leaderboard":
+            from bench.leaderboard import write_leaderboard
+
+            print(write_leaderboard(Path(args.runs), Path(args.out), args.title))
+            return 0
     except UserError as err:
         print(f"neuronbench: {err}", file=sys.stderr)
         return err.exit_code

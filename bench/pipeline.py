@@ -154,6 +154,8 @@ def run(
             if not found:
                 raise RuntimeError("explainer returned no explanation")
             explanation, error = found[0], None
+        except UserError:
+            raise  # a user mistake (missing package, bad key ...) stops the run with one line
         except Exception as err:  # noqa: BLE001 - a failed unit is recorded, the run goes on
             log.debug("explain failed for %s", key, exc_info=True)
             explanation, error = None, _error_text(err)
@@ -247,6 +249,8 @@ def score_unit(
         scores.update(
             control_scores(simulator, explanation, scores, control_texts, [*scoring.top, *scoring.random], extras)
         )
+    except UserError:
+        raise  # a user mistake stops the run with one line; finished units are already saved
     except Exception as err:  # noqa: BLE001 - a failed unit is recorded with its stage and reason
         log.debug("unit %s failed at %s", record.unit.key, stage, exc_info=True)
         extras["traceback"] = traceback.format_exc(limit=8)

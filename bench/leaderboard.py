@@ -1,0 +1,119 @@
+"""Leaderboard: one row per run folder, read from its config.json and summary.json.
+
+The run folders (``runs/<name>-<hash>/``) are the source of truth, so the leaderboard needs neither
+MLflow nor a network; rows carry the config versions so numbers from different prompt or
+component versions are never silently mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.errors import UserError
+
+COLUMNS = (
+    ("correlation (top+random)", "score/correlation/top_and_random"),
+    ("control", "score/control/correlation/top_and_random"),
+    ("specificity", "score/specificity/correlation/top_and_random"),
+    ("ablation (KL)", "score/ablation"),
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    run: str
+    subject: str
+    explainer: str
+    simulator: str
+    estimator: str
+    units: int
+    failed: int
+    values: dict[str, tuple[float, float, float]]  # column -> (mean, ci_low, ci_high)
+
+
+def _target_name(node: Any) -> str:
+    if not isinstance(node, dict):
+        return "?"
+    name = node.get("name") or str(node.get("_target_", "?")).rsplit(".", 1)[-1]
+    llm = node.get("llm")
+    if isinstance(llm, dict) and llm.get("model"):
+        name = f"{name} ({llm['model']})"
+    return f"{name} v{node.get('version', '?')}"
+
+
+def read_rows(runs_dir: Path) -> list[Row]:
+    rows = []
+    for summary_path in sorted(runs_dir.glob("*/summary.json")):
+        run_dir = summary_path.parent
+        config_path = run_dir / "config.json"
+        if not config_path.exists():
+            continue
+        summary = json.loads(summary_path.read_text())
+        config = json.loads(config_path.read_text())
+        estimator = "?"
+        results = run_dir / "results.jsonl"
+        if results.exists():
+            for line in results.read_text().splitlines():
+                item = json.loads(line) if line.strip() else {}
+                if item.get("simulation"):
+                    estimator = item["simulation"]["estimator"]
+                    break
+        values = {}
+        for label, key in COLUMNS:
+            get = lambda f, key=key: summary.get(f"{key}/{f}")  # noqa: E731
+            mean = get("mean")
+            values[label] = tuple(math.nan if v is None else float(v) for v in (mean, get("ci_low"), get("ci_high")))
+        rows.append(
+            Row(
+                run=run_dir.name,
+                subject=str((config.get("subject") or {}).get("model", "?")),
+                explainer=_target_name(config.get("explainer")),
+                simulator=_target_name(config.get("simulator")),
+                estimator=estimator,
+                units=int(summary.get("units/total") or 0),
+                failed=int(summary.get("units/failed") or 0),
+                values=values,
+            )
+        )
+    return rows
+
+
+def _cell(v: tuple[float, float, float]) -> str:
+    mean, low, high = v
+    if math.isnan(mean):
+        return "—"
+    if math.isnan(low):
+        return f"{mean:.3f}"
+    return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def render_markdown(rows: list[Row]) -> str:
+    head = ["run", "subject", "explainer", "simulator (estimator)", "units (failed)", *(c for c, _ in COLUMNS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    key = COLUMNS[0][0]
+    for r in sorted(rows, key=lambda r: -(r.values[key][0] if not math.isnan(r.values[key][0]) else -9)):
+        cells = [r.run, r.subject, r.explainer, f"{r.simulator} ({r.estimator})", f"{r.units} ({r.failed})"]
+        lines.append("| " + " | ".join([*cells, *(_cell(r.values[c]) for c, _ in COLUMNS)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_leaderboard(runs_dir: Path, out_dir: Path, title: str) -> Path:
+    rows = read_rows(runs_dir)
+    if not rows:
+        raise UserError(f"leaderboard: no finished runs under {runs_dir} (each needs summary.json and config.json)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = out_dir / "leaderboard.md"
+    note = (
+        "Means over units with bootstrap 95% CIs. *control* = the same excerpts simulated with another unit's "
+        "explanation; *specificity* = real − control (a CI including 0 means the simulator ignores explanations). "
+        "Failed units are counted, never scored as 0.\n"
+    )
+    md.write_text(f"# {title}\n\n{note}\n{render_markdown(rows)}")
+    (out_dir / "leaderboard.json").write_text(
+        json.dumps([{**r.__dict__, "values": {k: list(v) for k, v in r.values.items()}} for r in rows], indent=1)
+    )
+    return md
