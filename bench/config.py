@@ -304,9 +304,7 @@ def _type_check_fields(key: str, cls: type, node: Any) -> None:
     except Exception:  # noqa: BLE001 - annotations OmegaConf cannot express: construction still checks
         return
     try:
-        for name, value in plain.items():
-            if name in schema:
-                OmegaConf.merge(OmegaConf.masked_copy(schema, [name]), {name: value})
+        OmegaConf.merge(schema, plain)
     except OmegaConfBaseException as err:
         sub = getattr(err, "full_key", None) or ""
         raise ConfigError(f"{key}.{sub}".rstrip("."), _omegaconf_problem(err)) from None

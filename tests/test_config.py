@@ -54,6 +54,7 @@ def test_every_option_file_documents_an_override_and_a_version() -> None:
         (["scoring.split=train"], "scoring.split"),
         (["scoring.calibration=magic"], "scoring.calibration"),
         (["mining.top_k=-1"], "mining.top_k"),
+        (["subject.batch_size=abc"], "subject.batch_size"),
         (["dataset=text_files", "dataset.paths=[/nonexistent/file.txt]"], "dataset"),
     ],
 )

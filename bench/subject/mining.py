@@ -85,12 +85,12 @@ class MinedLayer:
         records = []
         for pos, u in enumerate(chosen):
             top = [
-                ActivationRecord(tokens=list(strings[int(i)]), activations=acts)
+                ActivationRecord(tokens=list(strings[int(i)]), activations=acts, token_ids=token_ids[int(i)].tolist())
                 for i, acts in zip(self.top_indices[:, u], top_acts[pos], strict=True)
             ]
             rand = [
-                ActivationRecord(tokens=list(toks), activations=acts)
-                for toks, acts in zip(random_tokens, random_acts[pos], strict=True)
+                ActivationRecord(tokens=list(toks), activations=acts, token_ids=token_ids[int(i)].tolist())
+                for i, toks, acts in zip(self.random_indices, random_tokens, random_acts[pos], strict=True)
             ]
             stats = UnitStats(
                 count=int(self.count),

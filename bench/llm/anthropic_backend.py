@@ -1,0 +1,218 @@
+"""Anthropic messages API as an LLMClient (generation only: the API returns no logprobs).
+
+The ``anthropic`` SDK is imported on first use; limits, retries, cache and counters come from
+:mod:`bench.llm._http`.
+
+* ``temperature`` goes through ``extra_body`` (``messages.create()`` of SDK 2.14 has no such
+  parameter); the API accepts 0..1.
+* System messages become one ``system`` text block.  With ``prompt_caching`` (default) it carries
+  ``cache_control: ephemeral``, and so does the last message before the final user turn: the
+  instructions and the few-shot examples form a cacheable prefix shared by every unit (the API
+  caches prefixes of at least 1,024 tokens -- 2,048 for Haiku models -- and ignores shorter ones).
+* Consecutive messages of the same role are joined with a blank line (the API alternates roles).
+* ``assistant_prefix`` is sent as a prefilled assistant turn.  The API refuses a prefill that ends
+  in whitespace, so trailing whitespace is cut from it and, when the reply starts with that same
+  whitespace, from the reply; ``Generation.text`` is the continuation only.
+* Stop strings go out as ``stop_sequences`` (whitespace-only ones are not accepted by the API) and
+  are all applied again client-side.
+* Usage: ``input_tokens`` is the whole prompt (uncached + cache reads + cache writes),
+  ``cached_input_tokens`` the cache reads; cache writes are priced separately in the counters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.llm._http import (
+    CostEstimate,
+    ErrorInfo,
+    HTTPBackend,
+    Job,
+    Outcome,
+    apply_stops,
+    check_common_fields,
+    describe_sdk_error,
+)
+from bench.llm.cache import cache_key
+from bench.protocols import Capability, Generation, GenerationRequest, SlotRequest, SlotResult
+from bench.records import Usage
+
+OFFICIAL_BASE_URL = "https://api.anthropic.com"
+EPHEMERAL = {"type": "ephemeral"}
+
+
+@dataclass(frozen=True)
+class AnthropicModel(HTTPBackend):
+    """A Claude model behind the messages API.  Cheap to construct: no client, no key read, no network.
+
+    ``api_key_env`` names the environment variable holding the key; the key is read when the client
+    is first needed and lives only inside the SDK client.  ``seed``: the API has none; it only enters
+    the cache key, so a run with another seed draws fresh samples instead of reusing cached ones.
+    Other fields as in :class:`~bench.llm.openai_backend.OpenAIChatModel`.
+    """
+
+    model: str = "claude-haiku-4-5"
+    base_url: str | None = None
+    api_key_env: str | None = "ANTHROPIC_API_KEY"
+    timeout_s: float = 60.0
+    max_retries: int = 6
+    concurrency: int = 8
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+    cache_dir: str | None = None
+    cache: bool = True
+    prompt_caching: bool = True
+    seed: int | None = 0
+    prices: dict[str, float] | None = field(default=None, hash=False)
+    name: str = ""
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        check_common_fields(self)
+        if not self.name:
+            object.__setattr__(self, "name", f"anthropic/{self.model}")
+
+    # ------------------------------------------------------------------------------------------------
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return frozenset({Capability.GENERATE})
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        """Messages for every request (cache first); raises the first failure after the others finished."""
+        plans = [self._plan(r) for r in requests]
+        outcomes = self.engine.run([p[0] for p in plans])
+        return [self._generation(r, p[1], o) for r, p, o in zip(requests, plans, outcomes, strict=True)]
+
+    async def agenerate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        plans = [self._plan(r) for r in requests]
+        outcomes = await self.engine.arun([p[0] for p in plans])
+        return [self._generation(r, p[1], o) for r, p, o in zip(requests, plans, outcomes, strict=True)]
+
+    def slot_distributions(self, requests: Sequence[SlotRequest]) -> list[SlotResult]:
+        raise NotImplementedError(
+            f"{self.name} offers no prompt logprobs (the Anthropic API returns no logprobs); use the "
+            "logprob-free estimator, a vLLM server or a local transformers model"
+        )
+
+    def estimate(self, requests: Sequence[GenerationRequest]) -> CostEstimate:
+        """Dry run: (calls, input tokens ~ chars/4, dollars upper bound); cache hits cost nothing."""
+        plans = [self._plan(r) for r in requests]
+        chars = [sum(len(m.content) for m in r.messages) + len(r.assistant_prefix) for r in requests]
+        return self._estimate([p[0].key for p in plans], chars, [r.max_tokens for r in requests])
+
+    # ------------------------------------------------------------------------------------------------
+    @property
+    def resolved_base_url(self) -> str:
+        return (self.base_url or OFFICIAL_BASE_URL).rstrip("/")
+
+    def _make_client(self) -> Any:
+        import anthropic
+
+        return anthropic.AsyncAnthropic(
+            api_key=self._api_key(), base_url=self.resolved_base_url, max_retries=0, timeout=self.timeout_s
+        )
+
+    def _classify(self, err: BaseException) -> ErrorInfo:
+        import anthropic
+
+        return describe_sdk_error(err, anthropic)
+
+    def _plan(self, r: GenerationRequest) -> tuple[Job, str]:
+        """The request's job, and the whitespace cut from the prefill (to cut from the reply too)."""
+        if r.top_logprobs > 0:
+            raise ValueError(f"{self.name} cannot return logprobs (top_logprobs={r.top_logprobs} requested)")
+        system = "\n\n".join(m.content for m in r.messages if m.role == "system")
+        turns: list[dict[str, Any]] = []
+        for m in r.messages:
+            if m.role == "system":
+                continue
+            if turns and turns[-1]["role"] == m.role:
+                turns[-1]["content"] += "\n\n" + m.content
+            else:
+                turns.append({"role": m.role, "content": m.content})
+        if self.prompt_caching and len(turns) >= 2 and turns[-1]["role"] == "user":
+            shared = turns[-2]  # end of the few-shot prefix
+            turns[-2] = {
+                "role": shared["role"],
+                "content": [{"type": "text", "text": shared["content"], "cache_control": EPHEMERAL}],
+            }
+        cut = ""
+        if r.assistant_prefix:
+            prefill = r.assistant_prefix.rstrip()
+            cut = r.assistant_prefix[len(prefill) :]
+            if prefill:
+                if turns and turns[-1]["role"] == "assistant":
+                    turns[-1]["content"] += prefill
+                else:
+                    turns.append({"role": "assistant", "content": prefill})
+        params: dict[str, Any] = {"model": self.model, "max_tokens": r.max_tokens, "messages": turns}
+        if system:
+            block: dict[str, Any] = {"type": "text", "text": system}
+            if self.prompt_caching:
+                block["cache_control"] = EPHEMERAL
+            params["system"] = [block]
+        stops = [s for s in r.stop if s.strip()]
+        if stops:
+            params["stop_sequences"] = stops
+        extra = {"temperature": r.temperature}
+        key = cache_key(
+            {
+                "provider": "anthropic-messages",
+                "base_url": self.resolved_base_url,
+                "params": params,
+                "extra_body": extra,
+                "sample_index": r.sample_index,
+                "seed": self.seed,
+            }
+        )
+        chars = len(system) + sum(len(m.content) for m in r.messages) + len(r.assistant_prefix)
+
+        async def send(client: Any) -> dict[str, Any]:
+            response = await client.messages.create(**params, extra_body=extra)
+            return _messages_value(response)
+
+        return Job(key=key, send=send, est_tokens=chars // 4 + r.max_tokens, request={**params, **extra}), cut
+
+    def _generation(self, r: GenerationRequest, cut: str, outcome: Outcome) -> Generation:
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.value is not None
+        text = outcome.value["result"]["text"]
+        if cut:
+            text = text[len(cut) :] if text.startswith(cut) else text.lstrip()
+        text, _ = apply_stops(text, None, r.stop)
+        usage = outcome.value.get("usage") or {}
+        if outcome.cached:
+            return Generation(text=text, usage=Usage())
+        return Generation(
+            text=text,
+            usage=Usage(
+                calls=outcome.attempts,
+                input_tokens=int(usage.get("input_tokens") or 0),
+                cached_input_tokens=int(usage.get("cached_input_tokens") or 0),
+                output_tokens=int(usage.get("output_tokens") or 0),
+            ),
+        )
+
+
+def _messages_value(response: Any) -> dict[str, Any]:
+    content = getattr(response, "content", None)
+    if content is None:
+        raise ValueError("the response has no content")
+    text = "".join(getattr(block, "text", "") for block in content if getattr(block, "type", "") == "text")
+    u = response.usage
+    read = int(getattr(u, "cache_read_input_tokens", None) or 0)
+    write = int(getattr(u, "cache_creation_input_tokens", None) or 0)
+    return {
+        "result": {"text": text, "stop_reason": getattr(response, "stop_reason", None)},
+        "usage": {
+            "input_tokens": int(u.input_tokens or 0) + read + write,
+            "cached_input_tokens": read,
+            "cache_write_tokens": write,
+            "output_tokens": int(u.output_tokens or 0),
+        },
+    }

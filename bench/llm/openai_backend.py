@@ -1,0 +1,563 @@
+"""OpenAI chat completions -- the official API or any OpenAI-compatible server -- as an LLMClient.
+
+``base_url: null`` is the official API; any OpenAI-compatible server works by URL (vLLM, Ollama,
+llama.cpp server, OpenRouter ...).  The ``openai`` SDK is imported on first use.  Limits, retries,
+the response cache and the counters are shared with the other HTTP backends (:mod:`bench.llm._http`).
+
+Generation (``generate``)
+    One chat completion per request; k samples of a prompt are k requests told apart by
+    ``sample_index`` (their own cache entries, and their own ``seed`` on servers that honour it).
+    ``top_logprobs > 0`` asks for ``logprobs=True, top_logprobs=k`` (the official API allows k <= 20);
+    equal token texts among the alternatives are merged (probabilities summed).  Usage includes
+    ``prompt_tokens_details.cached_tokens`` (prompt-cache reads).
+
+``assistant_prefix`` (the ``prefill`` field)
+    * ``fold`` -- the official API cannot continue a partial assistant message, so the prefix is
+      folded into the last user message as: ``<content>\\n\\nBegin your reply with exactly this text,
+      then continue it:\\n<prefix>``; the echoed prefix is removed from the reply (and its tokens from
+      the logprobs).  If the model does not echo it, the reply is returned as is.
+    * ``continue_final_message`` -- vLLM: the prefix is sent as a trailing assistant message with
+      ``continue_final_message=true, add_generation_prompt=false`` and the reply continues it.
+    * ``trailing_assistant`` -- servers that continue a trailing assistant message on their own
+      (Ollama, llama.cpp server, OpenRouter for most models).
+    * ``auto`` -- ``continue_final_message`` when ``prompt_logprobs`` (a vLLM server), else ``fold``.
+    In every mode ``Generation.text`` is the continuation only, like the local backend.
+
+Prompt-logprob slots (``slot_distributions``; vLLM only, ``prompt_logprobs: true``)
+    The prompt is ``messages[:-1]`` rendered with ``chat_template`` and a generation prompt, then the
+    last (assistant) message's content, left open -- the same layout as the local backend.  One
+    ``/v1/completions`` request per slot request with ``echo=true, logprobs=k, max_tokens=1`` and
+    vLLM's ``prompt_logprobs=k``: the echoed ``tokens`` place every slot (a slot must start a server
+    token, else ``ValueError``), ``choices[0].prompt_logprobs[i]`` (token id -> ``{logprob, rank,
+    decoded_token}``) is the distribution at the slot (the legacy ``top_logprobs[i]`` as fallback).
+    Values the tokenizer splits (SmolLM2/Qwen write "10" as "1","0") are chained exactly as in the
+    local backend, with one more batched request (a list of prompts, each cut at a slot plus the
+    first piece): P("10") += P("1")·P("0" | …"1") and P("1") = P("1")·(1 − P(letter/digit next | …"1")).
+    Only the top ``slot_top_k`` tokens are visible: mass outside them counts as 0 (the smallest
+    visible mass is recorded in ``meta``).  ``chat_template``: ``chatml`` (Qwen, SmolLM2), ``llama3``,
+    ``plain`` or a Jinja template string (as in a tokenizer's ``chat_template``) -- use the served
+    model's own template for faithful prompts (presets add no default system prompt).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.llm._http import (
+    CostEstimate,
+    ErrorInfo,
+    HTTPBackend,
+    Job,
+    Outcome,
+    apply_stops,
+    check_common_fields,
+    cut_tokens,
+    describe_sdk_error,
+    merge_top,
+)
+from bench.llm.cache import cache_key
+from bench.protocols import (
+    VALUE_STRINGS,
+    Capability,
+    ChatMessage,
+    Generation,
+    GenerationRequest,
+    SlotRequest,
+    SlotResult,
+    TokenLogprobs,
+)
+from bench.records import Usage
+
+OFFICIAL_BASE_URL = "https://api.openai.com/v1"
+PREFILL_MODES = ("auto", "fold", "continue_final_message", "trailing_assistant")
+FOLD_INSTRUCTION = "\n\nBegin your reply with exactly this text, then continue it:\n"
+
+# name -> (one message, generation prompt); BOS is left to the server (vLLM adds it when the tokenizer does).
+CHAT_TEMPLATES: dict[str, tuple[str, str]] = {
+    "chatml": ("<|im_start|>{role}\n{content}<|im_end|>\n", "<|im_start|>assistant\n"),
+    "llama3": (
+        "<|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>",
+        "<|start_header_id|>assistant<|end_header_id|>\n\n",
+    ),
+    "plain": ("{role}: {content}\n\n", "assistant: "),
+}
+
+
+def render_chat(template: str, messages: Sequence[ChatMessage], add_generation_prompt: bool = True) -> str:
+    """Render ``messages`` with a preset name or a Jinja chat template (HF ``chat_template`` style)."""
+    if template in CHAT_TEMPLATES:
+        one, generation_prompt = CHAT_TEMPLATES[template]
+        text = "".join(one.format(role=m.role, content=m.content) for m in messages)
+        return text + (generation_prompt if add_generation_prompt else "")
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise ValueError(f"chat_template: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(template).render(
+        messages=[{"role": m.role, "content": m.content} for m in messages],
+        add_generation_prompt=add_generation_prompt,
+        bos_token="",
+        eos_token="",
+    )
+
+
+@dataclass(frozen=True)
+class OpenAIChatModel(HTTPBackend):
+    """An OpenAI(-compatible) chat model.  Cheap to construct: no client, no key read, no network.
+
+    ``api_key_env`` names the environment variable holding the key (``null``: the server needs none,
+    e.g. a local vLLM/Ollama); the key itself is read when the client is first needed and lives only
+    inside the SDK client -- never in a field, a log line, the cache or a result.
+    ``cache_dir``: the response cache (``null``: ``$NEURONBENCH_CACHE/llm``); ``cache: false`` turns it
+    off.  ``prices``: USD per 1M tokens ``{input, cached_input, output}`` (``null``: the built-in
+    table, else dollars are unknown).  ``seed``: sent per sample as ``seed*1000003 + sample_index``.
+    """
+
+    model: str = "gpt-4o-mini"
+    base_url: str | None = None
+    api_key_env: str | None = "OPENAI_API_KEY"
+    timeout_s: float = 60.0
+    max_retries: int = 6
+    concurrency: int = 8
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+    cache_dir: str | None = None
+    cache: bool = True
+    generated_logprobs: bool = True
+    prompt_logprobs: bool = False
+    slot_top_k: int = 20
+    chain_min_prob: float = 0.0
+    chat_template: str = "chatml"
+    prefill: str = "auto"
+    seed: int | None = 0
+    prices: dict[str, float] | None = field(default=None, hash=False)
+    name: str = ""
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        check_common_fields(self)
+        if self.prefill not in PREFILL_MODES:
+            raise ValueError(f"prefill: {self.prefill!r} is not one of {', '.join(PREFILL_MODES)}")
+        if not 1 <= self.slot_top_k <= 100:
+            raise ValueError(f"slot_top_k: must be in 1..100 (vLLM's default cap is 20), got {self.slot_top_k}")
+        if not 0.0 <= self.chain_min_prob < 1.0:
+            raise ValueError("chain_min_prob: must be in [0, 1)")
+        if self.chat_template not in CHAT_TEMPLATES and "{" not in self.chat_template:
+            raise ValueError(
+                f"chat_template: {self.chat_template!r} is neither a preset ({', '.join(CHAT_TEMPLATES)}) "
+                "nor a Jinja template string"
+            )
+        if self.prompt_logprobs and self.base_url is None:
+            raise ValueError(
+                "prompt_logprobs: the official OpenAI API has no prompt logprobs; set base_url to a "
+                "vLLM server or set prompt_logprobs: false"
+            )
+        if not self.name:
+            prefix = "openai" if self.base_url is None else "openai-compatible"
+            object.__setattr__(self, "name", f"{prefix}/{self.model}")
+
+    # ------------------------------------------------------------------------------------------------
+    # Protocol surface
+    # ------------------------------------------------------------------------------------------------
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        caps = {Capability.GENERATE}
+        if self.generated_logprobs:
+            caps.add(Capability.GENERATED_LOGPROBS)
+        if self.prompt_logprobs:
+            caps.add(Capability.PROMPT_LOGPROBS)
+        return frozenset(caps)
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        """Chat completions for every request (cache first); raises the first failure after the
+        others finished (and were cached)."""
+        plans = [self._chat_plan(r) for r in requests]
+        outcomes = self.engine.run([p[0] for p in plans])
+        return [self._generation(r, p[1], o) for r, p, o in zip(requests, plans, outcomes, strict=True)]
+
+    async def agenerate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        """Async twin of :meth:`generate` for callers already inside an event loop."""
+        plans = [self._chat_plan(r) for r in requests]
+        outcomes = await self.engine.arun([p[0] for p in plans])
+        return [self._generation(r, p[1], o) for r, p, o in zip(requests, plans, outcomes, strict=True)]
+
+    def slot_distributions(self, requests: Sequence[SlotRequest]) -> list[SlotResult]:
+        if not self.prompt_logprobs:
+            raise NotImplementedError(
+                f"{self.name} offers no prompt logprobs (the chat API has none); use a vLLM server with "
+                "prompt_logprobs: true, or a local transformers model"
+            )
+        return _SlotRun(self, list(requests)).run()
+
+    def estimate(self, requests: Sequence[GenerationRequest | SlotRequest]) -> CostEstimate:
+        """Dry run: (calls, input tokens ~ chars/4, dollars upper bound); cache hits cost nothing."""
+        keys, chars, outs = [], [], []
+        for r in requests:
+            if isinstance(r, SlotRequest):
+                prompt, _ = self._render_slots(r)
+                keys.append(self._slot_job(prompt).key)
+                chars.append(len(prompt))
+                outs.append(1)
+            else:
+                job, _ = self._chat_plan(r)
+                keys.append(job.key)
+                chars.append(sum(len(m.content) for m in r.messages) + len(r.assistant_prefix))
+                outs.append(r.max_tokens)
+        return self._estimate(keys, chars, outs)
+
+    # ------------------------------------------------------------------------------------------------
+    # SDK plumbing
+    # ------------------------------------------------------------------------------------------------
+    @property
+    def resolved_base_url(self) -> str:
+        return (self.base_url or OFFICIAL_BASE_URL).rstrip("/")
+
+    @property
+    def prefill_mode(self) -> str:
+        if self.prefill != "auto":
+            return self.prefill
+        return "continue_final_message" if self.prompt_logprobs else "fold"
+
+    def _make_client(self) -> Any:
+        import openai
+
+        # max_retries=0: ours are the only retries (and are counted).  An explicit base_url also keeps
+        # OPENAI_BASE_URL from silently redirecting requests the cache keys by URL.
+        return openai.AsyncOpenAI(
+            api_key=self._api_key(), base_url=self.resolved_base_url, max_retries=0, timeout=self.timeout_s
+        )
+
+    def _classify(self, err: BaseException) -> ErrorInfo:
+        import openai
+
+        return describe_sdk_error(err, openai)
+
+    # ------------------------------------------------------------------------------------------------
+    # Chat completions
+    # ------------------------------------------------------------------------------------------------
+    def _chat_plan(self, r: GenerationRequest) -> tuple[Job, str | None]:
+        """The request's job, and the prefix to strip from the reply (fold mode)."""
+        messages = [{"role": m.role, "content": m.content} for m in r.messages]
+        extra: dict[str, Any] = {}
+        fold: str | None = None
+        if r.assistant_prefix:
+            mode = self.prefill_mode
+            if mode == "fold":
+                fold = r.assistant_prefix
+                users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+                if users:
+                    i = users[-1]
+                    messages[i] = {**messages[i], "content": messages[i]["content"] + FOLD_INSTRUCTION + fold}
+                else:
+                    messages.append({"role": "user", "content": FOLD_INSTRUCTION.lstrip() + fold})
+            else:
+                messages.append({"role": "assistant", "content": r.assistant_prefix})
+                if mode == "continue_final_message":
+                    extra = {"continue_final_message": True, "add_generation_prompt": False}
+        params: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": r.temperature}
+        params["max_completion_tokens" if self.base_url is None else "max_tokens"] = r.max_tokens
+        if r.stop:
+            params["stop"] = list(r.stop[:4])  # the API takes at most 4; all are applied client-side
+        if self.seed is not None:
+            params["seed"] = (self.seed * 1_000_003 + r.sample_index) % 2**31
+        if r.top_logprobs > 0:
+            if not self.generated_logprobs:
+                raise ValueError(f"{self.name} is configured without logprobs (generated_logprobs: false)")
+            params["logprobs"] = True
+            params["top_logprobs"] = r.top_logprobs
+        key = cache_key(
+            {
+                "provider": "openai-chat",
+                "base_url": self.resolved_base_url,
+                "params": params,
+                "extra_body": extra,
+                "sample_index": r.sample_index,
+            }
+        )
+        chars = sum(len(m["content"]) for m in messages)
+
+        async def send(client: Any) -> dict[str, Any]:
+            response = await client.chat.completions.create(**params, extra_body=extra or None)
+            return _chat_value(response)
+
+        return Job(key=key, send=send, est_tokens=chars // 4 + r.max_tokens, request={**params, **extra}), fold
+
+    def _generation(self, r: GenerationRequest, fold: str | None, outcome: Outcome) -> Generation:
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.value is not None
+        result, usage = outcome.value["result"], outcome.value.get("usage") or {}
+        text = result.get("text") or ""
+        tokens: list[TokenLogprobs] | None = None
+        if r.top_logprobs > 0 and result.get("logprobs") is not None:
+            tokens = [
+                TokenLogprobs(token=t, logprob=float(lp), top=merge_top(top)) for t, lp, top in result["logprobs"]
+            ]
+        if fold:
+            text, tokens = _strip_echoed_prefix(text, tokens, fold)
+        text, tokens = apply_stops(text, tokens, r.stop)
+        return Generation(text=text, logprobs=tokens, usage=_usage(usage, outcome))
+
+    # ------------------------------------------------------------------------------------------------
+    # vLLM completions with prompt logprobs
+    # ------------------------------------------------------------------------------------------------
+    def _render_slots(self, r: SlotRequest) -> tuple[str, int]:
+        if not r.messages or r.messages[-1].role != "assistant":
+            raise ValueError("a slot request's last message must be the assistant prefill holding the slots")
+        head = render_chat(self.chat_template, r.messages[:-1], add_generation_prompt=True)
+        return head + r.messages[-1].content, len(head)
+
+    def _completions_job(self, prompt: str | list[str], echo: bool, kind: str) -> Job:
+        params: dict[str, Any] = {
+            "model": self.model,
+            "prompt": prompt,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": self.slot_top_k,
+            "echo": echo,
+        }
+        extra = {"prompt_logprobs": self.slot_top_k} if echo else {}
+        key = cache_key(
+            {
+                "provider": "openai-completions",
+                "base_url": self.resolved_base_url,
+                "kind": kind,
+                "params": params,
+                "extra_body": extra,
+            }
+        )
+        chars = len(prompt) if isinstance(prompt, str) else sum(len(p) for p in prompt)
+
+        async def send(client: Any) -> dict[str, Any]:
+            response = await client.completions.create(**params, extra_body=extra or None)
+            return _completions_value(response)
+
+        return Job(key=key, send=send, est_tokens=chars // 4 + 1, request={**params, **extra})
+
+    def _slot_job(self, prompt: str) -> Job:
+        return self._completions_job(prompt, echo=True, kind="slots")
+
+
+class _SlotRun:
+    """One ``slot_distributions`` batch: an echo request per slot request, then one chaining request
+    per slot request that needs it (values split into several tokens, values that prefix others)."""
+
+    def __init__(self, backend: OpenAIChatModel, requests: list[SlotRequest]) -> None:
+        self.b = backend
+        self.requests = requests
+
+    def run(self) -> list[SlotResult]:
+        b = self.b
+        rendered = [b._render_slots(r) for r in self.requests]
+        first = b.engine.run([b._slot_job(prompt) for prompt, _ in rendered])
+        dists: list[list[dict[str, float]]] = []
+        for r, (prompt, head), outcome in zip(self.requests, rendered, first, strict=True):
+            if outcome.error is not None:
+                raise outcome.error
+            assert outcome.value is not None
+            dists.append(_slot_distributions(outcome.value["result"], prompt, [head + s for s in r.slots], b.name))
+        # Chaining: for each slot, every visible first piece u of a value that either prefixes another
+        # value ("1" of "10") or is only the start of one (a split "10").
+        chains: list[list[tuple[int, str]]] = []
+        for r, slot_dists in zip(self.requests, dists, strict=True):
+            wanted: list[tuple[int, str]] = []
+            for j, dist in enumerate(slot_dists):
+                for piece in _chain_pieces(r.values):
+                    if piece in dist and math.exp(dist[piece]) > b.chain_min_prob:
+                        wanted.append((j, piece))
+            chains.append(wanted)
+        jobs, owners = [], []
+        for i, ((prompt, head), r, wanted) in enumerate(zip(rendered, self.requests, chains, strict=True)):
+            if wanted:
+                prompts = [prompt[: head + r.slots[j]] + piece for j, piece in wanted]
+                jobs.append(b._completions_job(prompts, echo=False, kind="chain"))
+                owners.append(i)
+        second = b.engine.run(jobs) if jobs else []
+        next_dists: dict[int, list[dict[str, float]]] = {}
+        chain_outcomes: dict[int, Outcome] = {}
+        for i, outcome in zip(owners, second, strict=True):
+            if outcome.error is not None:
+                raise outcome.error
+            assert outcome.value is not None
+            next_dists[i] = [_first_generated(choice) for choice in outcome.value["result"]["choices"]]
+            chain_outcomes[i] = outcome
+
+        results = []
+        for i, r in enumerate(self.requests):
+            after: list[dict[str, dict[str, float]]] = [{} for _ in dists[i]]
+            for (j, piece), nd in zip(chains[i], next_dists.get(i, []), strict=True):
+                after[j][piece] = nd
+            probabilities = [_value_probabilities(r.values, d, a) for d, a in zip(dists[i], after, strict=True)]
+            visible = [sum(math.exp(lp) for lp in d.values()) for d in dists[i]]
+            usage = _usage(first[i].value.get("usage") or {}, first[i])  # type: ignore[union-attr]
+            if i in chain_outcomes:
+                usage = usage + _usage(chain_outcomes[i].value.get("usage") or {}, chain_outcomes[i])  # type: ignore[union-attr]
+            results.append(
+                SlotResult(
+                    probabilities=probabilities,
+                    usage=usage,
+                    meta={
+                        "method": "vllm_completions_echo_prompt_logprobs",
+                        "top_k": b.slot_top_k,
+                        "chained_slots": len({j for j, _ in chains[i]}),
+                        "chain_min_prob": b.chain_min_prob,
+                        "min_visible_mass": min(visible) if visible else None,
+                        "chat_template": b.chat_template if b.chat_template in CHAT_TEMPLATES else "custom",
+                    },
+                )
+            )
+        return results
+
+
+# ---------------------------------------------------------------------------------------------------
+# Response -> cached value -> records
+# ---------------------------------------------------------------------------------------------------
+def _chat_value(response: Any) -> dict[str, Any]:
+    if not getattr(response, "choices", None):
+        raise ValueError("the response has no choices")
+    choice = response.choices[0]
+    logprobs = None
+    content = getattr(choice.logprobs, "content", None) if choice.logprobs is not None else None
+    if content is not None:
+        logprobs = [[t.token, t.logprob, [[a.token, a.logprob] for a in (t.top_logprobs or [])]] for t in content]
+    return {
+        "result": {"text": choice.message.content or "", "logprobs": logprobs, "finish_reason": choice.finish_reason},
+        "usage": _openai_usage(response.usage),
+    }
+
+
+def _openai_usage(usage: Any) -> dict[str, int]:
+    if usage is None:
+        return {}
+    details = getattr(usage, "prompt_tokens_details", None)
+    return {
+        "input_tokens": int(usage.prompt_tokens or 0),
+        "cached_input_tokens": int(getattr(details, "cached_tokens", None) or 0),
+        "output_tokens": int(usage.completion_tokens or 0),
+    }
+
+
+def _completions_value(response: Any) -> dict[str, Any]:
+    if not getattr(response, "choices", None):
+        raise ValueError("the response has no choices")
+    choices = []
+    for choice in sorted(response.choices, key=lambda c: c.index):
+        lp = choice.logprobs
+        extra = choice.model_extra or {}
+        choices.append(
+            {
+                "tokens": list(lp.tokens) if lp is not None and lp.tokens is not None else None,
+                "top_logprobs": list(lp.top_logprobs) if lp is not None and lp.top_logprobs is not None else None,
+                "prompt_logprobs": extra.get("prompt_logprobs"),
+            }
+        )
+    return {"result": {"choices": choices}, "usage": _openai_usage(response.usage)}
+
+
+def _usage(usage: dict[str, Any], outcome: Outcome) -> Usage:
+    """Usage of what this call spent: a cache hit spent nothing (``calls`` counts requests sent)."""
+    if outcome.cached:
+        return Usage()
+    return Usage(
+        calls=outcome.attempts,
+        input_tokens=int(usage.get("input_tokens") or 0),
+        cached_input_tokens=int(usage.get("cached_input_tokens") or 0),
+        output_tokens=int(usage.get("output_tokens") or 0),
+    )
+
+
+def _strip_echoed_prefix(
+    text: str, tokens: list[TokenLogprobs] | None, prefix: str
+) -> tuple[str, list[TokenLogprobs] | None]:
+    """Fold mode: drop the prefix the model was told to echo (and its tokens); else leave the reply."""
+    if text.startswith(prefix):
+        cut = len(prefix)
+    elif prefix.strip() and text.lstrip().startswith(prefix.strip()):
+        cut = len(text) - len(text.lstrip()) + len(prefix.strip())
+    else:
+        return text, tokens
+    return text[cut:], cut_tokens(tokens, cut, None)
+
+
+def _slot_distributions(
+    result: dict[str, Any], prompt: str, offsets: list[int], backend: str
+) -> list[dict[str, float]]:
+    """The distribution (token text -> logprob) at each character offset of ``prompt``."""
+    choice = result["choices"][0]
+    tokens, legacy, plp = choice.get("tokens"), choice.get("top_logprobs"), choice.get("prompt_logprobs")
+    if tokens is None:
+        raise ValueError(f"{backend}: the server echoed no tokens (is it vLLM, with echo + logprobs support?)")
+    n_prompt = len(plp) if plp is not None else len(tokens) - 1
+    prompt_tokens = tokens[:n_prompt]
+    joined = "".join(prompt_tokens)
+    if not joined.endswith(prompt):
+        raise ValueError(f"{backend}: the server's echoed tokens do not spell the prompt; cannot place slots")
+    shift = len(joined) - len(prompt)  # text of special tokens the server prepended (BOS)
+    starts: dict[int, int] = {}
+    pos = 0
+    for i, tok in enumerate(prompt_tokens):
+        if tok:
+            starts.setdefault(pos - shift, i)
+        pos += len(tok)
+    out = []
+    for offset in offsets:
+        i = starts.get(offset)
+        if i is None or i == 0:
+            raise ValueError(
+                f"{backend}: slot at character {offset} does not start a server token (the tokenizer merges it "
+                f"with the text before: {prompt[max(0, offset - 12) : offset + 6]!r}); put a separator before slots"
+            )
+        if plp is not None and plp[i] is not None:
+            dist = merge_top([[entry.get("decoded_token") or "", entry["logprob"]] for entry in plp[i].values()])
+        elif legacy is not None and legacy[i] is not None:
+            dist = merge_top(list(legacy[i].items()))
+        else:
+            raise ValueError(f"{backend}: no logprobs at prompt position {i}")
+        out.append(dist)
+    return out
+
+
+def _first_generated(choice: dict[str, Any]) -> dict[str, float]:
+    top = choice.get("top_logprobs")
+    if not top or top[0] is None:
+        raise ValueError("the chaining request returned no logprobs")
+    return merge_top(list(top[0].items()))
+
+
+def _chain_pieces(values: Sequence[str]) -> list[str]:
+    """Proper prefixes of values that matter: a value that prefixes another, or a piece of a value."""
+    pieces = {v[:n] for v in values for n in range(1, len(v))}
+    return sorted(pieces)
+
+
+_CONTINUES = re.compile(r"^[^\W_]", re.UNICODE)  # a letter or digit
+
+
+def _value_probabilities(
+    values: Sequence[str], dist: dict[str, float], after: dict[str, dict[str, float]]
+) -> dict[str, float]:
+    """P(value) at a slot from the visible distribution and the next-token distributions after pieces."""
+    probs: dict[str, float] = {}
+    for v in values:
+        p = math.exp(dist[v]) if v in dist else 0.0
+        if v in after:  # v prefixes another value: complete only if nothing alphanumeric follows
+            follow = sum(math.exp(lp) for tok, lp in after[v].items() if _CONTINUES.match(tok))
+            p *= max(0.0, 1.0 - follow)
+        for n in range(1, len(v)):  # v written as piece + rest (one more token)
+            piece, rest = v[:n], v[n:]
+            if piece in after and piece in dist and rest in after[piece]:
+                p += math.exp(dist[piece]) * math.exp(after[piece][rest])
+        probs[v] = p
+    return probs
+
+
+__all__ = ["OpenAIChatModel", "render_chat", "CHAT_TEMPLATES", "VALUE_STRINGS"]

@@ -1,0 +1,626 @@
+"""Loopback HTTP servers that speak the real wire formats of the LLM APIs neuronbench calls.
+
+The official SDKs use ``httpx2``, which respx / pytest-httpx do not intercept, so the adapter tests
+drive the SDK clients against these servers on 127.0.0.1 instead:
+
+* ``/v1/chat/completions`` -- OpenAI chat completions, with ``logprobs`` / ``top_logprobs``, ``usage``
+  incl. ``prompt_tokens_details.cached_tokens`` (a simulated prefix cache), stop strings, and vLLM's
+  ``continue_final_message`` prefill extension;
+* ``/v1/completions`` -- vLLM-style completions: ``echo`` + ``logprobs`` (legacy ``text_offset`` /
+  ``tokens`` / ``top_logprobs``), ``prompt_logprobs`` (token id -> ``{logprob, rank, decoded_token}``),
+  a list of prompts in one request;
+* ``/v1/messages`` -- Anthropic messages, with prefilled assistant turns, ``system`` blocks with
+  ``cache_control`` (a simulated prompt cache), ``cache_read_input_tokens`` / ``cache_creation_input_tokens``.
+
+Knobs for fault injection: ``latency_s`` (every request), ``faults`` (a FIFO of per-request faults:
+``{"status": 429, "retry_after": "3"}``, ``{"status": 500}``, ``{"delay": 2.0}``, ``{"truncate": True}``,
+``{"malformed": True}``, ``{"disconnect": True}``; ``None`` = no fault) and ``fault_fn(n, path, body)``
+(return a fault spec or ``None``; ``n`` counts requests from 0).  Every request is logged in ``log``.
+
+The "model" is deterministic: ``responder(body) -> str`` writes the reply (default: the text after
+``REPLY:`` in the last user message, else ``"Hello from <model>"``); ``next_token(prefix) -> {token: p}``
+gives the completions endpoint's next-token distributions (default: a digit distribution after a tab).
+Tokens come from :func:`tokenize` (digits are single tokens, so "10" is "1","0" as in SmolLM2/Qwen).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+_TOKEN_RE = re.compile(r"\d| ?[A-Za-z]+|\s|[^\sA-Za-z\d]")
+
+
+def tokenize(text: str) -> list[str]:
+    """A toy tokenizer whose tokens concatenate back to ``text``; digits are single tokens."""
+    return _TOKEN_RE.findall(text)
+
+
+def default_next_token(prefix: str) -> dict[str, float]:
+    """Next-token distribution of the toy completions model (a sub-distribution: top tokens only)."""
+    if prefix.endswith("\t"):
+        return {"0": 0.5, "1": 0.25, "2": 0.1, "unknown": 0.1, "5": 0.05}
+    if prefix.endswith("\t1"):
+        return {"\n": 0.5, "0": 0.4, "5": 0.1}
+    return {"\n": 0.3, " the": 0.2, "\t": 0.1}
+
+
+def default_responder(body: dict[str, Any]) -> str:
+    messages = body.get("messages") or []
+    last_user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
+    content = _content_text(last_user.get("content")) if last_user else ""
+    if "REPLY:" in content:
+        return content.split("REPLY:", 1)[1].strip()
+    seed = body.get("seed")
+    return f"Hello from {body.get('model')}" + (f" (seed {seed})" if seed is not None else "")
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(block.get("text", "") for block in content if isinstance(block, dict))
+    return ""
+
+
+def _alternatives(token: str) -> list[str]:
+    if token.isdigit():
+        return [str(d) for d in range(10) if str(d) != token] + ["10"]
+    return [
+        " the",
+        " a",
+        "\n",
+        ",",
+        ".",
+        " and",
+        " of",
+        " to",
+        " in",
+        " is",
+        " it",
+        " that",
+        " for",
+        " on",
+        " with",
+        " as",
+        " was",
+        " he",
+        " be",
+        " at",
+        " by",
+    ]
+
+
+def _top_logprobs(token: str, k: int) -> list[tuple[str, float]]:
+    """The chosen token with p=0.7 and k-1 alternatives sharing the rest (descending)."""
+    out = [(token, math.log(0.7))]
+    alts = [a for a in _alternatives(token) if a != token][: max(k - 1, 0)]
+    for i, alt in enumerate(alts):
+        out.append((alt, math.log(0.3 / (2 ** (i + 1)))))
+    return out[:k] if k > 0 else out[:1]
+
+
+class FakeLLMServer:
+    """A threaded loopback server; ``with FakeLLMServer() as srv: srv.base_url``."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        models: tuple[str, ...] | None = None,
+        latency_s: float = 0.0,
+        max_top_logprobs: int = 20,
+    ) -> None:
+        self.api_key = api_key
+        self.models = models
+        self.latency_s = latency_s
+        self.max_top_logprobs = max_top_logprobs
+        self.faults: deque[dict[str, Any] | None] = deque()
+        self.fault_fn: Callable[[int, str, dict[str, Any]], dict[str, Any] | None] | None = None
+        self.responder: Callable[[dict[str, Any]], str] = default_responder
+        self.next_token: Callable[[str], dict[str, float]] = default_next_token
+        self.log: list[dict[str, Any]] = []
+        self.active = 0
+        self.max_active = 0
+        self._lock = threading.Lock()
+        self._n = 0
+        self._seen_prefixes: set[str] = set()
+        self._vocab: dict[str, int] = {}
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # ---------------------------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.server_address[1]
+
+    @property
+    def root(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """OpenAI-style base URL (ends in /v1)."""
+        return f"{self.root}/v1"
+
+    def count(self, path: str | None = None) -> int:
+        return sum(1 for entry in self.log if path is None or entry["path"] == path)
+
+    def start(self) -> FakeLLMServer:
+        handler = type("Handler", (_Handler,), {"fake": self})
+        server = _Server(("127.0.0.1", 0), handler)
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> FakeLLMServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---------------------------------------------------------------------------------------------
+    def _next_fault(self, n: int, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        with self._lock:
+            fault = self.faults.popleft() if self.faults else None
+        if fault is None and self.fault_fn is not None:
+            fault = self.fault_fn(n, path, body)
+        return fault
+
+    def token_id(self, token: str) -> int:
+        with self._lock:
+            return self._vocab.setdefault(token, len(self._vocab) + 100)
+
+    def _prefix_cached(self, prefix: str) -> bool:
+        with self._lock:
+            seen = prefix in self._seen_prefixes
+            self._seen_prefixes.add(prefix)
+            return seen
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # the stdlib default of 5 stalls concurrent clients
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients that time out or hang up mid-answer are part of the tests: no tracebacks for them."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeLLMServer
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes: avoid 40 ms delayed-ACK stalls
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence the stdlib logger
+        return
+
+    # ---------------------------------------------------------------------------------------------
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        """``GET /_stats``: how many requests the server has seen (for out-of-process benchmarks)."""
+        if self.path.split("?")[0] == "/_stats":
+            self._send(200, {"requests": self.fake._n, "max_active": self.fake.max_active})
+        else:
+            self._send(404, {"error": {"message": f"no route {self.path}"}})
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+        fake = self.fake
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw or b"{}")
+        except json.JSONDecodeError:
+            body = {}
+        path = self.path.split("?")[0]
+        with fake._lock:
+            n = fake._n
+            fake._n += 1
+            fake.log.append(
+                {"path": path, "body": body, "headers": {k.lower(): v for k, v in self.headers.items()}, "n": n}
+            )
+            fake.active += 1
+            fake.max_active = max(fake.max_active, fake.active)
+        try:
+            if fake.latency_s:
+                time.sleep(fake.latency_s)
+            fault = fake._next_fault(n, path, body)
+            if fault and self._apply_fault(fault, path):
+                return
+            anthropic = path.endswith("/messages")
+            if not self._authorized(anthropic):
+                self._error(
+                    401,
+                    "authentication_error" if anthropic else "invalid_request_error",
+                    "Incorrect API key provided",
+                    anthropic,
+                    code="invalid_api_key",
+                )
+                return
+            model = body.get("model")
+            if fake.models is not None and model not in fake.models:
+                self._error(
+                    404, "not_found_error", f"The model `{model}` does not exist", anthropic, code="model_not_found"
+                )
+                return
+            if path.endswith("/chat/completions"):
+                self._chat(body)
+            elif path.endswith("/completions"):
+                self._completions(body)
+            elif anthropic:
+                self._messages(body)
+            else:
+                self._error(404, "not_found_error", f"no route {path}", False)
+        finally:
+            with fake._lock:
+                fake.active -= 1
+
+    # ---------------------------------------------------------------------------------------------
+    def _authorized(self, anthropic: bool) -> bool:
+        key = self.fake.api_key
+        if key is None:
+            return True
+        bearer = self.headers.get("Authorization", "")
+        return bearer == f"Bearer {key}" or (anthropic and self.headers.get("x-api-key") == key)
+
+    def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(
+        self,
+        status: int,
+        kind: str,
+        message: str,
+        anthropic: bool,
+        *,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        if anthropic:
+            payload: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message}}
+        else:
+            payload = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+        self._send(status, payload, headers)
+
+    def _apply_fault(self, fault: dict[str, Any], path: str) -> bool:
+        """Act out one injected fault; True when the request is answered (or dropped) by it."""
+        anthropic = path.endswith("/messages")
+        if "delay" in fault:
+            time.sleep(float(fault["delay"]))
+        if "status" in fault:
+            status = int(fault["status"])
+            headers = {}
+            if fault.get("retry_after") is not None:
+                headers["Retry-After"] = str(fault["retry_after"])
+            if fault.get("retry_after_ms") is not None:
+                headers["retry-after-ms"] = str(fault["retry_after_ms"])
+            kinds = {
+                429: "rate_limit_error",
+                500: "api_error",
+                503: "api_error",
+                529: "overloaded_error",
+                400: "invalid_request_error",
+                401: "authentication_error",
+                404: "not_found_error",
+            }
+            message = fault.get("message") or f"injected {status}"
+            self._error(status, kinds.get(status, "api_error"), message, anthropic, headers=headers)
+            return True
+        if fault.get("truncate"):
+            data = b'{"id": "chatcmpl-x", "object": "chat.completion", "choices": [{"index": 0, "mess'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data) + 200))
+            self.end_headers()
+            self.wfile.write(data)
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return True
+        if fault.get("malformed"):
+            data = b'{"id": "x", "choices": [ this is not json'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return True
+        if fault.get("disconnect"):
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return True
+        return False
+
+    # ---------------------------------------------------------------------------------------------
+    def _chat(self, body: dict[str, Any]) -> None:
+        fake = self.fake
+        messages = body.get("messages") or []
+        k = int(body.get("top_logprobs") or 0)
+        if k > fake.max_top_logprobs:
+            self._error(
+                400,
+                "invalid_request_error",
+                f"Invalid 'top_logprobs': integer above maximum value. Expected a value <= "
+                f"{fake.max_top_logprobs}, but got {k} instead.",
+                False,
+                code="integer_above_max_value",
+            )
+            return
+        if not messages:
+            self._error(400, "invalid_request_error", "'messages' must contain at least one message", False)
+            return
+        text = fake.responder(body)
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 10_000
+        tokens = tokenize(text)[: int(max_tokens)]
+        text = "".join(tokens)
+        finish = "length" if len(tokens) >= int(max_tokens) else "stop"
+        stops = body.get("stop") or []
+        stops = [stops] if isinstance(stops, str) else stops
+        cut = min((text.find(s) for s in stops if s and s in text), default=-1)
+        if cut >= 0:
+            text, finish = text[:cut], "stop"
+            tokens = tokenize(text)
+        prompt = "".join(_content_text(m.get("content")) for m in messages)
+        prompt_tokens = len(tokenize(prompt)) + 4 * len(messages)
+        head = json.dumps(messages[:-1])
+        cached = 0
+        if len(messages) > 1 and fake._prefix_cached(head):
+            cached = len(tokenize("".join(_content_text(m.get("content")) for m in messages[:-1])))
+        logprobs = None
+        if body.get("logprobs"):
+            logprobs = {
+                "content": [
+                    {
+                        "token": tok,
+                        "logprob": math.log(0.7),
+                        "bytes": list(tok.encode()),
+                        "top_logprobs": [
+                            {"token": alt, "logprob": lp, "bytes": list(alt.encode())}
+                            for alt, lp in _top_logprobs(tok, k)
+                        ]
+                        if k
+                        else [],
+                    }
+                    for tok in tokens
+                ],
+                "refusal": None,
+            }
+        self._send(
+            200,
+            {
+                "id": f"chatcmpl-{len(fake.log)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text, "refusal": None},
+                        "logprobs": logprobs,
+                        "finish_reason": finish,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": len(tokens),
+                    "total_tokens": prompt_tokens + len(tokens),
+                    "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+                    "completion_tokens_details": {"reasoning_tokens": 0},
+                },
+                "system_fingerprint": "fp_fake",
+            },
+        )
+
+    # ---------------------------------------------------------------------------------------------
+    def _completions(self, body: dict[str, Any]) -> None:
+        """vLLM's /v1/completions: echo + logprobs over the prompt, prompt_logprobs, lists of prompts."""
+        fake = self.fake
+        prompts = body.get("prompt")
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts or [])
+        k = body.get("logprobs")
+        pk = body.get("prompt_logprobs")
+        if pk is None and body.get("echo"):
+            pk = k
+        for value, name in ((k, "logprobs"), (pk, "prompt_logprobs")):
+            if value is not None and int(value) > fake.max_top_logprobs:
+                self._error(
+                    400,
+                    "BadRequestError",
+                    f"Requested {name} of {value}, which is greater than max allowed: {fake.max_top_logprobs}",
+                    False,
+                )
+                return
+        max_tokens = int(body.get("max_tokens") if body.get("max_tokens") is not None else 16)
+        choices = []
+        n_prompt = n_gen = 0
+        for index, prompt in enumerate(prompts):
+            ptoks = tokenize(prompt)
+            gen: list[str] = []
+            gen_dists: list[dict[str, float]] = []
+            text = prompt
+            for _ in range(max_tokens):
+                dist = fake.next_token(text)
+                tok = max(dist, key=lambda t: dist[t])
+                gen.append(tok)
+                gen_dists.append(dist)
+                text += tok
+            prompt_dists = [None] + [fake.next_token("".join(ptoks[:i])) for i in range(1, len(ptoks))]
+            prompt_logprobs = None
+            if pk is not None:
+                prompt_logprobs = [None] + [
+                    self._vllm_position(prompt_dists[i], ptoks[i], int(pk)) for i in range(1, len(ptoks))
+                ]
+            logprobs = None
+            if k is not None:
+                toks = (ptoks if body.get("echo") else []) + gen
+                dists = (prompt_dists if body.get("echo") else []) + gen_dists
+                offsets, pos = [], 0
+                for tok in toks:
+                    offsets.append(pos)
+                    pos += len(tok)
+                logprobs = {
+                    "text_offset": offsets,
+                    "token_logprobs": [None if d is None else _lp(d, t) for t, d in zip(toks, dists, strict=True)],
+                    "tokens": toks,
+                    "top_logprobs": [
+                        None if d is None else _top_dict(d, t, int(k)) for t, d in zip(toks, dists, strict=True)
+                    ],
+                }
+            choices.append(
+                {
+                    "index": index,
+                    "text": (prompt if body.get("echo") else "") + "".join(gen),
+                    "logprobs": logprobs,
+                    "finish_reason": "length",
+                    "stop_reason": None,
+                    "prompt_logprobs": prompt_logprobs,
+                }
+            )
+            n_prompt += len(ptoks)
+            n_gen += len(gen)
+        self._send(
+            200,
+            {
+                "id": f"cmpl-{len(fake.log)}",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": body.get("model"),
+                "choices": choices,
+                "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_gen, "total_tokens": n_prompt + n_gen},
+            },
+        )
+
+    def _vllm_position(self, dist: dict[str, float], actual: str, k: int) -> dict[str, Any]:
+        """vLLM's prompt_logprobs entry: top-k token ids plus the actual token, with ranks."""
+        ranked = sorted(dist.items(), key=lambda kv: -kv[1])
+        out: dict[str, Any] = {}
+        for rank, (tok, p) in enumerate(ranked[:k], start=1):
+            out[str(self.fake.token_id(tok))] = {"logprob": math.log(p), "rank": rank, "decoded_token": tok}
+        if actual not in dict(ranked[:k]):
+            rank = next((r for r, (t, _) in enumerate(ranked, start=1) if t == actual), len(ranked) + 1)
+            out[str(self.fake.token_id(actual))] = {"logprob": _lp(dist, actual), "rank": rank, "decoded_token": actual}
+        return out
+
+    # ---------------------------------------------------------------------------------------------
+    def _messages(self, body: dict[str, Any]) -> None:
+        fake = self.fake
+        messages = body.get("messages") or []
+        if "max_tokens" not in body:
+            self._error(400, "invalid_request_error", "max_tokens: Field required", True)
+            return
+        if not messages or messages[0].get("role") != "user":
+            self._error(400, "invalid_request_error", 'messages: first message must use the "user" role', True)
+            return
+        last = messages[-1]
+        prefill = _content_text(last.get("content")) if last.get("role") == "assistant" else ""
+        if prefill and prefill != prefill.rstrip():
+            self._error(
+                400,
+                "invalid_request_error",
+                "messages: final assistant content cannot end with trailing whitespace",
+                True,
+            )
+            return
+        temperature = body.get("temperature")
+        if temperature is not None and not 0 <= float(temperature) <= 1:
+            self._error(400, "invalid_request_error", "temperature: range: 0..1", True)
+            return
+        text = fake.responder(body)
+        tokens = tokenize(text)[: int(body["max_tokens"])]
+        text = "".join(tokens)
+        stop_reason, stop_sequence = ("max_tokens" if len(tokens) >= int(body["max_tokens"]) else "end_turn"), None
+        for s in body.get("stop_sequences") or []:
+            if s in text:
+                text, stop_reason, stop_sequence = text[: text.find(s)], "stop_sequence", s
+        # Prompt cache: everything up to the last block marked with cache_control is the cached prefix.
+        system = body.get("system")
+        blocks: list[tuple[str, bool]] = []
+        if isinstance(system, str):
+            blocks.append((system, False))
+        elif isinstance(system, list):
+            blocks += [(b.get("text", ""), "cache_control" in b) for b in system]
+        for m in messages:
+            content = m.get("content")
+            if isinstance(content, str):
+                blocks.append((content, False))
+            else:
+                blocks += [(b.get("text", ""), "cache_control" in b) for b in content]
+        last_mark = max((i for i, (_, marked) in enumerate(blocks) if marked), default=-1)
+        prefix = "".join(t for t, _ in blocks[: last_mark + 1])
+        total = len(tokenize("".join(t for t, _ in blocks))) + 3 * len(messages)
+        cache_read = cache_write = 0
+        if last_mark >= 0:
+            n_prefix = len(tokenize(prefix))
+            if fake._prefix_cached(prefix):
+                cache_read = n_prefix
+            else:
+                cache_write = n_prefix
+        self._send(
+            200,
+            {
+                "id": f"msg_{len(fake.log)}",
+                "type": "message",
+                "role": "assistant",
+                "model": body.get("model"),
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": stop_reason,
+                "stop_sequence": stop_sequence,
+                "usage": {
+                    "input_tokens": total - cache_read - cache_write,
+                    "output_tokens": len(tokens),
+                    "cache_creation_input_tokens": cache_write,
+                    "cache_read_input_tokens": cache_read,
+                },
+            },
+        )
+
+
+def _lp(dist: dict[str, float], token: str) -> float:
+    return math.log(dist[token]) if token in dist else math.log(1e-4)
+
+
+def _top_dict(dist: dict[str, float], actual: str, k: int) -> dict[str, float]:
+    """Legacy completions top_logprobs: the top k decoded tokens plus the actual one (k + 1 at most)."""
+    ranked = sorted(dist.items(), key=lambda kv: -kv[1])[:k]
+    out = {tok: math.log(p) for tok, p in ranked}
+    out.setdefault(actual, _lp(dist, actual))
+    return out
+
+
+if __name__ == "__main__":  # a standalone server for benchmarks and manual runs: prints its port
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Loopback fake OpenAI/vLLM/Anthropic server")
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--api-key", default=None)
+    args = parser.parse_args()
+    server = FakeLLMServer(latency_s=args.latency, api_key=args.api_key).start()
+    print(server.port, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.stop()
