@@ -137,7 +137,7 @@ def compose(overrides: list[str]) -> Any:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
+            return hydra_compose(config_name="config", overrides=overrides)
     except Exception as err:  # noqa: BLE001 - every composition problem is a user mistake here
         raise hydra_error_to_config_error(err) from None
     finally:

@@ -25,7 +25,7 @@ from bench.scorers import metrics
 from bench.scorers.calibration import CalibrationError, fit_calibration
 from bench.scorers.correlation import pooled
 from bench.splits import make_splits
-from bench.tracking.jsonl import JsonlSink
+from bench.tracking.jsonl import JsonlSink, drop_torn_tail
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ class ExplanationStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.items: dict[str, dict[str, Any]] = {}
+        drop_torn_tail(path)
         if path.exists():
             for line in path.read_text().splitlines():
                 if line.strip():
@@ -141,10 +142,10 @@ def run(
     n = settings.units.examples_per_split
 
     # Explain every unit (resumable), so the control can borrow other units' explanations.
-    store = ExplanationStore(run_dir / "explanations.jsonl")
+    explained = ExplanationStore(run_dir / "explanations.jsonl")
     explanations: dict[str, tuple[Explanation | None, str | None]] = {}
     for key in tqdm(list(records), desc="explain", disable=not progress):
-        cached = store.get(key)
+        cached = explained.get(key)
         if cached is not None:
             explanations[key] = cached
             continue
@@ -159,7 +160,7 @@ def run(
         except Exception as err:  # noqa: BLE001 - a failed unit is recorded, the run goes on
             log.debug("explain failed for %s", key, exc_info=True)
             explanation, error = None, _error_text(err)
-        store.add(key, explanation, error)
+        explained.add(key, explanation, error)
         explanations[key] = (explanation, error)
 
     keys = list(records)

@@ -13,10 +13,20 @@ from pathlib import Path
 from bench.records import UnitResult, unit_result_from_json
 
 
+def drop_torn_tail(path: Path) -> None:
+    """Cut a last line that a crash left without its newline, so appends start on a fresh line."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
 class JsonlSink:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        drop_torn_tail(path)
         self._previous = self._read()
 
     def _read(self) -> dict[str, UnitResult]:

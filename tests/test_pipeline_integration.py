@@ -1,0 +1,127 @@
+"""The whole pipeline on tiny in-process GPT-2 and Llama subjects with a fake LLM, logging to MLflow.
+
+Real code paths throughout (Hydra composition, validation, TransformersSubject from a local folder,
+text-file corpus, streaming mining, all-at-once simulation, correlation + ablation scorers, JSONL and
+MLflow sinks); only the LLM is a fake and the models are tiny.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from conftest_models import _TRAINING_TEXT, save_tiny_subject
+
+from bench.cli import run_job
+from bench.config import compose
+
+FAKE_LLM = ["~simulator.llm", "+simulator.llm={_target_:bench.llm.fake.FakeLLM}"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "text.txt"
+    path.write_text("\n".join(_TRAINING_TEXT * 6))
+    return path
+
+
+def overrides(tmp: Path, subject: Path, corpus: Path, store: dict[str, str], *extra: str) -> list[str]:
+    return [
+        f"subject.model_id={subject}",
+        "subject.progress=false",
+        "dataset=text_files",
+        f"dataset.paths=[{corpus}]",
+        "dataset.n_excerpts=48",
+        "dataset.excerpt_len=16",
+        "units.layers=[1]",
+        "units.count=3",
+        "units.examples_per_split=2",
+        "mining.top_k=8",
+        "mining.random_k=6",
+        "explainer=token_list",
+        "simulator=smollm2_all_at_once",
+        *FAKE_LLM,
+        "scorer=[correlation,ablation]",
+        f"tracking.uri={store['uri']}",
+        f"tracking.artifact_location={store['artifacts']}",
+        f"output_dir={tmp / 'runs'}",
+        f"cache_dir={tmp / 'cache'}",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_pipeline_end_to_end_on_tiny_subject(family, tmp_path, corpus, mlflow_store):
+    import mlflow
+
+    subject = save_tiny_subject(family, tmp_path / f"tiny-{family}")
+    cfg = compose(overrides(tmp_path, subject, corpus, mlflow_store))
+    outcome = run_job(cfg, progress=False)
+
+    assert len(outcome.results) == 3
+    ok = [r for r in outcome.results if r.status == "ok"]
+    assert ok, [r.error for r in outcome.results]
+    for r in ok:
+        assert r.simulation.estimator == "all_at_once/prompt_logprobs"
+        assert r.explanation.explainer == "token_list"
+        assert {"correlation/top_and_random", "correlation/top_only", "correlation/random_only"} <= set(r.scores)
+        assert "ablation" in r.scores and "control/correlation/top_and_random" in r.scores
+        for score in r.scores.values():
+            assert not math.isnan(score.value) or score.reason, score  # NaN always comes with a reason
+        prov = r.extras["provenance"]["subject"]
+        assert prov["family"] == family and prov["dtype"] == "float32" and prov["hook_site"]
+    assert outcome.summary["units/total"] == 3
+
+    run_dir = next((tmp_path / "runs").iterdir())
+    lines = (run_dir / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+    mlflow.set_tracking_uri(mlflow_store["uri"])
+    run_id = json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
+    run = mlflow.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["score/correlation/top_and_random/n"] + run.data.metrics[
+        "score/correlation/top_and_random/n_nan"
+    ] == len(ok)
+    assert "score/ablation/n" in run.data.metrics and "cost/simulator/calls" in run.data.metrics
+    assert run.data.metrics["units/total"] == 3
+    assert run.data.params["units.count"] == "3"
+    assert run.data.tags["git_commit"] and run.data.tags["version/torch"].startswith("2.13")
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}
+    assert {"results.jsonl", "summary.json", "units.csv", "config.json", "units"} <= artifacts
+
+
+def test_interrupted_run_resumes_without_redoing_finished_units(tmp_path, corpus, mlflow_store):
+    subject = save_tiny_subject("llama", tmp_path / "tiny")
+    cfg = compose(overrides(tmp_path, subject, corpus, mlflow_store))
+    first = run_job(cfg, progress=False)
+    run_dir = next((tmp_path / "runs").iterdir())
+    results = run_dir / "results.jsonl"
+    lines = results.read_text().splitlines()
+    explanations_before = (run_dir / "explanations.jsonl").read_text()
+    # Simulate a crash: the last unit's line was torn mid-write.
+    results.write_text("\n".join(lines[:2]) + "\n" + lines[2][:40])
+    second = run_job(compose(overrides(tmp_path, subject, corpus, mlflow_store)), progress=False)
+    after = results.read_text().splitlines()
+    assert [json.loads(x)["unit"] for x in after[:2]] == [json.loads(x)["unit"] for x in lines[:2]]
+    assert json.loads(after[-1])["unit"] == json.loads(lines[2])["unit"]  # only the torn unit was redone
+    assert (run_dir / "explanations.jsonl").read_text() == explanations_before  # nothing re-explained
+    assert len(second.results) == 3
+    assert {r.unit.key for r in second.results} == {r.unit.key for r in first.results}
+    run_ids = {json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]}
+    assert len(run_ids) == 1
+
+
+def test_failures_are_counted_and_kept(tmp_path, corpus, mlflow_store):
+    """An explainer that fails on every unit: units are failed with stage and reason, not zeros."""
+    subject = save_tiny_subject("gpt2", tmp_path / "tiny")
+    extra = [
+        "explainer=smollm2",
+        "~explainer.llm",
+        "+explainer.llm={_target_:bench.llm.fake.FakeLLM,responses:['']}",
+    ]
+    outcome = run_job(compose(overrides(tmp_path, subject, corpus, mlflow_store, *extra)), progress=False)
+    assert outcome.summary["units/failed"] == 3 and outcome.summary["units/failure_rate"] == 1.0
+    assert all(r.stage == "explain" and r.error for r in outcome.results)
+    assert not any(k.startswith("score/") for k in outcome.summary)
