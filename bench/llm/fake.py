@@ -1,0 +1,139 @@
+"""A deterministic fake :class:`~bench.protocols.LLMClient` for tests and dry runs.
+
+No model, no network.  Generations are canned (``responses``, chosen by sample index) or come from
+``generate_fn(request) -> str``.  Slot distributions follow a readable rule: the token on a slot's
+line gets value 10 when it is one of the words of the explanation (the last user message), else 0,
+spread over neighbouring values by ``sharpness``; ``slot_fn(request, slot_index) -> {value: p}``
+replaces the rule.  ``supports`` decides which capabilities it claims, so refusals can be tested.
+Every request is appended to ``calls`` (for "nothing was called" checks).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.protocols import (
+    Capability,
+    Generation,
+    GenerationRequest,
+    SlotRequest,
+    SlotResult,
+    TokenLogprobs,
+)
+from bench.records import Usage
+from bench.simulators.prompt_format import unescape_token
+
+_WORD = re.compile(r"\w+")
+
+
+@dataclass(frozen=True)
+class FakeLLM:
+    name: str = "fake"
+    responses: tuple[str, ...] = ("words that look like the top tokens",)
+    generate_fn: Any = None
+    slot_fn: Any = None
+    sharpness: float = 2.0  # p(v) proportional to exp(-sharpness * |v - target|)
+    value_mass: float = 1.0  # total probability the rule puts on the values (the rest: other tokens)
+    unparsed_tokens: tuple[str, ...] = ()  # tokens (stripped) that get no mass on any value
+    supports: tuple[str, ...] = ("generate", "generated_logprobs", "prompt_logprobs")
+    max_context: int | None = None
+    version: int = 1
+    calls: list[Any] = field(default_factory=list, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        known = {c.value for c in Capability}
+        bad = [s for s in self.supports if s not in known]
+        if bad:
+            raise ValueError(f"supports: unknown capabilities {bad}; use {', '.join(sorted(known))}")
+        if not self.responses and self.generate_fn is None:
+            raise ValueError("responses: give at least one response or a generate_fn")
+        if self.sharpness < 0:
+            raise ValueError("sharpness: must be >= 0")
+        if not 0.0 <= self.value_mass <= 1.0:
+            raise ValueError("value_mass: must be in [0, 1]")
+        object.__setattr__(self, "responses", tuple(self.responses))
+        object.__setattr__(self, "supports", tuple(self.supports))
+        object.__setattr__(self, "unparsed_tokens", tuple(self.unparsed_tokens))
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return frozenset(Capability(s) for s in self.supports)
+
+    def _require(self, cap: Capability) -> None:
+        if cap not in self.capabilities:
+            raise RuntimeError(
+                f"{self.name} does not offer {cap.value} (it offers: {', '.join(sorted(self.supports))})"
+            )
+
+    # ------------------------------------------------------------------------------------------------
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        self._require(Capability.GENERATE)
+        out = []
+        for r in requests:
+            self.calls.append(r)
+            if r.top_logprobs:
+                self._require(Capability.GENERATED_LOGPROBS)
+            text = (
+                self.generate_fn(r)
+                if self.generate_fn is not None
+                else self.responses[r.sample_index % len(self.responses)]
+            )
+            cuts = [text.find(s) for s in r.stop if s and s in text]
+            if cuts:
+                text = text[: min(cuts)]
+            logprobs = None
+            if r.top_logprobs:
+                logprobs = [
+                    TokenLogprobs(token=piece, logprob=0.0, top={piece: 0.0}) for piece in re.findall(r"\s*\S+", text)
+                ]
+            prompt_chars = sum(len(m.content) for m in r.messages) + len(r.assistant_prefix)
+            out.append(
+                Generation(
+                    text=text,
+                    logprobs=logprobs,
+                    usage=Usage(calls=1, input_tokens=prompt_chars // 4, output_tokens=len(text) // 4 + 1),
+                )
+            )
+        return out
+
+    def slot_distributions(self, requests: Sequence[SlotRequest]) -> list[SlotResult]:
+        self._require(Capability.PROMPT_LOGPROBS)
+        out = []
+        for r in requests:
+            self.calls.append(r)
+            probs = [
+                self.slot_fn(r, k) if self.slot_fn is not None else self._rule(r, slot)
+                for k, slot in enumerate(r.slots)
+            ]
+            chars = sum(len(m.content) for m in r.messages)
+            out.append(
+                SlotResult(
+                    probabilities=probs,
+                    usage=Usage(calls=1, input_tokens=chars // 4),
+                    meta={"multi_token_values": "single_token", "fake_rule": self.slot_fn is None},
+                )
+            )
+        return out
+
+    # ------------------------------------------------------------------------------------------------
+    def _rule(self, r: SlotRequest, slot: int) -> dict[str, float]:
+        content = r.messages[-1].content
+        users = [m.content for m in r.messages[:-1] if m.role == "user"]
+        words = {w.lower() for w in _WORD.findall(users[-1])} if users else set()
+        line_start = content.rfind("\n", 0, slot) + 1
+        token = unescape_token(content[line_start:slot].removesuffix("\t")).strip()
+        if token in self.unparsed_tokens:
+            return {v: 0.0 for v in r.values}
+        target = 10 if token and token.lower() in words else 0
+        weights = []
+        for v in r.values:
+            try:
+                weights.append(math.exp(-self.sharpness * abs(int(v) - target)))
+            except ValueError:
+                weights.append(0.0)
+        total = sum(weights) or 1.0
+        return {v: self.value_mass * w / total for v, w in zip(r.values, weights, strict=True)}
