@@ -274,6 +274,9 @@ def build_component(key: str, node: Any) -> Any:
         raise ConfigError(f"{key}._target_", f"cannot import {node._target_!r}") from None
     if dataclasses.is_dataclass(cls):
         _type_check_fields(key, cls, node)
+    for name, child in node.items():
+        if isinstance(child, DictConfig) and "_target_" in child:
+            build_component(f"{key}.{name}", child)  # nested parts first, so errors name their own key
     try:
         return instantiate(node, _convert_="all")
     except InstantiationException as err:
