@@ -469,7 +469,11 @@ def test_every_llm_preset_builds_without_network_or_key(monkeypatch: pytest.Monk
         client = build_component(f"llm.{path.stem}", root.llm)
         assert isinstance(client, LLMClient) and Capability.GENERATE in client.capabilities
         assert client.version == 1 and "_engine" not in client.__dict__
-        assert client.cache_dir == "/tmp/nb-cache/llm" and client.seed == 5
+        from bench.llm.local_transformers import LocalChatModel
+
+        # API backends keep their response cache in <cache_dir>/llm; in-process models their weights in <cache_dir>
+        expected = "/tmp/nb-cache" if isinstance(client, LocalChatModel) else "/tmp/nb-cache/llm"
+        assert client.cache_dir == expected and client.seed == 5
 
 
 def test_close_then_reuse(server: FakeLLMServer, tmp_path: Path) -> None:
