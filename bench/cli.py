@@ -176,6 +176,7 @@ def run_job(cfg: Any, progress: bool = True) -> Any:
             "config_hash": digest,
             "run_dir": str(run_dir),
             **{f"choice/{k}": str(v) for k, v in choices.items()},
+            **_sweep_tags(),
             **{f"version/{k}": v for k, v in package_versions().items()},
         }
         mirrors.append(MlflowSink(settings.tracking, run_dir, name, config, tags))
@@ -196,6 +197,19 @@ def _redacted(config: dict[str, Any]) -> dict[str, Any]:
     from bench.tracking.redact import redact
 
     return redact(config)
+
+
+def _sweep_tags() -> dict[str, str]:
+    """Jobs of one ``-m`` sweep share a ``sweep`` tag, so MLflow can group and compare them."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+    except ValueError:
+        return {}
+    if str(hc.mode) != "RunMode.MULTIRUN":
+        return {}
+    return {"sweep": str(hc.sweep.dir), "sweep_job": str(hc.job.num), "sweep_overrides": " ".join(hc.overrides.task)}
 
 
 def _hydra_choices() -> dict[str, str]:
