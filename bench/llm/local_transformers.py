@@ -193,15 +193,9 @@ class LocalChatModel:
 
     @property
     def resolved_device(self) -> str:
-        if self.device != "auto":
-            return self.device
-        import torch
+        from bench.devices import resolve_device
 
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
+        return resolve_device(self.device)
 
     def _continuation_mask(self, vocab_size: int) -> Any:
         """Tokens whose text starts with a letter or digit: they would continue a value like "1"."""

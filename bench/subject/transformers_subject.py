@@ -135,13 +135,9 @@ class TransformersSubject:
 
     @property
     def resolved_device(self) -> str:
-        if self.device != "auto":
-            return self.device
-        import torch
+        from bench.devices import resolve_device
 
-        if torch.cuda.is_available():
-            return "cuda"
-        return "cpu"
+        return resolve_device(self.device)
 
     @property
     def model(self) -> Any:
