@@ -18,8 +18,15 @@ HEADLINE = (
 )
 
 
+# Raw ingredients of a score (e.g. the divergences behind the ablation score) stay in MLflow and the
+# JSONL; the table shows the scores themselves.
+DETAIL_SUFFIXES = ("/simulated", "/mean_ablated")
+
+
 def _fmt(v: float) -> str:
-    return "nan" if v is None or math.isnan(v) else f"{v:.3f}"
+    if v is None or math.isnan(v):
+        return "nan"
+    return f"{v:.3f}" if v == 0 or abs(v) >= 0.001 else f"{v:.1e}"
 
 
 def score_rows(summary: dict[str, float]) -> list[tuple[str, str, str, str, str, str]]:
@@ -28,6 +35,7 @@ def score_rows(summary: dict[str, float]) -> list[tuple[str, str, str, str, str,
         for k in summary
         if k.startswith("score/") and k.endswith("/mean")
     ]
+    names = [n for n in names if not n.endswith(DETAIL_SUFFIXES)]
     ordered = [n for n in HEADLINE if n in names] + sorted(n for n in names if n not in HEADLINE)
     rows = []
     for n in ordered:
