@@ -1,15 +1,21 @@
 """Aggregates over units: mean, median, bootstrap CI, fraction >= 0.8 -- with failures beside them.
 
-A unit that failed, or a score that is NaN, is *counted* (``n_failed``, ``n_nan``) and left out of
-the average: never averaged in as 0, never silently dropped.
+A unit that failed, or a score that is NaN, is *counted* (``n_failed``, ``n_nan``, and per score
+``failure_rate`` = units without a value / all units) and left out of the average: never averaged in
+as 0, never silently dropped.  :func:`score_correlation_matrix` says how the scorers agree across units.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import math
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -99,6 +105,8 @@ def aggregate(
         )
         for field in ("mean", "median", "ci_low", "ci_high", "frac_ge_0_8", "n", "n_nan"):
             out[f"score/{name}/{field}"] = float(getattr(s, field))
+        # units without a value for this score (failed at any stage, or NaN with a reason), of all units
+        out[f"score/{name}/failure_rate"] = (failed + s.n_nan) / len(results)
     sims = [r.simulation for r in ok if r.simulation is not None]
     total_tokens = sum(s.total_tokens for s in sims)
     unparsed = sum(s.unparsed_tokens for s in sims)
@@ -113,7 +121,82 @@ def aggregate(
             usage["simulator"] += r.simulation.usage
         usage["simulator"] += Usage(**r.extras.get("calibration_usage", {}))
         usage["control"] += Usage(**r.extras.get("control", {}).get("usage", {}))
+        for scorer, details in (r.extras.get("scorers") or {}).items():  # judge LLMs, re-simulations
+            if isinstance(details, dict) and details.get("usage"):
+                usage[f"scorer/{scorer}"] = usage.get(f"scorer/{scorer}", Usage()) + Usage(**details["usage"])
+    usage["total"] = sum(usage.values(), Usage())
     for stage, total in usage.items():
-        for field in ("calls", "input_tokens", "cached_input_tokens", "output_tokens"):
+        for field in ("calls", "input_tokens", "cached_input_tokens", "output_tokens", "dollars"):
             out[f"cost/{stage}/{field}"] = float(getattr(total, field))
     return out
+
+
+def backend_metrics(parts: dict[str, Any]) -> dict[str, float]:
+    """This process's counters of every HTTP LLM backend in the run (calls incl. retries, cache hits,
+    retries, failures, tokens, dollars) as ``cost/backend/<role>/<counter>`` metrics."""
+    out: dict[str, float] = {}
+    for role in ("explainer", "simulator"):
+        component = parts.get(role)
+        llm = getattr(component, "llm", None) or getattr(getattr(component, "explainer", None), "llm", None)
+        stats = getattr(type(llm), "stats", None)
+        if llm is not None and isinstance(stats, property):
+            out.update(llm.stats.as_metrics(f"cost/backend/{role}/"))
+    return out
+
+
+def score_correlation_matrix(
+    results: Sequence[UnitResult], names: Sequence[str] | None = None, min_pairs: int = 3
+) -> dict[str, Any]:
+    """Spearman rank correlation between every pair of per-unit scores, across the ok units.
+
+    Each pair uses the units where both scores are finite (``n``); fewer than ``min_pairs`` such units,
+    or a score constant over them, gives ``None`` (NaN) -- never 0.  JSON-ready: ``scores`` names the
+    rows and columns of ``rho`` and ``n``.
+    """
+    ok = [r for r in results if r.status == "ok"]
+    names = list(names) if names is not None else score_names(ok)
+    values = np.array(
+        [[r.scores[n].value if n in r.scores else math.nan for n in names] for r in ok], dtype=np.float64
+    ).reshape(len(ok), len(names))
+    k = len(names)
+    rho = np.full((k, k), math.nan)
+    count = np.zeros((k, k), dtype=int)
+    from scipy.stats import spearmanr
+
+    for i in range(k):
+        for j in range(i, k):
+            both = np.isfinite(values[:, i]) & np.isfinite(values[:, j])
+            count[i, j] = count[j, i] = int(both.sum())
+            x, y = values[both, i], values[both, j]
+            if both.sum() >= max(2, min_pairs) and np.ptp(x) > 0 and np.ptp(y) > 0:
+                rho[i, j] = rho[j, i] = float(spearmanr(x, y).statistic)
+    return {
+        "method": "spearman",
+        "units": len(ok),
+        "min_pairs": min_pairs,
+        "scores": names,
+        "rho": [[None if math.isnan(v) else round(float(v), 6) for v in row] for row in rho],
+        "n": count.tolist(),
+    }
+
+
+def correlation_matrix_csv(matrix: dict[str, Any]) -> str:
+    """The ``rho`` square as CSV (first column and header: score names; empty cell: undefined)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["score", *matrix["scores"]])
+    for name, row in zip(matrix["scores"], matrix["rho"], strict=True):
+        writer.writerow([name, *("" if v is None else v for v in row)])
+    return buf.getvalue()
+
+
+SCORE_CORRELATIONS = ("score_correlations.json", "score_correlations.csv")
+
+
+def write_score_correlations(results: Sequence[UnitResult], run_dir: Path) -> list[Path]:
+    """Write the scorer correlation matrix into the run folder (JSON and CSV); return the paths."""
+    matrix = score_correlation_matrix(results)
+    json_path, csv_path = (Path(run_dir) / name for name in SCORE_CORRELATIONS)
+    json_path.write_text(json.dumps(matrix, indent=1))
+    csv_path.write_text(correlation_matrix_csv(matrix))
+    return [json_path, csv_path]

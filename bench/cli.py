@@ -24,6 +24,7 @@ examples:
   neuronbench run explainer=token_list units.count=3
   neuronbench run -m explainer=smollm2,token_list   # a sweep: one MLflow run per combination
   neuronbench run --cfg job                         # print the composed config and exit
+  neuronbench run --dry-run explainer=openai simulator=openai_all_at_once_logprobs   # calls, tokens, $ first
 
 Config groups live in conf/ (subject, dataset, units, explainer, prompt, simulator, scorer, tracking).
 Results: runs/<name>-<hash>/results.jsonl (resumable) and MLflow
@@ -48,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     run_p.add_argument("-m", "--multirun", action="store_true", help="run a sweep (comma-separated values)")
     run_p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run_p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the LLM calls, estimated tokens and dollars per stage, then exit (loads and calls nothing)",
+    )
     run_p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. explainer=token_list units.count=3")
     cmp_p = sub.add_parser("compare", help="paired comparison of two runs on the same units")
     cmp_p.add_argument("run_a", help="run folder (runs/<name>-<hash>) of run A")
@@ -61,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     try:
         if args.command == "run":
-            return command_run(args.overrides + extra, multirun=args.multirun, progress=not args.no_progress)
+            return command_run(
+                args.overrides + extra, multirun=args.multirun, progress=not args.no_progress, dry_run=args.dry_run
+            )
         if extra:
             raise UserError(f"{args.command}: unexpected arguments {' '.join(extra)}")
         if args.command == "compare":
@@ -80,16 +88,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def command_run(overrides: list[str], multirun: bool, progress: bool) -> int:
-    from bench.config import compose, expand_sweep, validate
+def command_run(overrides: list[str], multirun: bool, progress: bool, dry_run: bool = False) -> int:
+    from bench.config import check_ready, compose, expand_sweep, validate
 
     passthrough = [o for o in overrides if o.startswith("--")]
     plain = [o for o in overrides if not o.startswith("--")]
     combos = expand_sweep(plain)
     if not multirun and len(combos) > 1:
         raise UserError("the overrides contain a sweep (a,b or range(...)); add -m to run a sweep")
-    for combo in combos:
-        validate(compose(combo))
+    validated = [(combo, validate(compose(combo))) for combo in combos]
+    if dry_run:
+        from bench.dryrun import format_estimate
+
+        for combo, (settings, parts) in validated:
+            print(format_estimate(settings, parts, " ".join(combo)))
+        return 0
+    for _combo, (_settings, parts) in validated:
+        check_ready(parts)  # API keys set, caches writable: one line before any job starts
     return _launch_hydra(plain, passthrough, multirun, progress)
 
 
@@ -154,12 +169,13 @@ def run_job(cfg: Any, progress: bool = True) -> Any:
     from omegaconf import OmegaConf
 
     from bench import pipeline
-    from bench.config import validate
+    from bench.config import check_ready, validate
     from bench.provenance import git_commit, package_versions
     from bench.summary import print_summary
     from bench.tracking.jsonl import JsonlSink
 
     settings, parts = validate(cfg)
+    check_ready(parts)  # a missing API key stops here, before mining
     choices = _hydra_choices()
     name, digest = run_identity(cfg, choices)
     run_dir = Path(settings.output_dir) / f"{name}-{digest}"
@@ -175,7 +191,8 @@ def run_job(cfg: Any, progress: bool = True) -> Any:
             "git_commit": git_commit(),
             "config_hash": digest,
             "run_dir": str(run_dir),
-            **{f"choice/{k}": str(v) for k, v in choices.items()},
+            # "llm@simulator.llm" (a preset pulled into a package) is tagged by its package: choice/simulator.llm
+            **{f"choice/{k.split('@', 1)[-1]}": str(v) for k, v in choices.items()},
             **_sweep_tags(),
             **{f"version/{k}": v for k, v in package_versions().items()},
         }

@@ -328,7 +328,9 @@ def build_parts(cfg: Any) -> dict[str, Any]:
 
 
 def _check_compatibility(run: RunSettings, parts: dict[str, Any]) -> None:
-    """Capabilities are checked before any call: a simulator refuses a backend that cannot serve it."""
+    """Capabilities are checked before any call: a simulator refuses a backend that cannot serve its
+    estimator (the message names the estimators that backend can serve), an explainer one that
+    cannot generate text."""
     simulator = parts["simulator"]
     needed = set(getattr(simulator, "required_capabilities", ()) or ())
     llm = getattr(simulator, "llm", None)
@@ -336,9 +338,60 @@ def _check_compatibility(run: RunSettings, parts: dict[str, Any]) -> None:
         offered = set(llm.capabilities)
         missing = needed - offered
         if missing:
-            offers = ", ".join(sorted(str(c) for c in offered)) or "nothing"
-            raise ConfigError(
-                "simulator.estimator",
-                f"{getattr(simulator, 'estimator', '?')} needs {', '.join(sorted(map(str, missing)))}, "
-                f"which backend {getattr(llm, 'name', type(llm).__name__)!r} does not offer (it offers: {offers})",
-            )
+            from bench.simulators.estimators import ESTIMATORS, estimators_for, refusal
+
+            recorded = getattr(simulator, "recorded_estimator", None)
+            if recorded in ESTIMATORS:
+                problem = refusal(recorded, llm)
+            else:
+                can = ", ".join(estimators_for(offered)) or "none"
+                name = getattr(llm, "name", type(llm).__name__)
+                problem = (
+                    f"{getattr(simulator, 'estimator', '?')} needs {', '.join(sorted(map(str, missing)))}, which "
+                    f"backend {name!r} does not offer; estimators it can serve: {can}"
+                )
+            raise ConfigError("simulator.estimator", str(problem))
+    for key, explainer in _explainers(parts.get("explainer")):
+        needed = set(getattr(explainer, "required_capabilities", ()) or ())
+        llm = getattr(explainer, "llm", None)
+        if needed and llm is not None:
+            missing = needed - set(llm.capabilities)
+            if missing:
+                raise ConfigError(
+                    f"{key}.llm",
+                    f"the explainer needs {', '.join(sorted(map(str, missing)))}, which backend "
+                    f"{getattr(llm, 'name', type(llm).__name__)!r} does not offer",
+                )
+
+
+def _explainers(explainer: Any, key: str = "explainer") -> list[tuple[str, Any]]:
+    """The explainer and any explainer it wraps (best-of-k), with their config keys."""
+    if explainer is None:
+        return []
+    inner = getattr(explainer, "explainer", None)
+    return [(key, explainer), *(_explainers(inner, f"{key}.explainer") if inner is not None else [])]
+
+
+def llm_backends(parts: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Every LLM backend of a run's components, with its config key (``explainer.llm`` ...)."""
+    out = [(f"{key}.llm", e.llm) for key, e in _explainers(parts.get("explainer")) if getattr(e, "llm", None)]
+    simulator_llm = getattr(parts.get("simulator"), "llm", None)
+    if simulator_llm is not None:
+        out.append(("simulator.llm", simulator_llm))
+    for name, scorer in (parts.get("scorers") or {}).items():
+        llm = getattr(scorer, "llm", None)
+        if llm is not None:
+            out.append((f"scorer.{name}.llm", llm))
+    return out
+
+
+def check_ready(parts: dict[str, Any]) -> None:
+    """Fail fast before any work: every HTTP backend's API key variable is set and its cache is
+    writable (``check_ready()``; no network, no model load).  One line naming the config key."""
+    for key, llm in llm_backends(parts):
+        ready = getattr(llm, "check_ready", None)
+        if callable(ready):
+            try:
+                ready()
+            except UserError as err:
+                raise UserError(f"{key}: {err}") from None

@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.aggregate import aggregate
+from bench.aggregate import aggregate, backend_metrics, write_score_correlations
 from bench.config import RunSettings
 from bench.errors import UserError
+from bench.explainers.best_of_k import explain_unit
 from bench.protocols import ScoringContext, Simulator, Sink
 from bench.records import Explanation, Score, UnitRecord, UnitResult, Usage
 from bench.scorers import metrics
@@ -151,7 +152,7 @@ def run(
             continue
         try:
             splits = make_splits(records[key], n)
-            found = explainer.explain(records[key].unit, splits.train.top)
+            found = explain_unit(explainer, simulator, records[key].unit, splits)  # best-of-k reranks here
             if not found:
                 raise RuntimeError("explainer returned no explanation")
             explanation, error = found[0], None
@@ -193,6 +194,8 @@ def run(
         results.append(result)
 
     summary = aggregate(results, settings.scoring.bootstrap_resamples, settings.scoring.confidence, settings.seed)
+    summary.update(backend_metrics(parts))  # retries, cache hits, dollars of the HTTP backends (this process)
+    write_score_correlations(results, run_dir)  # score_correlations.{json,csv}: how scorers agree across units
     warnings = specificity_warnings(summary, settings)
     return RunOutcome(results=results, summary=summary, warnings=warnings)
 
@@ -246,6 +249,8 @@ def score_unit(
         scores: dict[str, Score] = {}
         for scorer in scorers:
             scores.update(scorer.score(ctx))
+        if ctx.details:
+            extras["scorers"] = ctx.details
         stage = "control"
         scores.update(
             control_scores(simulator, explanation, scores, control_texts, [*scoring.top, *scoring.random], extras)
@@ -255,6 +260,8 @@ def score_unit(
     except Exception as err:  # noqa: BLE001 - a failed unit is recorded with its stage and reason
         log.debug("unit %s failed at %s", record.unit.key, stage, exc_info=True)
         extras["traceback"] = traceback.format_exc(limit=8)
+        if getattr(err, "raw_response", None) is not None:  # a simulator answer that did not parse, kept whole
+            extras["raw_response"] = err.raw_response  # type: ignore[attr-defined]
         return UnitResult(
             unit=record.unit,
             status="failed",

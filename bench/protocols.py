@@ -144,6 +144,9 @@ class ScoringContext:
     ``scoring_top`` / ``scoring_random`` are the simulations of the scoring split's two halves;
     ``calibration`` the simulation of the calibration split (for calibrated scores).  ``subject`` and
     ``simulator`` are given for scorers that need to run models again (ablation, controls).
+    ``details`` is where a scorer may leave per-unit evidence under its own name (judge answers,
+    promoted tokens, LLM usage as ``{"usage": asdict(Usage)}``); the pipeline keeps it in
+    ``UnitResult.extras["scorers"]`` and counts the usage as the scorer's cost.
     """
 
     unit: UnitRecord
@@ -156,6 +159,7 @@ class ScoringContext:
     calibration_problem: str | None = None  # why there is no calibrator (kept as the NaN reason)
     subject: Any = None
     simulator: Simulator | None = None
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable

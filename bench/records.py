@@ -107,12 +107,21 @@ class Splits:
 
 @dataclass(frozen=True)
 class Usage:
-    """Token usage of LLM calls, summed; ``calls`` counts requests actually sent (cache hits excluded)."""
+    """Token usage of LLM calls, summed; ``calls`` counts requests actually sent (cache hits excluded).
+
+    ``dollars`` is what those calls cost at the backend's prices (0 for local models and cache hits,
+    NaN when tokens were spent at unknown prices; JSON ``null`` reads back as NaN).
+    """
 
     calls: int = 0
     input_tokens: int = 0
     cached_input_tokens: int = 0
     output_tokens: int = 0
+    dollars: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.dollars is None:
+            object.__setattr__(self, "dollars", math.nan)
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -120,6 +129,7 @@ class Usage:
             input_tokens=self.input_tokens + other.input_tokens,
             cached_input_tokens=self.cached_input_tokens + other.cached_input_tokens,
             output_tokens=self.output_tokens + other.output_tokens,
+            dollars=self.dollars + other.dollars,
         )
 
 

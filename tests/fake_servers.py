@@ -62,6 +62,49 @@ def default_responder(body: dict[str, Any]) -> str:
     return f"Hello from {body.get('model')}" + (f" (seed {seed})" if seed is not None else "")
 
 
+def benchmark_responder(body: dict[str, Any]) -> str:
+    """A responder that plays neuronbench's explainer and simulator (``server.responder = benchmark_responder``).
+
+    Simulator prompts (all-at-once write-back, one-at-a-time questions) are answered by the fake
+    simulator rule of :func:`bench.llm.fake.simulator_answer` (10 for tokens named by the explanation,
+    else 0); explainer prompts (``token<TAB>value`` lines) with the tokens of their highest values;
+    anything else as :func:`default_responder`.
+    """
+    from bench.llm.fake import simulator_answer
+    from bench.simulators.prompt_format import unescape_token
+
+    messages = body.get("messages") or []
+    answer = simulator_answer(messages)
+    if answer is not None:
+        return "".join(piece for piece, _ in answer)
+    last_user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
+    lines = _content_text(last_user.get("content")).split("\n") if last_user else []
+    scored = [line.rsplit("\t", 1) for line in lines if re.search(r"\t\d+$", line)]
+    if not scored:
+        return default_responder(body)
+    top = max(int(v) for _, v in scored)
+    words = list(dict.fromkeys(unescape_token(t).strip() for t, v in scored if int(v) == top and t.strip()))
+    return f"the words {', '.join(words[:3]) or 'of the text'}"
+
+
+def simulating_next_token(prefix: str) -> dict[str, float]:
+    """``next_token`` for the completions endpoint that plays the prompt-logprob simulator: at a slot
+    (after a tab) mostly "1" (continued by "0": 10) when the line's token is a word of the last
+    explanation in the prompt, else mostly "0"."""
+    if prefix.endswith("\t1"):
+        return {"0": 0.9, "\n": 0.1}
+    if not prefix.endswith("\t"):
+        return default_next_token(prefix)
+    from bench.simulators.prompt_format import unescape_token
+
+    token = unescape_token(prefix[prefix.rfind("\n") + 1 : -1]).strip().lower()
+    found = re.findall(r"Explanation of neuron \d+: (.*)", prefix)
+    words = {w.lower() for w in re.findall(r"\w+", found[-1])} if found else set()
+    if token and token in words:
+        return {"1": 0.8, "0": 0.1, "unknown": 0.1}
+    return {"0": 0.8, "1": 0.05, "unknown": 0.15}
+
+
 def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content

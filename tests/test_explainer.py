@@ -133,16 +133,12 @@ def test_configs_instantiate_with_hydra() -> None:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.create(
-        {
-            "cache_dir": "/tmp/nb-cache",
-            "seed": 5,
-            "prompt": OmegaConf.load(CONF / "prompt" / "v1.yaml"),
-            "explainer": OmegaConf.load(CONF / "explainer" / "smollm2.yaml"),
-            "baseline": OmegaConf.load(CONF / "explainer" / "token_list.yaml"),
-            "simulator": OmegaConf.load(CONF / "simulator" / "smollm2_all_at_once.yaml"),
-        }
-    )
+    from bench.config import compose
+
+    # explainer and simulator pull their backend from conf/llm/ through Hydra defaults lists
+    cfg = compose(["seed=5", "cache_dir=/tmp/nb-cache", "explainer=smollm2", "simulator=smollm2_all_at_once"])
+    OmegaConf.set_struct(cfg, False)
+    cfg.baseline = OmegaConf.load(CONF / "explainer" / "token_list.yaml")
     explainer = instantiate(cfg.explainer, _convert_="all")
     simulator = instantiate(cfg.simulator, _convert_="all")
     assert explainer.prompt.name == "v1" and explainer.llm.seed == 5 and explainer.llm.cache_dir == "/tmp/nb-cache"

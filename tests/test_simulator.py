@@ -74,15 +74,17 @@ def test_a_backend_without_prompt_logprobs_is_refused_before_any_call() -> None:
     llm = FakeLLM(supports=("generate", "generated_logprobs"))
     sim = AllAtOnceSimulator(llm=llm)
     assert sim.required_capabilities == {"prompt_logprobs"}
-    with pytest.raises(UserError, match="needs prompt_logprobs.*estimators it can serve: none"):
+    with pytest.raises(UserError, match="needs prompt_logprobs.*estimators it can serve: all_at_once/generated_logpr"):
         sim.simulate("cat", [R([" cat"], [1.0])])
     assert llm.calls == []
-    assert supported_estimators(FakeLLM().capabilities) == ["prompt_logprobs"]
+    assert supported_estimators(FakeLLM().capabilities) == ["prompt_logprobs", "generated_logprobs", "sampled"]
+    with pytest.raises(UserError, match="estimators it can serve: none"):
+        AllAtOnceSimulator(llm=FakeLLM(supports=())).simulate("cat", [R([" cat"], [1.0])])
 
 
 def test_unsupported_estimator_and_bad_examples_are_config_errors() -> None:
-    with pytest.raises(ValueError, match="^estimator: 'sampled' is not supported; supported: prompt_logprobs"):
-        AllAtOnceSimulator(llm=FakeLLM(), estimator="sampled")
+    with pytest.raises(ValueError, match="^estimator: 'logprobs' is not an all-at-once estimator; use one of prompt"):
+        AllAtOnceSimulator(llm=FakeLLM(), estimator="logprobs")
     with pytest.raises(ValueError, match="^few_shot:"):
         AllAtOnceSimulator(llm=FakeLLM(), few_shot=[{"explanation": "x", "tokens": ["a"], "values": [11]}])
     zero_shot = AllAtOnceSimulator(llm=FakeLLM(), few_shot=[])

@@ -208,6 +208,22 @@ class LLMExplainer:
     def required_capabilities(self) -> frozenset[Capability]:
         return frozenset({Capability.GENERATE})
 
+    def dry_run_requests(self, records: Sequence[ActivationRecord]) -> list[GenerationRequest]:
+        """The requests ``explain`` would send for ``records``, without counting tokens with the
+        backend's tokenizer (dry runs must not load anything; the budget fit is skipped)."""
+        messages = build_messages(self.prompt, self.prompt.examples, records)
+        return [
+            GenerationRequest(
+                messages=messages,
+                max_tokens=self.max_tokens,
+                temperature=self.temperature,
+                sample_index=i,
+                stop=("\n",),
+                assistant_prefix=self.prompt.lead_in,
+            )
+            for i in range(self.samples)
+        ]
+
     def explain(self, unit: UnitId, records: Sequence[ActivationRecord]) -> list[Explanation]:
         offered = frozenset(self.llm.capabilities)
         if Capability.GENERATE not in offered:

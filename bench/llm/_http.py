@@ -35,6 +35,7 @@ from typing import Any, NamedTuple, TypeVar
 from bench.errors import UserError
 from bench.llm.cache import ResponseCache
 from bench.llm.pricing import Prices
+from bench.records import Usage
 
 T = TypeVar("T")
 
@@ -467,10 +468,36 @@ class Engine:
         cached = int(usage.get("cached_input_tokens") or 0)
         write = int(usage.get("cache_write_tokens") or 0)
         out = int(usage.get("output_tokens") or 0)
-        dollars = self.prices.dollars(inp, cached, out, write) if self.prices else (math.nan if inp + out else 0.0)
         self.counters.add(
-            input_tokens=inp, cached_input_tokens=cached, cache_write_tokens=write, output_tokens=out, dollars=dollars
+            input_tokens=inp,
+            cached_input_tokens=cached,
+            cache_write_tokens=write,
+            output_tokens=out,
+            dollars=call_dollars(self.prices, usage),
         )
+
+    def spent(self, usage: dict[str, Any], outcome: Outcome) -> Usage:
+        """The :class:`~bench.records.Usage` of one answered job: a cache hit spent nothing."""
+        if outcome.cached:
+            return Usage()
+        return Usage(
+            calls=outcome.attempts,
+            input_tokens=int(usage.get("input_tokens") or 0),
+            cached_input_tokens=int(usage.get("cached_input_tokens") or 0),
+            output_tokens=int(usage.get("output_tokens") or 0),
+            dollars=call_dollars(self.prices, usage),
+        )
+
+
+def call_dollars(prices: Prices | None, usage: dict[str, Any]) -> float:
+    """Dollars of one call's usage dict; NaN when tokens were spent at unknown prices."""
+    inp = int(usage.get("input_tokens") or 0)
+    cached = int(usage.get("cached_input_tokens") or 0)
+    write = int(usage.get("cache_write_tokens") or 0)
+    out = int(usage.get("output_tokens") or 0)
+    if prices is None:
+        return math.nan if inp + out else 0.0
+    return prices.dollars(inp, cached, out, write)
 
 
 async def _close_all(clients: Sequence[Any]) -> None:

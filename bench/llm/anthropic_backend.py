@@ -37,7 +37,6 @@ from bench.llm._http import (
 )
 from bench.llm.cache import cache_key
 from bench.protocols import Capability, Generation, GenerationRequest, SlotRequest, SlotResult
-from bench.records import Usage
 
 OFFICIAL_BASE_URL = "https://api.anthropic.com"
 EPHEMERAL = {"type": "ephemeral"}
@@ -185,18 +184,7 @@ class AnthropicModel(HTTPBackend):
         if cut:
             text = text[len(cut) :] if text.startswith(cut) else text.lstrip()
         text, _ = apply_stops(text, None, r.stop)
-        usage = outcome.value.get("usage") or {}
-        if outcome.cached:
-            return Generation(text=text, usage=Usage())
-        return Generation(
-            text=text,
-            usage=Usage(
-                calls=outcome.attempts,
-                input_tokens=int(usage.get("input_tokens") or 0),
-                cached_input_tokens=int(usage.get("cached_input_tokens") or 0),
-                output_tokens=int(usage.get("output_tokens") or 0),
-            ),
-        )
+        return Generation(text=text, usage=self.engine.spent(outcome.value.get("usage") or {}, outcome))
 
 
 def _messages_value(response: Any) -> dict[str, Any]:

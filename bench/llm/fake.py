@@ -5,7 +5,10 @@ No model, no network.  Generations are canned (``responses``, chosen by sample i
 line gets value 10 when it is one of the words of the explanation (the last user message), else 0,
 spread over neighbouring values by ``sharpness``; ``slot_fn(request, slot_index) -> {value: p}``
 replaces the rule.  ``supports`` decides which capabilities it claims, so refusals can be tested.
-Every request is appended to ``calls`` (for "nothing was called" checks).
+Generation requests that carry a simulator question (all-at-once write-back or one-at-a-time, see
+:func:`simulator_answer`) are answered by the same rule, with top logprobs at every value; any other
+generation gets the canned ``responses``.  Every request is appended to ``calls`` (for "nothing was
+called" checks).
 """
 
 from __future__ import annotations
@@ -25,9 +28,63 @@ from bench.protocols import (
     TokenLogprobs,
 )
 from bench.records import Usage
-from bench.simulators.prompt_format import unescape_token
+from bench.simulators.prompt_format import END, START, UNKNOWN, unescape_token
 
 _WORD = re.compile(r"\w+")
+_EXPLANATION = re.compile(r"^Explanation of neuron \d+: (.*)$", re.MULTILINE)
+_LAST_TOKEN = '\nLast token: "'
+
+
+def simulator_answer(
+    messages: Sequence[Any], unparsed_tokens: Sequence[str] = ()
+) -> list[tuple[str, int | None]] | None:
+    """The fake simulator's answer to a generation prompt, as (piece, value or None) pairs, or None.
+
+    Recognises the one-at-a-time question (a ``Last token: "..."`` line) and the all-at-once
+    write-back (an excerpt of ``token<TAB>unknown`` lines in the last user message).  A token gets 10
+    when it is one of the explanation's words, else 0; tokens in ``unparsed_tokens`` get the text
+    ``unsure`` (no value).  Used by :class:`FakeLLM` and the loopback test servers.
+    """
+    users = [m for m in messages if _role(m) == "user"]
+    if not users:
+        return None
+    text = _text(users[-1])
+    found = _EXPLANATION.findall(text)
+    if not found:
+        return None
+    words = {w.lower() for w in _WORD.findall(found[-1])}
+
+    def value(token: str) -> int | None:
+        if token.strip() in unparsed_tokens:
+            return None
+        return 10 if token.strip() and token.strip().lower() in words else 0
+
+    if _LAST_TOKEN in text:
+        line = text.split(_LAST_TOKEN, 1)[1].split("\n", 1)[0]
+        v = value(unescape_token(line[: line.rfind('"')] if '"' in line else line))
+        return [(str(v), v) if v is not None else ("unsure", None)]
+    if START not in text or f"\t{UNKNOWN}" not in text:
+        return None
+    body = text.split(START + "\n", 1)[1].split(END, 1)[0]
+    pieces: list[tuple[str, int | None]] = [(START + "\n", None)]
+    for line in body.split("\n"):
+        if "\t" not in line:
+            continue
+        written = line.rsplit("\t", 1)[0]
+        v = value(unescape_token(written))
+        pieces += [(written, None), ("\t", None), ((str(v), v) if v is not None else ("unsure", None)), ("\n", None)]
+    return [*pieces, (END, None)]
+
+
+def _role(m: Any) -> str:
+    return m.role if hasattr(m, "role") else str(m.get("role"))
+
+
+def _text(m: Any) -> str:
+    content = m.content if hasattr(m, "content") else m.get("content")
+    if isinstance(content, list):
+        return "".join(b.get("text", "") for b in content if isinstance(b, dict))
+    return str(content or "")
 
 
 @dataclass(frozen=True)
@@ -77,6 +134,10 @@ class FakeLLM:
             self.calls.append(r)
             if r.top_logprobs:
                 self._require(Capability.GENERATED_LOGPROBS)
+            answer = simulator_answer(r.messages, self.unparsed_tokens) if self.generate_fn is None else None
+            if answer is not None:
+                out.append(self._simulator_generation(r, answer))
+                continue
             text = (
                 self.generate_fn(r)
                 if self.generate_fn is not None
@@ -99,6 +160,30 @@ class FakeLLM:
                 )
             )
         return out
+
+    def _value_logprobs(self, target: int) -> dict[str, float]:
+        if self.value_mass <= 0:
+            return {"unsure": 0.0}
+        weights = [math.exp(-self.sharpness * abs(v - target)) for v in range(11)]
+        total = sum(weights)
+        return {str(v): math.log(self.value_mass * w / total) for v, w in enumerate(weights) if w > 0}
+
+    def _simulator_generation(self, r: GenerationRequest, answer: list[tuple[str, int | None]]) -> Generation:
+        text, logprobs = "", []
+        for piece, target in answer:
+            if r.stop and any(s and s in text + piece for s in r.stop):
+                break
+            if len(logprobs) >= r.max_tokens:
+                break
+            text += piece
+            top = self._value_logprobs(target) if target is not None else {piece: 0.0}
+            logprobs.append(TokenLogprobs(token=piece, logprob=top.get(piece, 0.0), top=top))
+        prompt_chars = sum(len(m.content) for m in r.messages) + len(r.assistant_prefix)
+        return Generation(
+            text=text,
+            logprobs=logprobs if r.top_logprobs else None,
+            usage=Usage(calls=1, input_tokens=prompt_chars // 4, output_tokens=len(logprobs)),
+        )
 
     def slot_distributions(self, requests: Sequence[SlotRequest]) -> list[SlotResult]:
         self._require(Capability.PROMPT_LOGPROBS)

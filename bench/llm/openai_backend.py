@@ -70,7 +70,6 @@ from bench.protocols import (
     SlotResult,
     TokenLogprobs,
 )
-from bench.records import Usage
 
 OFFICIAL_BASE_URL = "https://api.openai.com/v1"
 PREFILL_MODES = ("auto", "fold", "continue_final_message", "trailing_assistant")
@@ -305,7 +304,7 @@ class OpenAIChatModel(HTTPBackend):
         if fold:
             text, tokens = _strip_echoed_prefix(text, tokens, fold)
         text, tokens = apply_stops(text, tokens, r.stop)
-        return Generation(text=text, logprobs=tokens, usage=_usage(usage, outcome))
+        return Generation(text=text, logprobs=tokens, usage=self.engine.spent(usage, outcome))
 
     # ------------------------------------------------------------------------------------------------
     # vLLM completions with prompt logprobs
@@ -398,9 +397,9 @@ class _SlotRun:
                 after[j][piece] = nd
             probabilities = [_value_probabilities(r.values, d, a) for d, a in zip(dists[i], after, strict=True)]
             visible = [sum(math.exp(lp) for lp in d.values()) for d in dists[i]]
-            usage = _usage(first[i].value.get("usage") or {}, first[i])  # type: ignore[union-attr]
+            usage = b.engine.spent(first[i].value.get("usage") or {}, first[i])  # type: ignore[union-attr]
             if i in chain_outcomes:
-                usage = usage + _usage(chain_outcomes[i].value.get("usage") or {}, chain_outcomes[i])  # type: ignore[union-attr]
+                usage = usage + b.engine.spent(chain_outcomes[i].value.get("usage") or {}, chain_outcomes[i])  # type: ignore[union-attr]
             results.append(
                 SlotResult(
                     probabilities=probabilities,
@@ -461,18 +460,6 @@ def _completions_value(response: Any) -> dict[str, Any]:
             }
         )
     return {"result": {"choices": choices}, "usage": _openai_usage(response.usage)}
-
-
-def _usage(usage: dict[str, Any], outcome: Outcome) -> Usage:
-    """Usage of what this call spent: a cache hit spent nothing (``calls`` counts requests sent)."""
-    if outcome.cached:
-        return Usage()
-    return Usage(
-        calls=outcome.attempts,
-        input_tokens=int(usage.get("input_tokens") or 0),
-        cached_input_tokens=int(usage.get("cached_input_tokens") or 0),
-        output_tokens=int(usage.get("output_tokens") or 0),
-    )
 
 
 def _strip_echoed_prefix(

@@ -1,10 +1,23 @@
-"""All-at-once simulation with prompt logprobs (method.md section 5, estimator (a)).
+"""All-at-once simulation: one model call per excerpt (method.md section 5), three estimators.
 
-One model call per excerpt.  The prompt shows a few example neurons whose excerpts switch from
-``unknown`` to real values part-way through, then the target excerpt with **every** value written as
-``unknown``.  The backend returns the distribution over "0".."10" at the start of each ``unknown`` (the
-position right after the token's tab): the expected value of that distribution is the simulated
-activation.  Tokens with no probability mass on any value get EV 0 and are counted as ``unparsed``.
+``estimator`` picks how the activation of every token is read (recorded as ``all_at_once/<estimator>``):
+
+* ``prompt_logprobs`` (a) -- the prompt shows a few example neurons whose excerpts switch from
+  ``unknown`` to real values part-way through, then the target excerpt with **every** value written
+  as ``unknown`` (an assistant prefill).  The backend returns the distribution over "0".."10" at the
+  start of each ``unknown``; its expected value is the simulated activation.  Needs prompt logprobs
+  (local transformers models, vLLM).
+* ``generated_logprobs`` (b) -- the user message holds the excerpt with every value ``unknown``; the
+  model writes it back as ``token<TAB>value`` lines (the few-shot answers show how).  The lines are
+  matched back to the excerpt's tokens (:func:`bench.simulators.parsing.match_lines`) and the top
+  logprobs at each written value give the EV.  Needs logprobs of generated tokens (OpenAI chat).
+* ``sampled`` (c) -- the same prompt, logprob-free: the written integers are the prediction;
+  ``samples`` > 1 averages k samples (their histogram is the recorded distribution).  Any backend
+  that generates text (Anthropic, Ollama ...).
+
+Tokens with no valid value get EV 0 and are counted as ``unparsed``.  A response whose lines do not
+match the excerpt raises :class:`~bench.simulators.parsing.SimulationParseError` with the raw
+response (with k samples: only when no sample matches; the others are kept in ``meta``).
 """
 
 from __future__ import annotations
@@ -14,19 +27,38 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.errors import UserError
-from bench.protocols import VALUE_STRINGS, Capability, ChatMessage, SlotRequest
+from bench.protocols import VALUE_STRINGS, Capability, ChatMessage, Generation, GenerationRequest, SlotRequest
 from bench.records import ActivationRecord, SequenceSimulation, Simulation, Usage
-from bench.simulators.expected_value import expected_value_from_probabilities
-from bench.simulators.prompt_format import END, START, UNKNOWN, escape_token, format_unknown_excerpt
+from bench.simulators.estimators import ESTIMATORS, estimators_of, refusal
+from bench.simulators.expected_value import expected_value_from_logprobs, expected_value_from_probabilities
+from bench.simulators.parsing import (
+    SimulationParseError,
+    match_lines,
+    parse_value,
+    token_at,
+    token_starts,
+    value_logprobs,
+)
+from bench.simulators.prompt_format import (
+    END,
+    START,
+    UNKNOWN,
+    escape_token,
+    format_excerpt,
+    format_unknown_excerpt,
+)
 
-# Which backend capabilities each all-at-once estimator needs (method.md 5 (a)-(c)); implemented here:
+STRATEGY = "all_at_once"
+# Which backend capabilities each all-at-once estimator needs (method.md 5 (a)-(c)).
 ESTIMATOR_NEEDS: dict[str, frozenset[Capability]] = {
-    "prompt_logprobs": frozenset({Capability.PROMPT_LOGPROBS}),
+    name: ESTIMATORS[f"{STRATEGY}/{name}"] for name in estimators_of(STRATEGY)
 }
-PLANNED_ESTIMATORS: dict[str, frozenset[Capability]] = {
-    "generated_logprobs": frozenset({Capability.GENERATE, Capability.GENERATED_LOGPROBS}),
-    "sampled": frozenset({Capability.GENERATE}),
-}
+GENERATION_ESTIMATORS = ("generated_logprobs", "sampled")
+WRITE_BACK = (
+    f"Write the excerpt again between {START} and {END}, one line per token as token<TAB>activation, in the "
+    f"same order, copying every token exactly as written above (escapes included) and replacing each "
+    f"{UNKNOWN} with a whole number from 0 to 10."
+)
 
 DEFAULT_SYSTEM = (
     "You predict how strongly one neuron of a language model reacts to each token of a text excerpt, "
@@ -64,7 +96,7 @@ class SimulatorExample:
 
 
 def supported_estimators(capabilities: frozenset[Capability] | set[Capability]) -> list[str]:
-    """The implemented all-at-once estimators a backend with these capabilities can serve."""
+    """The all-at-once estimators a backend with these capabilities can serve."""
     return [name for name, needs in ESTIMATOR_NEEDS.items() if needs <= set(capabilities)]
 
 
@@ -97,7 +129,12 @@ def _parse_examples(raw: Any) -> tuple[SimulatorExample, ...]:
 
 @dataclass(frozen=True)
 class AllAtOnceSimulator:
-    """Simulate every token of an excerpt in one call; EV of the value distribution at each slot."""
+    """Simulate every token of an excerpt in one call (``estimator``: see the module docstring).
+
+    ``samples``: calls per excerpt whose per-token distributions are averaged (generation estimators;
+    for ``sampled`` the histogram of the k integers).  ``temperature``: null means 0 for one sample and
+    1.0 for several.  ``top_logprobs``: alternatives asked for at every generated token (OpenAI: <= 20).
+    """
 
     llm: Any
     estimator: str = "prompt_logprobs"
@@ -105,14 +142,20 @@ class AllAtOnceSimulator:
     few_shot: Any = field(default=DEFAULT_FEW_SHOT)
     system: str = DEFAULT_SYSTEM
     explanation_prefix: str = DEFAULT_EXPLANATION_PREFIX
+    samples: int = 1
+    temperature: float | None = None
+    top_logprobs: int = 20
     version: int = 1
 
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATOR_NEEDS:
-            planned = f" ({', '.join(PLANNED_ESTIMATORS)} are not implemented yet)" if PLANNED_ESTIMATORS else ""
             raise ValueError(
-                f"estimator: {self.estimator!r} is not supported; supported: {', '.join(ESTIMATOR_NEEDS)}{planned}"
+                f"estimator: {self.estimator!r} is not an all-at-once estimator; use one of "
+                f"{', '.join(ESTIMATOR_NEEDS)} (or simulator=<..._one_at_a_time> for the one-at-a-time strategy)"
             )
+        check_sampling_fields(self)
+        if self.estimator == "prompt_logprobs" and self.samples != 1:
+            raise ValueError("samples: prompt_logprobs reads exact distributions; samples must be 1")
         object.__setattr__(self, "few_shot", _parse_examples(self.few_shot))
 
     @property
@@ -121,23 +164,23 @@ class AllAtOnceSimulator:
 
     @property
     def recorded_estimator(self) -> str:
-        return f"all_at_once/{self.estimator}"
+        return f"{STRATEGY}/{self.estimator}"
+
+    @property
+    def resolved_temperature(self) -> float:
+        return resolve_temperature(self.temperature, self.samples)
 
     def check_backend(self) -> None:
         """Refuse a backend that cannot serve this estimator -- before any call."""
-        offered = frozenset(self.llm.capabilities)
-        missing = self.required_capabilities - offered
-        if missing:
-            can = supported_estimators(offered)
-            raise UserError(
-                f"simulator estimator {self.estimator!r} needs {', '.join(sorted(missing))}, which backend "
-                f"{getattr(self.llm, 'name', type(self.llm).__name__)!r} does not offer; estimators it can serve: "
-                f"{', '.join(can) if can else 'none of the implemented ones'}"
-            )
+        problem = refusal(self.recorded_estimator, self.llm)
+        if problem:
+            raise UserError(f"simulator estimator {problem}")
 
     # ------------------------------------------------------------------------------------------------
+    # Prompts
+    # ------------------------------------------------------------------------------------------------
     def build_request(self, explanation: str, tokens: Sequence[str]) -> SlotRequest:
-        """The chat messages and slot offsets for one excerpt (exposed for tests and inspection)."""
+        """The chat messages and slot offsets for one excerpt (prompt_logprobs; exposed for tests)."""
         messages = [ChatMessage("system", self.system)]
         for k, ex in enumerate(self.few_shot, start=1):
             messages.append(ChatMessage("user", self._user_text(k, ex.explanation)))
@@ -151,6 +194,33 @@ class AllAtOnceSimulator:
         messages.append(ChatMessage("assistant", body))
         return SlotRequest(messages=tuple(messages), slots=tuple(slots), values=VALUE_STRINGS)
 
+    def build_generation_requests(self, explanation: str, tokens: Sequence[str]) -> list[GenerationRequest]:
+        """The ``samples`` chat requests for one excerpt (generation estimators; exposed for tests)."""
+        messages = [ChatMessage("system", self.system)]
+        for k, ex in enumerate(self.few_shot, start=1):
+            messages.append(ChatMessage("user", self._write_back_text(k, ex.explanation, ex.tokens)))
+            messages.append(ChatMessage("assistant", format_excerpt(ex.tokens, ex.values).rstrip("\n")))
+        messages.append(ChatMessage("user", self._write_back_text(len(self.few_shot) + 1, explanation, tokens)))
+        budget = 16 + sum(len(escape_token(t).encode("utf-8")) + 4 for t in tokens)  # <= one token per byte
+        return [
+            GenerationRequest(
+                messages=tuple(messages),
+                max_tokens=budget,
+                temperature=self.resolved_temperature,
+                sample_index=i,
+                stop=(END,),
+                top_logprobs=self.top_logprobs if self.estimator == "generated_logprobs" else 0,
+            )
+            for i in range(self.samples)
+        ]
+
+    def requests(self, explanation: str, records: Sequence[ActivationRecord]) -> list[Any]:
+        """Every request ``simulate`` sends for these records (dry runs count them)."""
+        live = [r for r in records if r.tokens]
+        if self.estimator == "prompt_logprobs":
+            return [self.build_request(explanation, r.tokens) for r in live]
+        return [q for r in live for q in self.build_generation_requests(explanation, r.tokens)]
+
     def _user_text(self, number: int, explanation: str) -> str:
         explanation = " ".join(explanation.strip().splitlines())
         return (
@@ -158,8 +228,94 @@ class AllAtOnceSimulator:
             f"Predict its activation on every token."
         )
 
+    def _write_back_text(self, number: int, explanation: str, tokens: Sequence[str]) -> str:
+        excerpt = format_excerpt(tokens, [UNKNOWN] * len(tokens))
+        return f"{self._user_text(number, explanation)}\n{excerpt}{WRITE_BACK}"
+
+    # ------------------------------------------------------------------------------------------------
     def simulate(self, explanation: str, records: Sequence[ActivationRecord]) -> Simulation:
         self.check_backend()
+        if self.estimator == "prompt_logprobs":
+            return self._simulate_slots(explanation, records)
+        return self._simulate_generated(explanation, records)
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "few_shot_examples": len(self.few_shot),
+            "llm": getattr(self.llm, "name", type(self.llm).__name__),
+            "version": self.version,
+        }
+
+    def _simulate_generated(self, explanation: str, records: Sequence[ActivationRecord]) -> Simulation:
+        live = [i for i, r in enumerate(records) if r.tokens]
+        requests = [q for i in live for q in self.build_generation_requests(explanation, records[i].tokens)]
+        generations = self.llm.generate(requests) if requests else []
+        if len(generations) != len(requests):
+            raise RuntimeError(f"backend returned {len(generations)} generations for {len(requests)} requests")
+        usage = Usage()
+        for g in generations:
+            usage = usage + g.usage
+        counts = {"chained_values": 0, "unresolved_one_or_ten": 0}
+        mismatched: list[dict[str, Any]] = []
+        by_record: dict[int, list[Generation]] = {}
+        for n, i in enumerate(live):
+            by_record[i] = generations[n * self.samples : (n + 1) * self.samples]
+        sequences = []
+        for i, record in enumerate(records):
+            per_sample: list[list[list[float] | None]] = []
+            errors: list[SimulationParseError] = []
+            for g in by_record.get(i, []):
+                try:
+                    per_sample.append(self._read_generation(g, record.tokens, counts))
+                except SimulationParseError as err:
+                    errors.append(err)
+            if errors and not per_sample:
+                if len(errors) == 1:
+                    raise errors[0]
+                raise SimulationParseError(
+                    f"none of the {len(errors)} samples matched the excerpt ({errors[0].args[0].split('; raw')[0]})",
+                    [g.text for g in by_record[i]],
+                )
+            mismatched += [{"excerpt": i, "error": str(e).split("; raw")[0], "raw": e.raw_response} for e in errors]
+            sequences.append(combine_samples(record, per_sample))
+        meta = {
+            **self._meta(),
+            "samples": self.samples,
+            "temperature": self.resolved_temperature,
+            **({"top_logprobs": self.top_logprobs, **counts} if self.estimator == "generated_logprobs" else {}),
+            "mismatched_samples": mismatched,
+        }
+        return Simulation(
+            sequences=sequences, simulator=self.name, estimator=self.recorded_estimator, usage=usage, meta=meta
+        )
+
+    def _read_generation(
+        self, generation: Generation, tokens: Sequence[str], counts: dict[str, int]
+    ) -> list[list[float] | None]:
+        """Per token: the distribution over 0..10 read from one response, or None (unparsed)."""
+        text = generation.text
+        lines = match_lines(text, tokens, what=f"{self.recorded_estimator} response")
+        if self.estimator == "sampled":
+            return [one_hot(parse_value(line.value_text)) for line in lines]
+        logprobs = generation.logprobs
+        if logprobs is None:
+            raise SimulationParseError(
+                f"{getattr(self.llm, 'name', 'backend')} returned no logprobs for a generated_logprobs request", text
+            )
+        starts = token_starts(text, logprobs)
+        out: list[list[float] | None] = []
+        for line in lines:
+            found = token_at(starts, logprobs, line.value_start)
+            if found is None:
+                out.append(None)
+                continue
+            read = value_logprobs(logprobs, *found)
+            counts["chained_values"] += read.chained
+            counts["unresolved_one_or_ten"] += read.unresolved
+            out.append(expected_value_from_logprobs(read.logprobs).distribution)
+        return out
+
+    def _simulate_slots(self, explanation: str, records: Sequence[ActivationRecord]) -> Simulation:
         requests = [self.build_request(explanation, r.tokens) for r in records]
         live = [i for i, r in enumerate(records) if r.tokens]
         results = self.llm.slot_distributions([requests[i] for i in live]) if live else []
@@ -203,10 +359,57 @@ class AllAtOnceSimulator:
         meta = {
             "value_handling": handled,
             "mean_value_mass": sum(mass) / len(mass) if mass else None,
-            "few_shot_examples": len(self.few_shot),
-            "llm": getattr(self.llm, "name", type(self.llm).__name__),
-            "version": self.version,
+            **self._meta(),
         }
         return Simulation(
             sequences=sequences, simulator=self.name, estimator=self.recorded_estimator, usage=usage, meta=meta
         )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Shared by the generation estimators (also used by the one-at-a-time simulator)
+# ---------------------------------------------------------------------------------------------------
+def resolve_temperature(temperature: float | None, samples: int) -> float:
+    """null: greedy for one sample, 1.0 for several (so the samples differ)."""
+    if temperature is not None:
+        return float(temperature)
+    return 0.0 if samples == 1 else 1.0
+
+
+def check_sampling_fields(obj: Any) -> None:
+    """``__post_init__`` checks of ``samples`` / ``temperature`` / ``top_logprobs`` (ValueError "field: ...")."""
+    if isinstance(obj.samples, bool) or not isinstance(obj.samples, int) or obj.samples < 1:
+        raise ValueError(f"samples: must be an integer >= 1, got {obj.samples!r}")
+    if obj.temperature is not None and not 0.0 <= float(obj.temperature) <= 2.0:
+        raise ValueError(f"temperature: must be in [0, 2] or null (auto), got {obj.temperature}")
+    if isinstance(obj.top_logprobs, bool) or not isinstance(obj.top_logprobs, int) or not 1 <= obj.top_logprobs <= 20:
+        raise ValueError(f"top_logprobs: must be an integer in 1..20 (OpenAI's maximum), got {obj.top_logprobs!r}")
+
+
+def one_hot(value: int | None) -> list[float] | None:
+    if value is None:
+        return None
+    return [1.0 if v == value else 0.0 for v in range(len(VALUE_STRINGS))]
+
+
+def combine_samples(record: ActivationRecord, per_sample: Sequence[Sequence[list[float] | None]]) -> SequenceSimulation:
+    """Average each token's distribution over the samples that parsed it; unparsed when none did."""
+    expected, dists, unparsed = [], [], 0
+    for t in range(len(record.tokens)):
+        parsed = [s[t] for s in per_sample if s[t] is not None]
+        if not parsed:
+            unparsed += 1
+            expected.append(0.0)
+            dists.append([0.0] * len(VALUE_STRINGS))
+            continue
+        mean = [sum(d[v] for d in parsed) / len(parsed) for v in range(len(VALUE_STRINGS))]  # type: ignore[index]
+        ev = expected_value_from_probabilities(dict(zip(VALUE_STRINGS, mean, strict=True)))
+        expected.append(ev.value)
+        dists.append(ev.distribution or [0.0] * len(VALUE_STRINGS))
+    return SequenceSimulation(
+        tokens=list(record.tokens),
+        expected=expected,
+        true_activations=list(record.activations),
+        unparsed=unparsed,
+        distributions=dists,
+    )

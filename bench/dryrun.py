@@ -1,0 +1,169 @@
+"""``neuronbench run --dry-run``: what a configuration would send, before anything is spent.
+
+Per stage (explain, rerank for best-of-k, simulate, calibrate, control): LLM calls, prompt tokens and
+an upper bound of output tokens and dollars.  The components build their real requests (the same
+code ``simulate`` / ``explain`` use) for synthetic excerpts of the dataset's length, so the counts
+follow the strategy and estimator exactly (one-at-a-time: one call per token and sample).  Nothing is
+loaded, mined or called; no API key is needed.
+
+Estimates: prompt tokens are characters / 4 of the synthetic prompts (real excerpts differ); output
+tokens assume every call writes its ``max_tokens`` (an upper bound), and dollars follow from the
+backend's prices (``0`` for local models, ``unknown`` when an API backend has no prices).  Answers
+already in the response cache would cost nothing; scorers that call LLMs themselves are not counted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bench.config import RunSettings
+from bench.protocols import GenerationRequest, SlotRequest
+from bench.records import ActivationRecord
+
+PLACEHOLDER_EXPLANATION = "words about rain and wet weather"
+PLACEHOLDER_TOKEN = " word"
+
+
+@dataclass(frozen=True)
+class StageEstimate:
+    stage: str
+    backend: str
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    dollars: float
+    note: str = ""
+
+
+def synthetic_records(count: int, length: int) -> list[ActivationRecord]:
+    """Excerpts of ``length`` five-character tokens with a few non-zero activations."""
+    acts = [float(i % 7 == 3) * (1 + i % 5) for i in range(length)]
+    return [ActivationRecord([PLACEHOLDER_TOKEN] * length, list(acts)) for _ in range(count)]
+
+
+def _backend_name(llm: Any) -> str:
+    return "-" if llm is None else str(getattr(llm, "name", type(llm).__name__))
+
+
+def _prices(llm: Any) -> Any:
+    """The backend's prices; None for local backends (free) -- ``False`` marks unknown prices."""
+    if not hasattr(llm, "api_key_env"):
+        return None
+    from bench.llm import pricing
+
+    return pricing.resolve(llm.model, getattr(llm, "prices", None)) or False
+
+
+def _cost(stage: str, llm: Any, requests: Sequence[Any], repeat: int = 1, note: str = "") -> StageEstimate:
+    calls = inp = out = 0
+    for r in requests:
+        chars = sum(len(m.content) for m in r.messages)
+        if isinstance(r, GenerationRequest):
+            chars += len(r.assistant_prefix)
+            out += r.max_tokens
+        elif isinstance(r, SlotRequest):
+            out += 1 if hasattr(llm, "api_key_env") else 0
+        calls += 1
+        inp += max(1, math.ceil(chars / 4))
+    calls, inp, out = calls * repeat, inp * repeat, out * repeat
+    prices = _prices(llm)
+    dollars = 0.0 if prices is None else (math.nan if prices is False else prices.dollars(inp, 0, out))
+    return StageEstimate(stage, _backend_name(llm), calls, inp, out, dollars, note)
+
+
+def _simulator_requests(simulator: Any, records: Sequence[ActivationRecord]) -> list[Any] | None:
+    plan = getattr(simulator, "requests", None)
+    return plan(PLACEHOLDER_EXPLANATION, records) if callable(plan) else None
+
+
+def _explainer_requests(explainer: Any, records: Sequence[ActivationRecord]) -> list[Any] | None:
+    plan = getattr(explainer, "dry_run_requests", None)
+    return plan(records) if callable(plan) else None
+
+
+def estimate_run(settings: RunSettings, parts: dict[str, Any]) -> list[StageEstimate]:
+    """Per-stage estimates for a validated configuration (see the module docstring)."""
+    units = settings.units
+    per_layer = len(dict.fromkeys(units.indices)) if units.indices is not None else units.count
+    n_units = per_layer * len(units.layers)
+    n = units.examples_per_split
+    length = int(getattr(parts["dataset"], "excerpt_len", 64))
+    explainer, simulator = parts["explainer"], parts["simulator"]
+    scorers = list(parts["scorers"].values())
+    out: list[StageEstimate] = []
+
+    inner = getattr(explainer, "explainer", None)
+    k = int(getattr(explainer, "k", 1)) if inner is not None else 1
+    writer = inner if inner is not None else explainer
+    train = synthetic_records(n, length)
+    requests = _explainer_requests(writer, train)
+    if requests is None:
+        out.append(StageEstimate("explain", _backend_name(getattr(writer, "llm", None)), 0, 0, 0, 0.0, "no LLM"))
+    else:
+        if inner is not None and requests:  # best-of-k samples k explanations per unit
+            requests = [requests[0]] * k
+        out.append(_cost("explain", getattr(writer, "llm", None), requests, repeat=n_units))
+    sim_llm = getattr(simulator, "llm", None)
+    scoring = synthetic_records(2 * n, length)
+    sim_requests = _simulator_requests(simulator, scoring)
+    if sim_requests is None:
+        out.append(StageEstimate("simulate", "-", 0, 0, 0, 0.0, "no LLM"))
+        return out
+    if inner is not None:
+        out.append(_cost("rerank", sim_llm, sim_requests, repeat=n_units * k, note=f"best-of-{k} on calibration"))
+    out.append(_cost("simulate", sim_llm, sim_requests, repeat=n_units, note=f"{settings.scoring.split} split"))
+    if settings.scoring.calibration != "none" and any(getattr(s, "needs_calibration", False) for s in scorers):
+        out.append(_cost("calibrate", sim_llm, sim_requests, repeat=n_units, note="calibration split"))
+    if settings.control.enabled and n_units >= 2:
+        out.append(_cost("control", sim_llm, sim_requests, repeat=n_units * settings.control.repeats))
+    return out
+
+
+def _money(value: float) -> str:
+    return "unknown" if math.isnan(value) else f"${value:,.4f}"
+
+
+def format_estimate(settings: RunSettings, parts: dict[str, Any], title: str = "") -> str:
+    """The dry-run table for one configuration."""
+    stages = estimate_run(settings, parts)
+    units = settings.units
+    per_layer = len(dict.fromkeys(units.indices)) if units.indices is not None else units.count
+    n_units = per_layer * len(units.layers)
+    length = int(getattr(parts["dataset"], "excerpt_len", 64))
+    estimator = getattr(parts["simulator"], "estimator", "?")
+    strategy = getattr(parts["simulator"], "recorded_estimator", estimator)
+    lines = [
+        f"neuronbench dry run{': ' + title if title else ''}",
+        f"  {n_units} units, {2 * units.examples_per_split} scored excerpts each of {length} tokens; "
+        f"simulator estimator {strategy}",
+        f"  {'stage':<10} {'backend':<32} {'calls':>9} {'input tokens':>14} {'output tokens':>14} {'dollars':>12}",
+    ]
+    total = StageEstimate("total", "", 0, 0, 0, 0.0)
+    for s in stages:
+        lines.append(
+            f"  {s.stage:<10} {s.backend[:32]:<32} {s.calls:>9,} {s.input_tokens:>14,} {s.output_tokens:>14,} "
+            f"{_money(s.dollars):>12}" + (f"  ({s.note})" if s.note else "")
+        )
+        total = StageEstimate(
+            "total",
+            "",
+            total.calls + s.calls,
+            total.input_tokens + s.input_tokens,
+            total.output_tokens + s.output_tokens,
+            total.dollars + s.dollars,
+        )
+    lines.append(
+        f"  {'total':<10} {'':<32} {total.calls:>9,} {total.input_tokens:>14,} {total.output_tokens:>14,} "
+        f"{_money(total.dollars):>12}"
+    )
+    with_llm = [name for name, scorer in parts["scorers"].items() if getattr(scorer, "llm", None) is not None]
+    if with_llm:
+        lines.append(f"  not counted: LLM calls of scorer(s) {', '.join(with_llm)}")
+    lines.append(
+        "  input tokens ~ characters/4 of synthetic excerpts; output tokens and dollars are upper bounds (every "
+        "call writes max_tokens); cached answers cost nothing; nothing was loaded or called"
+    )
+    return "\n".join(lines)

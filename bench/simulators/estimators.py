@@ -1,0 +1,49 @@
+"""Which simulator strategy x estimator needs which backend capabilities (method.md section 5).
+
+Every LLM simulator records one of these names as ``Simulation.estimator``; config validation
+(:func:`bench.config._check_compatibility`) refuses a backend that cannot serve the chosen one, before
+any call, and names the estimators that backend *can* serve (:func:`estimators_for`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from bench.protocols import Capability
+
+GENERATE, GENERATED, PROMPT = Capability.GENERATE, Capability.GENERATED_LOGPROBS, Capability.PROMPT_LOGPROBS
+
+# "<strategy>/<estimator>" -> capabilities the backend must offer; in order of fidelity per strategy.
+ESTIMATORS: dict[str, frozenset[Capability]] = {
+    "all_at_once/prompt_logprobs": frozenset({PROMPT}),  # (a) distribution at every "unknown" of the prompt
+    "all_at_once/generated_logprobs": frozenset({GENERATE, GENERATED}),  # (b) top logprobs of written values
+    "all_at_once/sampled": frozenset({GENERATE}),  # (c) logprob-free: parsed integers, k samples averaged
+    "one_at_a_time/logprobs": frozenset({GENERATE, GENERATED}),  # top logprobs of one generated token
+    "one_at_a_time/sampled": frozenset({GENERATE}),  # logprob-free: the integer written, k samples averaged
+}
+
+
+def estimators_of(strategy: str) -> list[str]:
+    """The estimator names (without the strategy) of one strategy, e.g. ``all_at_once``."""
+    return [name.split("/", 1)[1] for name in ESTIMATORS if name.startswith(strategy + "/")]
+
+
+def estimators_for(capabilities: Iterable[Capability | str]) -> list[str]:
+    """Every ``strategy/estimator`` a backend with these capabilities can serve."""
+    offered = {Capability(c) for c in capabilities}
+    return [name for name, needs in ESTIMATORS.items() if needs <= offered]
+
+
+def refusal(estimator: str, llm: object) -> str | None:
+    """One line saying why ``llm`` cannot serve ``estimator`` (and what it can serve), or None."""
+    needs = ESTIMATORS[estimator]
+    offered = frozenset(getattr(llm, "capabilities", ()) or ())
+    missing = needs - offered
+    if not missing:
+        return None
+    can = estimators_for(offered)
+    name = getattr(llm, "name", type(llm).__name__)
+    return (
+        f"{estimator} needs {', '.join(sorted(str(c) for c in missing))}, which backend {name!r} does not offer; "
+        f"estimators it can serve: {', '.join(can) if can else 'none'}"
+    )
