@@ -248,7 +248,7 @@ def score_unit(
         )
         scores: dict[str, Score] = {}
         for scorer in scorers:
-            scores.update(scorer.score(ctx))
+            scores.update(run_scorer(scorer, ctx, extras))
         if ctx.details:
             extras["scorers"] = ctx.details
         stage = "control"
@@ -274,6 +274,19 @@ def score_unit(
     return UnitResult(
         unit=record.unit, status="ok", explanation=explanation, simulation=simulation, scores=scores, extras=extras
     )
+
+
+def run_scorer(scorer: Any, ctx: ScoringContext, extras: dict[str, Any]) -> dict[str, Score]:
+    """One scorer's scores; if it fails, its headline score is NaN with the reason and the other
+    scorers still run (the failure counts in that score's ``failure_rate``, never as a 0)."""
+    try:
+        return scorer.score(ctx)
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - recorded per scorer, with its traceback
+        log.debug("scorer %s failed for %s", scorer.name, ctx.unit.unit.key, exc_info=True)
+        extras.setdefault("scorer_errors", {})[scorer.name] = traceback.format_exc(limit=8)
+        return {scorer.name: Score(scorer.name, math.nan, f"scorer failed: {_error_text(err)}")}
 
 
 def control_scores(

@@ -125,3 +125,26 @@ def test_failures_are_counted_and_kept(tmp_path, corpus, mlflow_store):
     assert outcome.summary["units/failed"] == 3 and outcome.summary["units/failure_rate"] == 1.0
     assert all(r.stage == "explain" and r.error for r in outcome.results)
     assert not any(k.startswith("score/") for k in outcome.summary)
+
+
+def test_a_failing_scorer_is_a_nan_with_reason_and_the_others_still_score(tmp_path, corpus, mlflow_store):
+    """Ablation cannot run without token ids: its score is NaN with the reason, correlation still scores."""
+    from bench.pipeline import run_scorer
+    from bench.protocols import ScoringContext
+    from bench.records import ActivationRecord, Explanation, UnitId, UnitRecord, UnitStats
+    from bench.scorers.ablation import AblationScorer
+
+    rec = ActivationRecord(["a", "b"], [1.0, 2.0])  # no token ids
+    ctx = ScoringContext(
+        unit=UnitRecord(UnitId(0, 0), [rec], [], UnitStats(1, 0.0, 1.0, 0.0, 0.0)),
+        explanation=Explanation("x", "t"),
+        scoring_top=[],
+        scoring_random=[],
+        scoring_records=[rec],
+        calibrator=lambda x: x,
+        subject=object(),
+    )
+    extras: dict = {}
+    scores = run_scorer(AblationScorer(), ctx, extras)
+    assert math.isnan(scores["ablation"].value) and scores["ablation"].reason.startswith("scorer failed")
+    assert "ablation" in extras["scorer_errors"]

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from bench.aggregate import SCORE_CORRELATIONS
 from bench.config import TrackingConfig
 from bench.records import UnitResult
 from bench.tracking.redact import redact
@@ -92,7 +93,7 @@ class MlflowSink:
         if nan_keys:
             self.mlflow.set_tag("metrics_nan", ", ".join(nan_keys)[:5000])
         self.mlflow.log_dict(summary | {}, "summary.json")
-        for name in ("results.jsonl", "explanations.jsonl"):
+        for name in ("results.jsonl", "explanations.jsonl", *SCORE_CORRELATIONS):
             path = self.run_dir / name
             if path.exists():
                 self.mlflow.log_artifact(str(path))
