@@ -64,9 +64,8 @@ def read_rows(runs_dir: Path) -> list[Row]:
                     break
         values = {}
         for label, key in COLUMNS:
-            get = lambda f, key=key: summary.get(f"{key}/{f}")  # noqa: E731
-            mean = get("mean")
-            values[label] = tuple(math.nan if v is None else float(v) for v in (mean, get("ci_low"), get("ci_high")))
+            raw = (summary.get(f"{key}/{field}") for field in ("mean", "ci_low", "ci_high"))
+            values[label] = tuple(math.nan if v is None else float(v) for v in raw)
         rows.append(
             Row(
                 run=run_dir.name,

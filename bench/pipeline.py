@@ -129,7 +129,8 @@ def run(
     for layer in settings.units.layers:
         if layer >= info.n_layers:
             raise UserError(
-                f"config error at 'units.layers': layer {layer} out of range; {info.model} has {info.n_layers} layers (0..{info.n_layers - 1})"
+                f"config error at 'units.layers': layer {layer} out of range; "
+                f"{info.model} has {info.n_layers} layers (0..{info.n_layers - 1})"
             )
         chosen = choose_units(layer, info.width, settings.units.count, settings.units.indices, settings.units.seed)
         layer_records = load_or_mine(

@@ -103,7 +103,9 @@ def test_scorer_uses_calibrated_simulation_and_reports_all_divergences() -> None
     records = make_records(ids, acts)
     # The simulator predicted 2*real+1 on its own scale; calibration maps it back exactly.
     sims = [
-        SequenceSimulation(tokens=r.tokens, expected=list(2 * np.array(r.activations) + 1), true_activations=r.activations)
+        SequenceSimulation(
+            tokens=r.tokens, expected=list(2 * np.array(r.activations) + 1), true_activations=r.activations
+        )
         for r in records
     ]
     unit = UnitRecord(UnitId(0, 3), records, [], UnitStats(20, float(acts.mean()), 1.0, 0.0, 0.0))

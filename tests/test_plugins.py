@@ -9,8 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from bench.records import ActivationRecord, Explanation, Score, SequenceSimulation, Simulation, UnitId, UnitRecord
-from bench.records import UnitResult, UnitStats
+from bench.records import (
+    ActivationRecord,
+    Explanation,
+    Score,
+    SequenceSimulation,
+    Simulation,
+    UnitId,
+    UnitRecord,
+    UnitResult,
+    UnitStats,
+)
 from plugins.reference_format import (
     ReferenceFileExplainer,
     unit_record_from_reference,
