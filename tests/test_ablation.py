@@ -8,29 +8,24 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest_models import tiny_config
+from conftest_models import tiny_model as conftest_tiny_model
 
 from bench.protocols import ScoringContext
 from bench.records import ActivationRecord, Explanation, SequenceSimulation, UnitId, UnitRecord, UnitStats
 from bench.scorers.ablation import AblationScorer, ablation_scores, divergences, parse_hook_site
+from bench.subject.hook_sites import hook_site_for
 
-SITES = {
-    "gpt2": "transformer.h.{layer}.mlp.act:output",
-    "llama": "model.layers.{layer}.mlp.down_proj:input",
-}
+FAMILIES = ("gpt2", "gpt_neox", "llama")
+
+
+def site(family: str) -> str:
+    """The hook site string exactly as a subject records it (bench/subject/hook_sites.py)."""
+    return hook_site_for(tiny_config(family)).describe
 
 
 def tiny_model(family: str):
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    if family == "gpt2":
-        cfg = GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=2, n_inner=64)
-        return GPT2LMHeadModel(cfg).eval()
-    cfg = LlamaConfig(
-        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=32,
-    )
-    return LlamaForCausalLM(cfg).eval()
+    return conftest_tiny_model(family, vocab_size=97)
 
 
 def real_activations(model, site: str, layer: int, index: int, ids: torch.Tensor) -> np.ndarray:
@@ -58,13 +53,13 @@ def make_records(ids: torch.Tensor, acts: np.ndarray) -> list[ActivationRecord]:
     ]
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_exact_simulation_scores_one_and_mean_scores_zero(family: str) -> None:
     model = tiny_model(family)
     ids = torch.randint(0, 97, (3, 12), generator=torch.Generator().manual_seed(1))
-    acts = real_activations(model, SITES[family], 1, 5, ids)
+    acts = real_activations(model, site(family), 1, 5, ids)
     records = make_records(ids, acts)
-    exact = ablation_scores(model, SITES[family], 1, 5, records, acts, float(acts.mean()))
+    exact = ablation_scores(model, site(family), 1, 5, records, acts, float(acts.mean()))
     for d in ("kl", "js"):
         assert exact[d] == pytest.approx(1.0, abs=1e-4), d
     # the loss variant is defined only when mean-ablation raises the loss (a random model may not)
@@ -74,7 +69,7 @@ def test_exact_simulation_scores_one_and_mean_scores_zero(family: str) -> None:
         assert math.isnan(exact["loss"])
     assert exact["kl/simulated"] == pytest.approx(0.0, abs=1e-6)
     mean = float(acts.mean())
-    const = ablation_scores(model, SITES[family], 1, 5, records, np.full_like(acts, mean), mean)
+    const = ablation_scores(model, site(family), 1, 5, records, np.full_like(acts, mean), mean)
     assert const["kl"] == pytest.approx(0.0, abs=1e-6) and const["js"] == pytest.approx(0.0, abs=1e-6)
     assert const["kl/mean_ablated"] > 0
 
@@ -99,7 +94,7 @@ def test_divergences_hand_checked() -> None:
 def test_scorer_uses_calibrated_simulation_and_reports_all_divergences() -> None:
     model = tiny_model("llama")
     ids = torch.randint(0, 97, (2, 10), generator=torch.Generator().manual_seed(2))
-    acts = real_activations(model, SITES["llama"], 0, 3, ids)
+    acts = real_activations(model, site("llama"), 0, 3, ids)
     records = make_records(ids, acts)
     # The simulator predicted 2*real+1 on its own scale; calibration maps it back exactly.
     sims = [
@@ -109,17 +104,28 @@ def test_scorer_uses_calibrated_simulation_and_reports_all_divergences() -> None
         for r in records
     ]
     unit = UnitRecord(UnitId(0, 3), records, [], UnitStats(20, float(acts.mean()), 1.0, 0.0, 0.0))
-    subject = SimpleNamespace(model=model, info=SimpleNamespace(hook_site=SITES["llama"]))
+    subject = SimpleNamespace(model=model, info=SimpleNamespace(hook_site=site("llama")))
     ctx = ScoringContext(
-        unit=unit, explanation=Explanation("x", "test"), scoring_top=sims, scoring_random=[],
-        scoring_records=records, calibrator=lambda x: (np.asarray(x) - 1) / 2, subject=subject,
+        unit=unit,
+        explanation=Explanation("x", "test"),
+        scoring_top=sims,
+        scoring_random=[],
+        scoring_records=records,
+        calibrator=lambda x: (np.asarray(x) - 1) / 2,
+        subject=subject,
     )
     scores = AblationScorer().score(ctx)
     assert scores["ablation"].value == pytest.approx(1.0, abs=1e-4)
     assert {"ablation/kl", "ablation/js", "ablation/loss", "ablation/kl/mean_ablated"} <= set(scores)
     no_cal = AblationScorer().score(
-        ScoringContext(unit=unit, explanation=Explanation("x", "t"), scoring_top=sims, scoring_random=[],
-                       scoring_records=records, calibration_problem="simulation is constant")
+        ScoringContext(
+            unit=unit,
+            explanation=Explanation("x", "t"),
+            scoring_top=sims,
+            scoring_random=[],
+            scoring_records=records,
+            calibration_problem="simulation is constant",
+        )
     )
     assert math.isnan(no_cal["ablation"].value) and "constant" in no_cal["ablation"].reason
 
