@@ -112,72 +112,19 @@ def run(
     run_dir: Path,
     progress: bool = True,
 ) -> RunOutcome:
+    """records -> explanations (all units) -> per unit: simulate, score, control -> sinks -> summary."""
     from tqdm.auto import tqdm
 
-    from bench.subject.record_cache import load_or_mine
-
-    subject, dataset = parts["subject"], parts["dataset"]
-    explainer, simulator = parts["explainer"], parts["simulator"]
+    subject, simulator = parts["subject"], parts["simulator"]
     scorers = list(parts["scorers"].values())
     run_dir.mkdir(parents=True, exist_ok=True)
-
-    # Records: one streaming pass per layer, cached on disk.
-    info = subject.info
-    excerpts = dataset.excerpts(subject.tokenizer, seed=settings.seed)
-    provenance = {"subject": asdict(info), "excerpts": excerpts.fingerprint}
-    records: dict[str, UnitRecord] = {}
-    for layer in settings.units.layers:
-        if layer >= info.n_layers:
-            raise UserError(
-                f"config error at 'units.layers': layer {layer} out of range; "
-                f"{info.model} has {info.n_layers} layers (0..{info.n_layers - 1})"
-            )
-        chosen = choose_units(layer, info.width, settings.units.count, settings.units.indices, settings.units.seed)
-        layer_records = load_or_mine(
-            subject, excerpts, layer, settings.mining.top_k, settings.mining.random_k, settings.seed, settings.cache_dir
-        )
-        for index in chosen:
-            rec = layer_records[index]
-            records[rec.unit.key] = rec
+    records, provenance = load_records(settings, subject, parts["dataset"])
+    explanations = explain_all(settings, parts["explainer"], simulator, records, run_dir, progress)
+    controls = assign_controls(settings, [k for k in records if explanations[k][0] is not None])
 
     done = store.finished_units()
-    n = settings.units.examples_per_split
-
-    # Explain every unit (resumable), so the control can borrow other units' explanations.
-    explained = ExplanationStore(run_dir / "explanations.jsonl")
-    explanations: dict[str, tuple[Explanation | None, str | None]] = {}
-    for key in tqdm(list(records), desc="explain", disable=not progress):
-        cached = explained.get(key)
-        if cached is not None:
-            explanations[key] = cached
-            continue
-        try:
-            splits = make_splits(records[key], n)
-            found = explain_unit(explainer, simulator, records[key].unit, splits)  # best-of-k reranks here
-            if not found:
-                raise RuntimeError("explainer returned no explanation")
-            explanation, error = found[0], None
-        except UserError:
-            raise  # a user mistake (missing package, bad key ...) stops the run with one line
-        except Exception as err:  # noqa: BLE001 - a failed unit is recorded, the run goes on
-            log.debug("explain failed for %s", key, exc_info=True)
-            explanation, error = None, _error_text(err)
-        explained.add(key, explanation, error)
-        explanations[key] = (explanation, error)
-
-    keys = list(records)
-    ok_keys = [k for k in keys if explanations[k][0] is not None]
-    controls: dict[str, list[str]] = {k: [] for k in ok_keys}
-    if settings.control.enabled:
-        for shift in range(1, settings.control.repeats + 1):
-            perm = derangement(len(ok_keys), shift, settings.seed)
-            if perm is None:
-                continue
-            for i, key in enumerate(ok_keys):
-                controls[key].append(ok_keys[perm[i]])
-
     results = [r for r in store.previous_results() if r.unit.key in records]
-    for key in tqdm(keys, desc="simulate+score", disable=not progress):
+    for key in tqdm(list(records), desc="simulate+score", disable=not progress):
         if key in done:
             continue
         explanation, error = explanations[key]
@@ -199,6 +146,77 @@ def run(
     write_score_correlations(results, run_dir)  # score_correlations.{json,csv}: how scorers agree across units
     warnings = specificity_warnings(summary, settings)
     return RunOutcome(results=results, summary=summary, warnings=warnings)
+
+
+def load_records(settings: RunSettings, subject: Any, dataset: Any) -> tuple[dict[str, UnitRecord], dict[str, Any]]:
+    """The chosen units' records (one streaming pass per layer, cached on disk) and their provenance."""
+    from bench.subject.record_cache import load_or_mine
+
+    info = subject.info
+    excerpts = dataset.excerpts(subject.tokenizer, seed=settings.seed)
+    provenance = {"subject": asdict(info), "excerpts": excerpts.fingerprint}
+    records: dict[str, UnitRecord] = {}
+    for layer in settings.units.layers:
+        if layer >= info.n_layers:
+            raise UserError(
+                f"config error at 'units.layers': layer {layer} out of range; "
+                f"{info.model} has {info.n_layers} layers (0..{info.n_layers - 1})"
+            )
+        chosen = choose_units(layer, info.width, settings.units.count, settings.units.indices, settings.units.seed)
+        layer_records = load_or_mine(
+            subject, excerpts, layer, settings.mining.top_k, settings.mining.random_k, settings.seed, settings.cache_dir
+        )
+        for index in chosen:
+            rec = layer_records[index]
+            records[rec.unit.key] = rec
+    return records, provenance
+
+
+def explain_all(
+    settings: RunSettings,
+    explainer: Any,
+    simulator: Simulator,
+    records: dict[str, UnitRecord],
+    run_dir: Path,
+    progress: bool,
+) -> dict[str, tuple[Explanation | None, str | None]]:
+    """Explain every unit first (resumable via explanations.jsonl): the control borrows them."""
+    from tqdm.auto import tqdm
+
+    explained = ExplanationStore(run_dir / "explanations.jsonl")
+    explanations: dict[str, tuple[Explanation | None, str | None]] = {}
+    for key in tqdm(list(records), desc="explain", disable=not progress):
+        cached = explained.get(key)
+        if cached is not None:
+            explanations[key] = cached
+            continue
+        try:
+            splits = make_splits(records[key], settings.units.examples_per_split)
+            found = explain_unit(explainer, simulator, records[key].unit, splits)  # best-of-k reranks here
+            if not found:
+                raise RuntimeError("explainer returned no explanation")
+            explanation, error = found[0], None
+        except UserError:
+            raise  # a user mistake (missing package, bad key ...) stops the run with one line
+        except Exception as err:  # noqa: BLE001 - a failed unit is recorded, the run goes on
+            log.debug("explain failed for %s", key, exc_info=True)
+            explanation, error = None, _error_text(err)
+        explained.add(key, explanation, error)
+        explanations[key] = (explanation, error)
+    return explanations
+
+
+def assign_controls(settings: RunSettings, keys: list[str]) -> dict[str, list[str]]:
+    """Unit -> the units whose explanations serve as its shuffled control (seeded derangements)."""
+    controls: dict[str, list[str]] = {k: [] for k in keys}
+    if settings.control.enabled:
+        for shift in range(1, min(settings.control.repeats, len(keys) - 1) + 1):  # distinct donors only
+            perm = derangement(len(keys), shift, settings.seed)
+            if perm is None:
+                continue
+            for i, key in enumerate(keys):
+                controls[key].append(keys[perm[i]])
+    return controls
 
 
 def score_unit(

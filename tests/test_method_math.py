@@ -141,3 +141,18 @@ def test_calibration_refuses_constant_simulation():
     with pytest.raises(CalibrationError, match="constant"):
         fit_calibration("linear", [1, 1, 1], [0, 1, 2])
     assert list(fit_calibration("none", [], [])(np.array([3.0]))) == [3.0]
+
+
+def test_derangement_never_maps_a_unit_to_itself_and_repeats_use_distinct_donors():
+    from types import SimpleNamespace
+
+    from bench.pipeline import assign_controls, derangement
+
+    for n in range(2, 9):
+        for shift in range(1, n):
+            perm = derangement(n, shift, seed=3)
+            assert sorted(perm) == list(range(n)) and all(perm[i] != i for i in range(n))
+    assert derangement(1, 1, 0) is None
+    settings = SimpleNamespace(control=SimpleNamespace(enabled=True, repeats=5), seed=0)
+    controls = assign_controls(settings, ["a", "b", "c"])
+    assert all(len(v) == 2 and len(set(v)) == 2 and k not in v for k, v in controls.items())
