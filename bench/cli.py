@@ -174,6 +174,8 @@ def run_job(cfg: Any, progress: bool = True) -> Any:
     from bench.summary import print_summary
     from bench.tracking.jsonl import JsonlSink
 
+    for noisy in ("transformers", "mlflow", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     settings, parts = validate(cfg)
     check_ready(parts)  # a missing API key stops here, before mining
     choices = _hydra_choices()
@@ -197,7 +199,6 @@ def run_job(cfg: Any, progress: bool = True) -> Any:
             **{f"version/{k}": v for k, v in package_versions().items()},
         }
         mirrors.append(MlflowSink(settings.tracking, run_dir, name, config, tags))
-    logging.getLogger("transformers").setLevel(logging.ERROR)
     try:
         outcome = pipeline.run(settings, parts, store, mirrors, run_dir, progress=progress)
     except BaseException:
