@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     cmp_p.add_argument("--score", default="correlation/top_and_random", help="score to compare")
     cmp_p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     lb_p = sub.add_parser("leaderboard", help="write results/<name>/leaderboard.md from run folders")
+    lb_p.add_argument("run_dirs", nargs="*", help="run folders to include (default: every run under --runs)")
     lb_p.add_argument("--runs", default="runs", help="folder holding run folders (default: runs)")
     lb_p.add_argument("--out", default="results/offline_default", help="output folder")
     lb_p.add_argument("--title", default="neuronbench leaderboard", help="heading of the markdown file")
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "leaderboard":
             from bench.leaderboard import write_leaderboard
 
-            print(write_leaderboard(Path(args.runs), Path(args.out), args.title))
+            print(write_leaderboard(Path(args.runs), Path(args.out), args.title, args.run_dirs))
             return 0
     except UserError as err:
         print(f"neuronbench: {err}", file=sys.stderr)

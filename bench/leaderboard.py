@@ -45,10 +45,24 @@ def _target_name(node: Any) -> str:
     return f"{name} v{node.get('version', '?')}"
 
 
-def read_rows(runs_dir: Path) -> list[Row]:
+def run_folders(runs_dir: Path, selected: list[str] | None = None) -> list[Path]:
+    """The run folders to show: those named, or every finished one under ``runs_dir``."""
+    if selected:
+        return [Path(s) for s in selected]
+    return sorted(p.parent for p in runs_dir.glob("*/summary.json"))
+
+
+def _subject_name(node: Any) -> str:
+    node = node if isinstance(node, dict) else {}
+    return str(node.get("model_id") or node.get("model") or "?")
+
+
+def read_rows(run_dirs: list[Path]) -> list[Row]:
     rows = []
-    for summary_path in sorted(runs_dir.glob("*/summary.json")):
-        run_dir = summary_path.parent
+    for run_dir in run_dirs:
+        summary_path = run_dir / "summary.json"
+        if not summary_path.exists():
+            raise UserError(f"leaderboard: {run_dir} has no summary.json (not a finished run folder)")
         config_path = run_dir / "config.json"
         if not config_path.exists():
             continue
@@ -69,7 +83,7 @@ def read_rows(runs_dir: Path) -> list[Row]:
         rows.append(
             Row(
                 run=run_dir.name,
-                subject=str((config.get("subject") or {}).get("model", "?")),
+                subject=_subject_name(config.get("subject")),
                 explainer=_target_name(config.get("explainer")),
                 simulator=_target_name(config.get("simulator")),
                 estimator=estimator,
@@ -100,8 +114,8 @@ def render_markdown(rows: list[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_leaderboard(runs_dir: Path, out_dir: Path, title: str) -> Path:
-    rows = read_rows(runs_dir)
+def write_leaderboard(runs_dir: Path, out_dir: Path, title: str, selected: list[str] | None = None) -> Path:
+    rows = read_rows(run_folders(runs_dir, selected))
     if not rows:
         raise UserError(f"leaderboard: no finished runs under {runs_dir} (each needs summary.json and config.json)")
     out_dir.mkdir(parents=True, exist_ok=True)
