@@ -8,7 +8,8 @@ loaded, mined or called; no API key is needed.
 
 Estimates: prompt tokens are characters / 4 of the synthetic prompts (real excerpts differ); output
 tokens assume every call writes its ``max_tokens`` (an upper bound), and dollars follow from the
-backend's prices (``0`` for local models, ``unknown`` when an API backend has no prices).  Answers
+backend's prices (``0`` for local models, ``unknown`` when an API backend has no prices; times
+``batch_discount`` in batch mode).  Answers
 already in the response cache would cost nothing; scorers that call LLMs themselves are not counted.
 """
 
@@ -54,7 +55,10 @@ def _prices(llm: Any) -> Any:
         return None
     from bench.llm import pricing
 
-    return pricing.resolve(llm.model, getattr(llm, "prices", None)) or False
+    prices = pricing.resolve(llm.model, getattr(llm, "prices", None))
+    if prices is not None and getattr(llm, "batch", False):  # batch mode: billed at prices x batch_discount
+        prices = prices.scaled(float(getattr(llm, "batch_discount", 1.0)))
+    return prices or False
 
 
 def _cost(stage: str, llm: Any, requests: Sequence[Any], repeat: int = 1, note: str = "") -> StageEstimate:

@@ -10,7 +10,12 @@ drive the SDK clients against these servers on 127.0.0.1 instead:
   ``tokens`` / ``top_logprobs``), ``prompt_logprobs`` (token id -> ``{logprob, rank, decoded_token}``),
   a list of prompts in one request;
 * ``/v1/messages`` -- Anthropic messages, with prefilled assistant turns, ``system`` blocks with
-  ``cache_control`` (a simulated prompt cache), ``cache_read_input_tokens`` / ``cache_creation_input_tokens``.
+  ``cache_control`` (a simulated prompt cache), ``cache_read_input_tokens`` / ``cache_creation_input_tokens``;
+* batch APIs -- OpenAI ``POST /v1/files`` (multipart upload), ``POST /v1/batches``, ``GET /v1/batches/{id}``,
+  ``GET /v1/files/{id}/content`` (output and error JSONL files); Anthropic ``POST /v1/messages/batches``,
+  ``GET /v1/messages/batches/{id}``, ``GET`` of its ``results_url`` (JSONL).  A batch is processed when
+  it has been retrieved ``batch_polls`` times, each request by the same code as a direct call;
+  ``batch_fault_fn(custom_id, body)`` fails or expires single requests.
 
 Knobs for fault injection: ``latency_s`` (every request), ``faults`` (a FIFO of per-request faults:
 ``{"status": 429, "retry_after": "3"}``, ``{"status": 500}``, ``{"delay": 2.0}``, ``{"truncate": True}``,
@@ -170,6 +175,14 @@ class FakeLLMServer:
         self.responder: Callable[[dict[str, Any]], str] = default_responder
         self.next_token: Callable[[str], dict[str, float]] = default_next_token
         self.log: list[dict[str, Any]] = []
+        # Batch APIs: uploaded files, batches (processed when retrieved ``batch_polls`` times), the requests
+        # they ran, and ``batch_fault_fn(custom_id, body)`` -> ``{"status": 400, "message": ...}`` (that
+        # request fails) or ``{"expired": True}`` (it never ran) or ``None``.
+        self.files: dict[str, dict[str, Any]] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.batch_log: list[dict[str, Any]] = []
+        self.batch_polls = 2
+        self.batch_fault_fn: Callable[[str, dict[str, Any]], dict[str, Any] | None] | None = None
         self.active = 0
         self.max_active = 0
         self._lock = threading.Lock()
@@ -194,8 +207,12 @@ class FakeLLMServer:
         """OpenAI-style base URL (ends in /v1)."""
         return f"{self.root}/v1"
 
-    def count(self, path: str | None = None) -> int:
-        return sum(1 for entry in self.log if path is None or entry["path"] == path)
+    def count(self, path: str | None = None, method: str | None = None) -> int:
+        return sum(
+            1
+            for entry in self.log
+            if (path is None or entry["path"] == path) and (method is None or entry["method"] == method)
+        )
 
     def start(self) -> FakeLLMServer:
         handler = type("Handler", (_Handler,), {"fake": self})
@@ -250,6 +267,7 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     fake: FakeLLMServer
+    _capture: list[tuple[int, Any]] | None = None
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out in separate writes: avoid 40 ms delayed-ACK stalls
 
@@ -258,18 +276,23 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ---------------------------------------------------------------------------------------------
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
-        """``GET /_stats``: how many requests the server has seen (for out-of-process benchmarks)."""
+        """``GET /_stats``: how many requests the server has seen (for out-of-process benchmarks);
+        the batch endpoints (retrieve a batch, a file's content, a message batch's results)."""
         if self.path.split("?")[0] == "/_stats":
             self._send(200, {"requests": self.fake._n, "max_active": self.fake.max_active})
-        else:
-            self._send(404, {"error": {"message": f"no route {self.path}"}})
+            return
+        self._handle("GET", b"")
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib naming
-        fake = self.fake
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
+        self._handle("POST", raw)
+
+    def _handle(self, method: str, raw: bytes) -> None:
+        fake = self.fake
+        multipart = self.headers.get("Content-Type", "").startswith("multipart/")
         try:
-            body = json.loads(raw or b"{}")
+            body = {} if multipart else json.loads(raw or b"{}")
         except json.JSONDecodeError:
             body = {}
         path = self.path.split("?")[0]
@@ -277,7 +300,13 @@ class _Handler(BaseHTTPRequestHandler):
             n = fake._n
             fake._n += 1
             fake.log.append(
-                {"path": path, "body": body, "headers": {k.lower(): v for k, v in self.headers.items()}, "n": n}
+                {
+                    "method": method,
+                    "path": path,
+                    "body": body,
+                    "headers": {k.lower(): v for k, v in self.headers.items()},
+                    "n": n,
+                }
             )
             fake.active += 1
             fake.max_active = max(fake.max_active, fake.active)
@@ -287,7 +316,7 @@ class _Handler(BaseHTTPRequestHandler):
             fault = fake._next_fault(n, path, body)
             if fault and self._apply_fault(fault, path):
                 return
-            anthropic = path.endswith("/messages")
+            anthropic = _is_anthropic(path)
             if not self._authorized(anthropic):
                 self._error(
                     401,
@@ -297,11 +326,13 @@ class _Handler(BaseHTTPRequestHandler):
                     code="invalid_api_key",
                 )
                 return
-            model = body.get("model")
-            if fake.models is not None and model not in fake.models:
-                self._error(
-                    404, "not_found_error", f"The model `{model}` does not exist", anthropic, code="model_not_found"
-                )
+            if "/batches" in path or path.startswith("/v1/files"):
+                self._batch_route(method, path, body, raw)
+                return
+            if method != "POST":
+                self._error(404, "not_found_error", f"no route {method} {path}", anthropic)
+                return
+            if not self._model_known(body, anthropic):
                 return
             if path.endswith("/chat/completions"):
                 self._chat(body)
@@ -315,6 +346,294 @@ class _Handler(BaseHTTPRequestHandler):
             with fake._lock:
                 fake.active -= 1
 
+    def _model_known(self, body: dict[str, Any], anthropic: bool) -> bool:
+        model = body.get("model")
+        if self.fake.models is not None and model not in self.fake.models:
+            self._error(
+                404, "not_found_error", f"The model `{model}` does not exist", anthropic, code="model_not_found"
+            )
+            return False
+        return True
+
+    # ---------------------------------------------------------------------------------------------
+    # Batch APIs: OpenAI files + batches, Anthropic message batches
+    # ---------------------------------------------------------------------------------------------
+    def _batch_route(self, method: str, path: str, body: dict[str, Any], raw: bytes) -> None:
+        parts = path.strip("/").split("/")  # v1, files|batches|messages, ...
+        if method == "POST" and parts == ["v1", "files"]:
+            self._upload(raw)
+        elif method == "GET" and len(parts) == 4 and parts[1] == "files" and parts[3] == "content":
+            self._file_content(parts[2])
+        elif method == "POST" and parts == ["v1", "batches"]:
+            self._openai_batch_create(body)
+        elif method == "GET" and len(parts) == 3 and parts[1] == "batches":
+            self._batch_retrieve(parts[2], anthropic=False)
+        elif method == "POST" and parts == ["v1", "messages", "batches"]:
+            self._anthropic_batch_create(body)
+        elif method == "GET" and len(parts) == 4 and parts[2] == "batches":
+            self._batch_retrieve(parts[3], anthropic=True)
+        elif method == "GET" and len(parts) == 5 and parts[2] == "batches" and parts[4] == "results":
+            self._anthropic_results(parts[3])
+        else:
+            self._error(404, "not_found_error", f"no route {method} {path}", _is_anthropic(path))
+
+    def _upload(self, raw: bytes) -> None:
+        """``POST /v1/files`` (multipart/form-data: ``purpose`` and ``file``)."""
+        from email import policy
+        from email.parser import BytesParser
+
+        head = f"Content-Type: {self.headers.get('Content-Type')}\r\n\r\n".encode()
+        message = BytesParser(policy=policy.HTTP).parsebytes(head + raw)
+        fields: dict[str, Any] = {}
+        filename = None
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            if name == "file":
+                filename = part.get_filename()
+                fields["file"] = part.get_payload(decode=True)
+            elif name:
+                fields[name] = part.get_payload(decode=True).decode()
+        if "file" not in fields or fields.get("purpose") not in ("batch", "fine-tune", "assistants", "user_data"):
+            self._error(400, "invalid_request_error", "'file' and a valid 'purpose' are required", False)
+            return
+        fake = self.fake
+        with fake._lock:
+            file_id = f"file-{len(fake.files) + 1:06d}"
+            fake.files[file_id] = {"data": fields["file"], "purpose": fields["purpose"], "filename": filename}
+        self._send(200, _file_object(file_id, fake.files[file_id]))
+
+    def _file_content(self, file_id: str) -> None:
+        entry = self.fake.files.get(file_id)
+        if entry is None:
+            self._error(404, "invalid_request_error", f"No such File object: {file_id}", False)
+            return
+        data = entry["data"]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _openai_batch_create(self, body: dict[str, Any]) -> None:
+        fake = self.fake
+        entry = fake.files.get(body.get("input_file_id") or "")
+        if entry is None or entry["purpose"] != "batch":
+            self._error(400, "invalid_request_error", f"Invalid 'input_file_id': {body.get('input_file_id')!r}", False)
+            return
+        endpoint = body.get("endpoint")
+        if endpoint not in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"):
+            self._error(400, "invalid_request_error", f"Invalid 'endpoint': {endpoint!r}", False)
+            return
+        if body.get("completion_window") != "24h":
+            self._error(400, "invalid_request_error", "Invalid 'completion_window': only '24h' is supported", False)
+            return
+        requests, errors = [], []
+        seen: set[str] = set()
+        for number, line in enumerate(entry["data"].decode().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError:
+                errors.append({"code": "invalid_json_line", "line": number, "message": "invalid JSON", "param": None})
+                continue
+            if item.get("url") != endpoint or item.get("method") != "POST":
+                errors.append(
+                    {"code": "invalid_url", "line": number, "message": "url must match the endpoint", "param": "url"}
+                )
+            elif item.get("custom_id") in seen:
+                errors.append(
+                    {"code": "duplicate_custom_id", "line": number, "message": "duplicate custom_id", "param": None}
+                )
+            seen.add(item.get("custom_id"))
+            requests.append(item)
+        with fake._lock:
+            batch_id = f"batch_{len(fake.batches) + 1:06d}"
+            now = int(time.time())
+            obj = {
+                "id": batch_id,
+                "object": "batch",
+                "endpoint": endpoint,
+                "errors": {"object": "list", "data": errors} if errors else None,
+                "input_file_id": body["input_file_id"],
+                "completion_window": "24h",
+                "status": "validating",
+                "output_file_id": None,
+                "error_file_id": None,
+                "created_at": now,
+                "expires_at": now + 86400,
+                "request_counts": {"total": len(requests), "completed": 0, "failed": 0},
+                "metadata": body.get("metadata"),
+            }
+            fake.batches[batch_id] = {"kind": "openai", "object": obj, "polls": 0, "requests": requests}
+        self._send(200, obj)
+
+    def _anthropic_batch_create(self, body: dict[str, Any]) -> None:
+        fake = self.fake
+        requests = body.get("requests") or []
+        if not requests:
+            self._error(400, "invalid_request_error", "requests: at least one request is required", True)
+            return
+        ids = [r.get("custom_id") for r in requests]
+        if len(set(ids)) != len(ids) or not all(re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", str(i)) for i in ids):
+            self._error(400, "invalid_request_error", "requests: custom_id values must be unique and valid", True)
+            return
+        with fake._lock:
+            batch_id = f"msgbatch_{len(fake.batches) + 1:06d}"
+            now = time.time()
+            obj = {
+                "id": batch_id,
+                "type": "message_batch",
+                "processing_status": "in_progress",
+                "request_counts": {
+                    "processing": len(requests),
+                    "succeeded": 0,
+                    "errored": 0,
+                    "canceled": 0,
+                    "expired": 0,
+                },
+                "ended_at": None,
+                "created_at": _rfc3339(now),
+                "expires_at": _rfc3339(now + 86400),
+                "archived_at": None,
+                "cancel_initiated_at": None,
+                "results_url": None,
+            }
+            fake.batches[batch_id] = {"kind": "anthropic", "object": obj, "polls": 0, "requests": requests}
+        self._send(200, obj)
+
+    def _batch_retrieve(self, batch_id: str, anthropic: bool) -> None:
+        """A poll: the batch is processed when it has been retrieved ``fake.batch_polls`` times."""
+        fake = self.fake
+        batch = fake.batches.get(batch_id)
+        if batch is None or (batch["kind"] == "anthropic") != anthropic:
+            self._error(404, "not_found_error", f"No batch found with id '{batch_id}'", anthropic)
+            return
+        with fake._lock:
+            batch["polls"] += 1
+            due = batch["polls"] >= fake.batch_polls and not batch.get("done")
+            if due:
+                batch["done"] = True
+        if due:
+            self._process_batch(batch_id, batch)
+        obj = batch["object"]
+        if not batch.get("done") and not anthropic and obj["status"] == "validating":
+            obj["status"] = "in_progress"
+        self._send(200, obj)
+
+    def _answer(self, kind: str, body: dict[str, Any]) -> tuple[int, Any]:
+        """Run one batched request through the same code as a direct call; capture its answer."""
+        self._capture: list[tuple[int, Any]] | None = []
+        try:
+            anthropic = kind == "anthropic"
+            if self._model_known(body, anthropic):
+                if anthropic:
+                    self._messages(body)
+                else:
+                    self._chat(body)
+            return self._capture[-1]
+        finally:
+            self._capture = None
+
+    def _process_batch(self, batch_id: str, batch: dict[str, Any]) -> None:
+        fake = self.fake
+        obj = batch["object"]
+        if batch["kind"] == "openai":
+            if obj["errors"]:
+                obj.update(status="failed", failed_at=int(time.time()))
+                return
+            outputs, failures, expired = [], [], 0
+            for n, item in enumerate(batch["requests"]):
+                cid, body = item["custom_id"], item.get("body") or {}
+                fake.batch_log.append({"batch": batch_id, "custom_id": cid, "body": body})
+                fault = fake.batch_fault_fn(cid, body) if fake.batch_fault_fn else None
+                line: dict[str, Any] = {"id": f"batch_req_{batch_id}_{n}", "custom_id": cid}
+                if fault and fault.get("expired"):
+                    expired += 1
+                    line.update(
+                        response=None,
+                        error={
+                            "code": "batch_expired",
+                            "message": "This request could not be executed before the completion window expired.",
+                        },
+                    )
+                    failures.append(line)
+                    continue
+                if fault and "status" in fault:
+                    status = int(fault["status"])
+                    payload: Any = {
+                        "error": {"message": fault.get("message") or f"injected {status}", "type": "api_error"}
+                    }
+                else:
+                    status, payload = self._answer("openai", body)
+                line.update(response={"status_code": status, "request_id": f"req_{n}", "body": payload}, error=None)
+                (outputs if status == 200 else failures).append(line)
+            with fake._lock:
+                out_id = err_id = None
+                for lines, name in ((outputs, "output"), (failures, "error")):
+                    if lines:
+                        file_id = f"file-{len(fake.files) + 1:06d}"
+                        data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+                        fake.files[file_id] = {"data": data, "purpose": f"batch_{name}", "filename": f"{name}.jsonl"}
+                        if name == "output":
+                            out_id = file_id
+                        else:
+                            err_id = file_id
+            now = int(time.time())
+            obj.update(
+                status="expired" if expired else "completed",
+                output_file_id=out_id,
+                error_file_id=err_id,
+                completed_at=now,
+                request_counts={"total": len(batch["requests"]), "completed": len(outputs), "failed": len(failures)},
+            )
+            return
+        counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
+        lines = []
+        for item in batch["requests"]:
+            cid, params = item["custom_id"], item.get("params") or {}
+            fake.batch_log.append({"batch": batch_id, "custom_id": cid, "body": params})
+            fault = fake.batch_fault_fn(cid, params) if fake.batch_fault_fn else None
+            if fault and fault.get("expired"):
+                result: dict[str, Any] = {"type": "expired"}
+            elif fault and "status" in fault:
+                message = fault.get("message") or f"injected {fault['status']}"
+                result = {
+                    "type": "errored",
+                    "error": {"type": "error", "error": {"type": "api_error", "message": message}},
+                }
+            else:
+                status, payload = self._answer("anthropic", params)
+                result = (
+                    {"type": "succeeded", "message": payload}
+                    if status == 200
+                    else {"type": "errored", "error": {**payload, "request_id": None}}
+                )
+            counts[result["type"]] += 1
+            lines.append({"custom_id": cid, "result": result})
+        batch["results"] = "".join(json.dumps(line) + "\n" for line in lines).encode()
+        obj.update(
+            processing_status="ended",
+            request_counts=counts,
+            ended_at=_rfc3339(time.time()),
+            results_url=f"{fake.root}/v1/messages/batches/{batch_id}/results",
+        )
+
+    def _anthropic_results(self, batch_id: str) -> None:
+        batch = self.fake.batches.get(batch_id)
+        if batch is None or batch["kind"] != "anthropic":
+            self._error(404, "not_found_error", f"No batch found with id '{batch_id}'", True)
+            return
+        if "results" not in batch:
+            self._error(404, "not_found_error", "results are not available until the batch has ended", True)
+            return
+        data = batch["results"]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/binary")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     # ---------------------------------------------------------------------------------------------
     def _authorized(self, anthropic: bool) -> bool:
         key = self.fake.api_key
@@ -324,6 +643,9 @@ class _Handler(BaseHTTPRequestHandler):
         return bearer == f"Bearer {key}" or (anthropic and self.headers.get("x-api-key") == key)
 
     def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        if self._capture is not None:  # a request inside a batch: its answer goes in the results file
+            self._capture.append((status, payload))
+            return
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -351,7 +673,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _apply_fault(self, fault: dict[str, Any], path: str) -> bool:
         """Act out one injected fault; True when the request is answered (or dropped) by it."""
-        anthropic = path.endswith("/messages")
+        anthropic = _is_anthropic(path)
         if "delay" in fault:
             time.sleep(float(fault["delay"]))
         if "status" in fault:
@@ -642,6 +964,28 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
 
+def _is_anthropic(path: str) -> bool:
+    return path.endswith("/messages") or path.startswith("/v1/messages/")
+
+
+def _rfc3339(seconds: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _file_object(file_id: str, entry: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": file_id,
+        "object": "file",
+        "bytes": len(entry["data"]),
+        "created_at": int(time.time()),
+        "filename": entry["filename"] or "upload.jsonl",
+        "purpose": entry["purpose"],
+        "status": "processed",
+    }
+
+
 def _lp(dist: dict[str, float], token: str) -> float:
     return math.log(dist[token]) if token in dist else math.log(1e-4)
 
@@ -660,8 +1004,15 @@ if __name__ == "__main__":  # a standalone server for benchmarks and manual runs
     parser = argparse.ArgumentParser(description="Loopback fake OpenAI/vLLM/Anthropic server")
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--api-key", default=None)
+    parser.add_argument(
+        "--simulate", action="store_true", help="answer as neuronbench's explainer and simulator (benchmarks)"
+    )
     args = parser.parse_args()
-    server = FakeLLMServer(latency_s=args.latency, api_key=args.api_key).start()
+    server = FakeLLMServer(latency_s=args.latency, api_key=args.api_key)
+    if args.simulate:
+        server.responder = benchmark_responder
+        server.next_token = simulating_next_token
+    server.start()
     print(server.port, flush=True)
     try:
         threading.Event().wait()

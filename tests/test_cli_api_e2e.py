@@ -13,6 +13,7 @@ from conftest_models import _TRAINING_TEXT, save_tiny_subject
 from fake_servers import FakeLLMServer, benchmark_responder, simulating_next_token
 
 FAULTS = ({"status": 500}, {"status": 429, "retry_after": "0"}, {"disconnect": True})
+BATCH = [f"{role}.llm.{key}" for role in ("explainer", "simulator") for key in ("batch=true", "batch_poll_s=0.001")]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,9 @@ def _backend(role: str, url: str) -> list[str]:
         ("openai", "openai_all_at_once_logprobs", "all_at_once/generated_logprobs", []),
         ("anthropic", "anthropic_all_at_once_sampled", "all_at_once/sampled", ["simulator.samples=2"]),
         ("openai_compatible", "vllm_all_at_once_prompt_logprobs", "all_at_once/prompt_logprobs", []),
+        ("anthropic", "anthropic_all_at_once_sampled", "all_at_once/sampled", [*BATCH, "simulator.samples=2"]),
     ],
+    ids=["openai", "anthropic", "vllm", "anthropic-batch"],
 )
 def test_cli_scores_every_unit_through_faults_and_logs_costs(
     explainer, simulator, estimator, extra, subject, corpus, tmp_path, mlflow_store, monkeypatch, capsys
@@ -110,6 +113,9 @@ def test_cli_scores_every_unit_through_faults_and_logs_costs(
     assert m["units/total"] == 3 and m["units/failed"] == 0
     assert m["cost/explainer/calls"] >= 3 and m["cost/simulator/input_tokens"] > 0
     assert m["cost/backend/simulator/retries"] > 0 and m["cost/backend/simulator/calls"] > m["cost/simulator/calls"] / 2
+    if "simulator.llm.batch=true" in extra:  # every call went through Message Batches, at half price
+        assert m["cost/backend/simulator/batches"] >= 3 and m["cost/backend/explainer/batches"] >= 3
+        assert not any(e["path"] == "/v1/messages" for e in server.log)
     if explainer == "openai_compatible":  # a self-hosted server: its preset prices tokens at 0
         assert m["cost/total/dollars"] == 0 and m["cost/total/input_tokens"] > 0
     else:

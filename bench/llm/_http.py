@@ -14,7 +14,9 @@
   raised at once as a :class:`BackendError` carrying the server's message.
 * **Cache**: answers are stored (:mod:`bench.llm.cache`) as soon as each request succeeds, so an
   interrupted batch keeps what it paid for.
-* **Counters** (:class:`BackendStats`): calls, cache hits, retries, failures, tokens, dollars.
+* **Counters** (:class:`BackendStats`): calls, cache hits, retries, failures, tokens, dollars, batches.
+* **Batch mode** (opt-in, :mod:`bench.llm.batch`): ``run(jobs, batch=...)`` sends the cache misses as one
+  provider batch job instead of one request each; answers land in the same cache.
 """
 
 from __future__ import annotations
@@ -148,7 +150,7 @@ class BackendStats:
     """Running totals of one backend instance (a snapshot).  ``calls`` counts HTTP requests sent,
     retries included; ``dollars`` is NaN when tokens were spent at unknown prices."""
 
-    calls: int = 0
+    calls: int = 0  # batch mode: one per request answered (or failed) in a batch
     cache_hits: int = 0
     retries: int = 0
     failures: int = 0
@@ -157,6 +159,7 @@ class BackendStats:
     cache_write_tokens: int = 0
     output_tokens: int = 0
     dollars: float = 0.0
+    batches: int = 0  # batch jobs submitted (batch mode); their requests count in ``calls``
     retry_waits_s: tuple[float, ...] = ()
 
     def as_metrics(self, prefix: str = "") -> dict[str, float]:
@@ -171,6 +174,7 @@ class BackendStats:
             "cache_write_tokens",
             "output_tokens",
             "dollars",
+            "batches",
         )
         return {f"{prefix}{name}": float(getattr(self, name)) for name in names}
 
@@ -206,6 +210,7 @@ class _Counters:
                 "cached_input_tokens",
                 "cache_write_tokens",
                 "output_tokens",
+                "batches",
             )
         }
         return BackendStats(**ints, dollars=float(v.get("dollars", 0.0)), retry_waits_s=waits)
@@ -275,6 +280,7 @@ class Outcome:
     cached: bool = False
     attempts: int = 0
     error: BaseException | None = None
+    batched: bool = False  # answered through a batch job (billed at batch prices)
 
 
 @dataclass(frozen=True)
@@ -300,16 +306,20 @@ class Engine:
         prices: Prices | None,
         make_client: Callable[[], Any],
         classify: Callable[[BaseException], ErrorInfo],
+        batch_prices: Prices | None = None,
     ) -> None:
         self.label = label
         self.limits = limits
         self.cache = cache
         self.prices = prices
+        self.batch_prices = batch_prices if batch_prices is not None else prices
         self.make_client = make_client
         self.classify = classify
         self.counters = _Counters()
         # Injectable for tests: the coroutine function every backoff / Retry-After wait goes through.
         self.sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
+        # Injectable for tests: called as hook(batch_id, status) after every batch poll (batch mode).
+        self.batch_hook: Callable[[str, str], Any] | None = None
         self.rng = random.Random()
         self._bound: asyncio.AbstractEventLoop | None = None
         self._clients: list[Any] = []
@@ -326,8 +336,10 @@ class Engine:
     def stats(self) -> BackendStats:
         return self.counters.snapshot()
 
-    def run(self, jobs: Sequence[Job]) -> list[Outcome]:
-        """Answer every job (cache first, then HTTP); failures are returned as ``Outcome.error``."""
+    def run(self, jobs: Sequence[Job], batch: Any = None) -> list[Outcome]:
+        """Answer every job (cache first, then HTTP); failures are returned as ``Outcome.error``.
+
+        ``batch`` (a :class:`bench.llm.batch.BatchMode`): send the cache misses as one batch job instead."""
         outcomes: list[Outcome | None] = []
         for job in jobs:
             hit = self.cache.get(job.key)
@@ -337,23 +349,31 @@ class Engine:
             self.counters.add(cache_hits=hits)
         todo = [i for i, o in enumerate(outcomes) if o is None]
         if todo:
-            fresh = LOOP.run(self._gather([jobs[i] for i in todo]))
+            fresh = LOOP.run(self._send_all([jobs[i] for i in todo], batch))
             for i, outcome in zip(todo, fresh, strict=True):
                 outcomes[i] = outcome
         return [o for o in outcomes if o is not None]
 
-    async def arun(self, jobs: Sequence[Job]) -> list[Outcome]:
+    async def arun(self, jobs: Sequence[Job], batch: Any = None) -> list[Outcome]:
         """Async twin of :meth:`run` (for callers that already run an event loop)."""
         outcomes = [self.cache.get(job.key) for job in jobs]
         hits = sum(o is not None for o in outcomes)
         if hits:
             self.counters.add(cache_hits=hits)
         todo = [i for i, o in enumerate(outcomes) if o is None]
-        fresh = await LOOP.run_async(self._gather([jobs[i] for i in todo])) if todo else []
+        fresh = await LOOP.run_async(self._send_all([jobs[i] for i in todo], batch)) if todo else []
         result = [Outcome(o, cached=True) if o is not None else None for o in outcomes]
         for i, outcome in zip(todo, fresh, strict=True):
             result[i] = outcome
         return [o for o in result if o is not None]
+
+    async def _send_all(self, jobs: Sequence[Job], batch: Any) -> list[Outcome]:
+        if batch is None:
+            return await self._gather(jobs)
+        from bench.llm.batch import run_batch
+
+        self._bind()
+        return await run_batch(self, jobs, batch)
 
     def close(self) -> None:
         clients, self._clients = self._clients, []
@@ -387,9 +407,20 @@ class Engine:
         self._bind()
         return list(await asyncio.gather(*(self._one(job) for job in jobs)))
 
-    async def _one(self, job: Job) -> Outcome:
+    def _retrying(self) -> Any:
+        """The retry policy: transient failures only, backoff with jitter, Retry-After honoured."""
         from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
+        return AsyncRetrying(
+            stop=stop_after_attempt(self.limits.max_retries + 1),
+            wait=self._wait,
+            retry=retry_if_exception(lambda e: self.classify(e).retryable),
+            sleep=lambda seconds: self.sleep(seconds),
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+
+    async def _one(self, job: Job) -> Outcome:
         assert self._sem is not None
         attempts = 0
 
@@ -405,17 +436,9 @@ class Engine:
             self._turn += 1
             return await job.send(self._clients[self._turn % len(self._clients)])
 
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.limits.max_retries + 1),
-            wait=self._wait,
-            retry=retry_if_exception(lambda e: self.classify(e).retryable),
-            sleep=lambda seconds: self.sleep(seconds),
-            before_sleep=self._before_sleep,
-            reraise=True,
-        )
         async with self._sem:
             try:
-                value = await retrying(attempt)
+                value = await self._retrying()(attempt)
             except Exception as err:  # noqa: BLE001 - every failure becomes a clear BackendError
                 self.counters.add(failures=1)
                 return Outcome(None, attempts=attempts, error=self._error(err, attempts))
@@ -426,6 +449,29 @@ class Engine:
                 _log.warning("%s: could not write the response cache (%s: %s)", self.label, type(err).__name__, err)
         self._account(value.get("usage") or {})
         return Outcome(value, cached=False, attempts=attempts)
+
+    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """One request that is not a model call (batch upload, poll, download) under the same retry
+        policy; raises :class:`BackendError` when it fails for good.  Not counted in ``calls``."""
+        self._bind()
+        attempts = 0
+
+        async def attempt() -> T:
+            nonlocal attempts
+            await self._pause_if_told()
+            attempts += 1
+            return await fn()
+
+        try:
+            return await self._retrying()(attempt)
+        except Exception as err:  # noqa: BLE001 - every failure becomes a clear BackendError
+            raise self._error(err, attempts) from err
+
+    @property
+    def client(self) -> Any:
+        """An SDK client of the running loop (batch mode needs one, not a pool)."""
+        self._bind()
+        return self._clients[0]
 
     def _wait(self, state: Any) -> float:
         info = self.classify(state.outcome.exception())
@@ -463,7 +509,7 @@ class Engine:
         error.__cause__ = err
         return error
 
-    def _account(self, usage: dict[str, Any]) -> None:
+    def _account(self, usage: dict[str, Any], batched: bool = False) -> None:
         inp = int(usage.get("input_tokens") or 0)
         cached = int(usage.get("cached_input_tokens") or 0)
         write = int(usage.get("cache_write_tokens") or 0)
@@ -473,7 +519,7 @@ class Engine:
             cached_input_tokens=cached,
             cache_write_tokens=write,
             output_tokens=out,
-            dollars=call_dollars(self.prices, usage),
+            dollars=call_dollars(self.batch_prices if batched else self.prices, usage),
         )
 
     def spent(self, usage: dict[str, Any], outcome: Outcome) -> Usage:
@@ -485,7 +531,7 @@ class Engine:
             input_tokens=int(usage.get("input_tokens") or 0),
             cached_input_tokens=int(usage.get("cached_input_tokens") or 0),
             output_tokens=int(usage.get("output_tokens") or 0),
-            dollars=call_dollars(self.prices, usage),
+            dollars=call_dollars(self.batch_prices if outcome.batched else self.prices, usage),
         )
 
 
@@ -575,6 +621,30 @@ def check_common_fields(obj: Any) -> None:
     if obj.backoff_initial_s < 0 or obj.backoff_max_s < obj.backoff_initial_s:
         raise ValueError("backoff_max_s: need 0 <= backoff_initial_s <= backoff_max_s")
     check_prices(obj.prices)
+    check_batch_fields(obj)
+
+
+def check_batch_fields(obj: Any) -> None:
+    """``batch``, ``batch_poll_s``, ``batch_timeout_s``, ``batch_discount`` (see :mod:`bench.llm.batch`)."""
+    if not isinstance(obj.batch, bool):
+        raise ValueError(f"batch: must be true or false, got {obj.batch!r}")
+    for name in ("batch_poll_s", "batch_timeout_s", "batch_discount"):
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"{name}: must be a number, got {value!r}")
+    if not obj.batch_poll_s > 0:
+        raise ValueError(f"batch_poll_s: must be > 0 seconds, got {obj.batch_poll_s}")
+    if obj.batch_timeout_s < 0:
+        raise ValueError(
+            f"batch_timeout_s: must be >= 0 seconds (0: submit, then stop and collect on a re-run), got "
+            f"{obj.batch_timeout_s}"
+        )
+    if not 0 < obj.batch_discount <= 1:
+        raise ValueError(f"batch_discount: must be in (0, 1] (batch price / list price), got {obj.batch_discount}")
+    if obj.batch and not obj.cache:
+        raise ValueError(
+            "batch: needs cache: true (batch answers and the ids of pending batches are kept in the cache folder)"
+        )
 
 
 class HTTPBackend:
@@ -596,6 +666,10 @@ class HTTPBackend:
     tokens_per_minute: float | None
     backoff_initial_s: float
     backoff_max_s: float
+    batch: bool
+    batch_poll_s: float
+    batch_timeout_s: float
+    batch_discount: float
 
     # Subclasses provide these -------------------------------------------------------------------
     def _make_client(self) -> Any:
@@ -618,6 +692,8 @@ class HTTPBackend:
             from bench.llm.cache import default_cache_dir
 
             directory = (self.cache_dir or str(default_cache_dir())) if self.cache else None
+            prices = pricing.resolve(self.model, self.prices)
+            discount = float(getattr(self, "batch_discount", 1.0))
             engine = Engine(
                 label=self.name,
                 limits=Limits(
@@ -630,9 +706,10 @@ class HTTPBackend:
                     timeout_s=self.timeout_s,
                 ),
                 cache=ResponseCache(directory),
-                prices=pricing.resolve(self.model, self.prices),
+                prices=prices,
                 make_client=self._make_client,
                 classify=self._classify,
+                batch_prices=prices.scaled(discount) if prices is not None else None,
             )
             object.__setattr__(self, "_engine", engine)
             return engine
@@ -681,7 +758,8 @@ class HTTPBackend:
             calls += 1
             inp += estimate_tokens(chars)
             out += mt
-        dollars = engine.prices.dollars(inp, 0, out) if engine.prices else (math.nan if calls else 0.0)
+        prices = engine.batch_prices if getattr(self, "batch", False) else engine.prices
+        dollars = prices.dollars(inp, 0, out) if prices else (math.nan if calls else 0.0)
         return CostEstimate(calls=calls, input_tokens=inp, dollars=dollars)
 
 

@@ -49,6 +49,7 @@ class AnthropicModel(HTTPBackend):
     ``api_key_env`` names the environment variable holding the key; the key is read when the client
     is first needed and lives only inside the SDK client.  ``seed``: the API has none; it only enters
     the cache key, so a run with another seed draws fresh samples instead of reusing cached ones.
+    ``batch: true`` sends ``generate``'s cache misses as one Message Batch (:mod:`bench.llm.batch`).
     Other fields as in :class:`~bench.llm.openai_backend.OpenAIChatModel`.
     """
 
@@ -64,6 +65,10 @@ class AnthropicModel(HTTPBackend):
     backoff_max_s: float = 60.0
     cache_dir: str | None = None
     cache: bool = True
+    batch: bool = False
+    batch_poll_s: float = 30.0
+    batch_timeout_s: float = 90_000.0
+    batch_discount: float = 0.5
     prompt_caching: bool = True
     seed: int | None = 0
     prices: dict[str, float] | None = field(default=None, hash=False)
@@ -83,12 +88,12 @@ class AnthropicModel(HTTPBackend):
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         """Messages for every request (cache first); raises the first failure after the others finished."""
         plans = [self._plan(r) for r in requests]
-        outcomes = self.engine.run([p[0] for p in plans])
+        outcomes = self.engine.run([p[0] for p in plans], batch=self._batch_mode())
         return [self._generation(r, p[1], o) for r, p, o in zip(requests, plans, outcomes, strict=True)]
 
     async def agenerate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         plans = [self._plan(r) for r in requests]
-        outcomes = await self.engine.arun([p[0] for p in plans])
+        outcomes = await self.engine.arun([p[0] for p in plans], batch=self._batch_mode())
         return [self._generation(r, p[1], o) for r, p, o in zip(requests, plans, outcomes, strict=True)]
 
     def slot_distributions(self, requests: Sequence[SlotRequest]) -> list[SlotResult]:
@@ -119,6 +124,16 @@ class AnthropicModel(HTTPBackend):
         import anthropic
 
         return describe_sdk_error(err, anthropic)
+
+    def _batch_mode(self) -> Any:
+        """``None``, or what the engine needs to send messages as a Message Batch."""
+        if not self.batch:
+            return None
+        from bench.llm.batch import AnthropicBatches, BatchMode
+
+        return BatchMode(
+            AnthropicBatches(self.resolved_base_url, _messages_value), self.batch_poll_s, self.batch_timeout_s
+        )
 
     def _plan(self, r: GenerationRequest) -> tuple[Job, str]:
         """The request's job, and the whitespace cut from the prefill (to cut from the reply too)."""

@@ -117,6 +117,9 @@ class OpenAIChatModel(HTTPBackend):
     ``cache_dir``: the response cache (``null``: ``$NEURONBENCH_CACHE/llm``); ``cache: false`` turns it
     off.  ``prices``: USD per 1M tokens ``{input, cached_input, output}`` (``null``: the built-in
     table, else dollars are unknown).  ``seed``: sent per sample as ``seed*1000003 + sample_index``.
+    ``batch: true`` sends ``generate``'s cache misses through the Batch API (:mod:`bench.llm.batch`):
+    polled every ``batch_poll_s``, given up after ``batch_timeout_s`` (the run stops; a re-run resumes),
+    billed at prices times ``batch_discount``.  Prompt-logprob requests (vLLM) never go in batches.
     """
 
     model: str = "gpt-4o-mini"
@@ -131,6 +134,10 @@ class OpenAIChatModel(HTTPBackend):
     backoff_max_s: float = 60.0
     cache_dir: str | None = None
     cache: bool = True
+    batch: bool = False
+    batch_poll_s: float = 30.0
+    batch_timeout_s: float = 90_000.0
+    batch_discount: float = 0.5
     generated_logprobs: bool = True
     prompt_logprobs: bool = False
     slot_top_k: int = 20
@@ -180,13 +187,13 @@ class OpenAIChatModel(HTTPBackend):
         """Chat completions for every request (cache first); raises the first failure after the
         others finished (and were cached)."""
         plans = [self._chat_plan(r) for r in requests]
-        outcomes = self.engine.run([p[0] for p in plans])
+        outcomes = self.engine.run([p[0] for p in plans], batch=self._batch_mode())
         return [self._generation(r, p[1], o) for r, p, o in zip(requests, plans, outcomes, strict=True)]
 
     async def agenerate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         """Async twin of :meth:`generate` for callers already inside an event loop."""
         plans = [self._chat_plan(r) for r in requests]
-        outcomes = await self.engine.arun([p[0] for p in plans])
+        outcomes = await self.engine.arun([p[0] for p in plans], batch=self._batch_mode())
         return [self._generation(r, p[1], o) for r, p, o in zip(requests, plans, outcomes, strict=True)]
 
     def slot_distributions(self, requests: Sequence[SlotRequest]) -> list[SlotResult]:
@@ -239,6 +246,16 @@ class OpenAIChatModel(HTTPBackend):
         import openai
 
         return describe_sdk_error(err, openai)
+
+    def _batch_mode(self) -> Any:
+        """``None``, or what the engine needs to send chat completions through the Batch API."""
+        if not self.batch:
+            return None
+        from bench.llm.batch import BatchMode, OpenAIBatches
+
+        return BatchMode(
+            OpenAIBatches(self.resolved_base_url, _chat_body_value), self.batch_poll_s, self.batch_timeout_s
+        )
 
     # ------------------------------------------------------------------------------------------------
     # Chat completions
@@ -432,6 +449,13 @@ def _chat_value(response: Any) -> dict[str, Any]:
         "result": {"text": choice.message.content or "", "logprobs": logprobs, "finish_reason": choice.finish_reason},
         "usage": _openai_usage(response.usage),
     }
+
+
+def _chat_body_value(body: dict[str, Any]) -> dict[str, Any]:
+    """The cached value of a chat completion given as JSON (a batch's output line)."""
+    from openai.types.chat import ChatCompletion
+
+    return _chat_value(ChatCompletion.model_validate(body))
 
 
 def _openai_usage(usage: Any) -> dict[str, int]:

@@ -24,6 +24,15 @@ class Prices:
     cached_input: float | None = None  # None: billed as input
     cache_write: float | None = None  # None: billed as input
 
+    def scaled(self, factor: float) -> Prices:
+        """Every price times ``factor`` (batch APIs bill about half: ``scaled(0.5)``)."""
+        return Prices(
+            input=self.input * factor,
+            output=self.output * factor,
+            cached_input=None if self.cached_input is None else self.cached_input * factor,
+            cache_write=None if self.cache_write is None else self.cache_write * factor,
+        )
+
     def dollars(
         self, input_tokens: int, cached_input_tokens: int, output_tokens: int, cache_write_tokens: int = 0
     ) -> float:
