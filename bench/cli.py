@@ -151,15 +151,30 @@ def _launch_hydra(overrides: list[str], passthrough: list[str], multirun: bool, 
 
 
 # ---------------------------------------------------------------------------------------------------
+# Config keys that do not change results: a run resumes across changes of these.
+NOT_DETERMINING = ("hydra", "tracking", "output_dir", "run_name", "cache_dir", "parallel_units")
+
+
+# ... and component fields that never change results, wherever they sit (e.g. subject.cache_dir).
+NOT_DETERMINING_ANYWHERE = ("cache_dir", "progress")
+
+
+def _without_keys(node: Any, keys: tuple[str, ...]) -> Any:
+    if isinstance(node, dict):
+        return {k: _without_keys(v, keys) for k, v in node.items() if k not in keys}
+    if isinstance(node, list):
+        return [_without_keys(v, keys) for v in node]
+    return node
+
+
 def run_identity(cfg: Any, choices: dict[str, str]) -> tuple[str, str]:
     """(run name, config hash).  The hash covers everything that determines results, so re-running
     the same configuration resumes the same run folder."""
     from omegaconf import OmegaConf
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    determining = {
-        k: v for k, v in resolved.items() if k not in ("hydra", "tracking", "output_dir", "run_name", "cache_dir")
-    }
+    top = {k: v for k, v in resolved.items() if k not in NOT_DETERMINING}
+    determining = _without_keys(top, NOT_DETERMINING_ANYWHERE)
     digest = hashlib.sha256(json.dumps(determining, sort_keys=True, default=str).encode()).hexdigest()[:10]
     name = cfg.get("run_name") or "__".join(choices.get(group, "?") for group in ("explainer", "simulator", "subject"))
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name), digest

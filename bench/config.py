@@ -192,6 +192,7 @@ class RunSettings:
     run_name: str | None
     cache_dir: str
     output_dir: str
+    parallel_units: int = 1
 
 
 def validate(cfg: Any) -> tuple[RunSettings, dict[str, Any]]:
@@ -204,11 +205,15 @@ def validate(cfg: Any) -> tuple[RunSettings, dict[str, Any]]:
         settings[key] = _structured(key, schema, node)
     if not isinstance(cfg.get("seed"), int):
         raise ConfigError("seed", f"must be an integer, got {cfg.get('seed')!r}")
+    parallel = cfg.get("parallel_units", 1)
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise ConfigError("parallel_units", f"must be an integer >= 1, got {parallel!r}")
     run = RunSettings(
         seed=cfg.seed,
         run_name=cfg.get("run_name"),
         cache_dir=str(cfg.cache_dir),
         output_dir=str(cfg.output_dir),
+        parallel_units=parallel,
         **settings,
     )
     need_top, need_random = 4 * run.units.examples_per_split, 3 * run.units.examples_per_split

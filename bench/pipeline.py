@@ -99,6 +99,27 @@ class ExplanationStore:
         return Explanation(text=e["text"], explainer=e["explainer"], meta=e["meta"], usage=Usage(**e["usage"])), None
 
 
+def as_finished(fn: Any, keys: Sequence[str], workers: int) -> Any:
+    """Yield ``(key, fn(key))`` as each finishes, ``workers`` at a time (threads: API backends wait on
+    the network, so several units keep their concurrency limit busy).  Results are consumed -- and
+    written -- by the caller's thread, one at a time."""
+    if workers <= 1:
+        for key in keys:
+            yield key, fn(key)
+        return
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="unit") as pool:
+        futures = {pool.submit(fn, key): key for key in keys}
+        try:
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
 def _error_text(err: BaseException) -> str:
     text = f"{type(err).__name__}: {err}".strip()
     return text if len(text) < 2000 else text[:2000] + " ..."
@@ -123,23 +144,24 @@ def run(
     controls = assign_controls(settings, [k for k in records if explanations[k][0] is not None])
 
     done = store.finished_units()
-    results = [r for r in store.previous_results() if r.unit.key in records]
-    for key in tqdm(list(records), desc="simulate+score", disable=not progress):
-        if key in done:
-            continue
+    previous = {r.unit.key: r for r in store.previous_results() if r.unit.key in records}
+
+    def unit_result(key: str) -> UnitResult:
         explanation, error = explanations[key]
         if explanation is None:
-            result = UnitResult(
+            return UnitResult(
                 unit=records[key].unit, status="failed", error=error, stage="explain", extras={"provenance": provenance}
             )
-        else:
-            control_texts = [explanations[c][0].text for c in controls.get(key, [])]  # type: ignore[union-attr]
-            result = score_unit(
-                settings, records[key], explanation, simulator, scorers, subject, control_texts, provenance
-            )
+        control_texts = [explanations[c][0].text for c in controls.get(key, [])]  # type: ignore[union-attr]
+        return score_unit(settings, records[key], explanation, simulator, scorers, subject, control_texts, provenance)
+
+    pending = [k for k in records if k not in done]
+    finished = as_finished(unit_result, pending, settings.parallel_units)
+    for key, result in tqdm(finished, total=len(pending), desc="simulate+score", disable=not progress):
         for sink in (store, *mirrors):
             sink.write(result)
-        results.append(result)
+        previous[key] = result
+    results = [previous[k] for k in records if k in previous]  # in unit order, however they finished
 
     summary = aggregate(results, settings.scoring.bootstrap_resamples, settings.scoring.confidence, settings.seed)
     summary.update(backend_metrics(parts))  # retries, cache hits, dollars of the HTTP backends (this process)
@@ -185,22 +207,27 @@ def explain_all(
 
     explained = ExplanationStore(run_dir / "explanations.jsonl")
     explanations: dict[str, tuple[Explanation | None, str | None]] = {}
-    for key in tqdm(list(records), desc="explain", disable=not progress):
-        cached = explained.get(key)
-        if cached is not None:
-            explanations[key] = cached
-            continue
+
+    def explain(key: str) -> tuple[Explanation | None, str | None]:
         try:
             splits = make_splits(records[key], settings.units.examples_per_split)
             found = explain_unit(explainer, simulator, records[key].unit, splits)  # best-of-k reranks here
             if not found:
                 raise RuntimeError("explainer returned no explanation")
-            explanation, error = found[0], None
+            return found[0], None
         except UserError:
             raise  # a user mistake (missing package, bad key ...) stops the run with one line
         except Exception as err:  # noqa: BLE001 - a failed unit is recorded, the run goes on
             log.debug("explain failed for %s", key, exc_info=True)
-            explanation, error = None, _error_text(err)
+            return None, _error_text(err)
+
+    for key in records:
+        cached = explained.get(key)
+        if cached is not None:
+            explanations[key] = cached
+    pending = [k for k in records if k not in explanations]
+    finished = as_finished(explain, pending, settings.parallel_units)
+    for key, (explanation, error) in tqdm(finished, total=len(pending), desc="explain", disable=not progress):
         explained.add(key, explanation, error)
         explanations[key] = (explanation, error)
     return explanations

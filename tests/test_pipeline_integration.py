@@ -148,3 +148,22 @@ def test_a_failing_scorer_is_a_nan_with_reason_and_the_others_still_score(tmp_pa
     scores = run_scorer(AblationScorer(), ctx, extras)
     assert math.isnan(scores["ablation"].value) and scores["ablation"].reason.startswith("scorer failed")
     assert "ablation" in extras["scorer_errors"]
+
+
+def test_parallel_units_give_the_same_results_and_resume_the_same_run(tmp_path, corpus, mlflow_store):
+    subject = save_tiny_subject("gpt2", tmp_path / "tiny")
+    serial = run_job(compose(overrides(tmp_path / "a", subject, corpus, mlflow_store)), progress=False)
+    parallel = run_job(
+        compose(overrides(tmp_path / "b", subject, corpus, mlflow_store, "parallel_units=3")), progress=False
+    )
+    assert [r.unit.key for r in serial.results] == [r.unit.key for r in parallel.results]
+    for a, b in zip(serial.results, parallel.results, strict=True):
+        assert a.explanation.text == b.explanation.text
+        assert {k: v.value for k, v in a.scores.items()} == pytest.approx(
+            {k: v.value for k, v in b.scores.items()}, nan_ok=True
+        )
+    assert serial.summary == pytest.approx(parallel.summary, nan_ok=True)
+    # parallel_units does not change the run's identity: same folder name
+    assert [p.name for p in (tmp_path / "a" / "runs").iterdir()] == [
+        p.name for p in (tmp_path / "b" / "runs").iterdir()
+    ]

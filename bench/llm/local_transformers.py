@@ -111,13 +111,19 @@ class LocalChatModel:
         return frozenset({Capability.GENERATE, Capability.GENERATED_LOGPROBS, Capability.PROMPT_LOGPROBS})
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        from bench.model_lock import model_lock
+
         out: list[Generation] = []
-        for start in range(0, len(requests), self.batch_size):
-            out.extend(self._generate_batch(list(requests[start : start + self.batch_size])))
+        with model_lock(self.torch_model):
+            for start in range(0, len(requests), self.batch_size):
+                out.extend(self._generate_batch(list(requests[start : start + self.batch_size])))
         return out
 
     def slot_distributions(self, requests: Sequence[SlotRequest]) -> list[SlotResult]:
-        return self._slots(list(requests))
+        from bench.model_lock import model_lock
+
+        with model_lock(self.torch_model):
+            return self._slots(list(requests))
 
     # ------------------------------------------------------------------------------------------------
     # Prompt rendering and counting

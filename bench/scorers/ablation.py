@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.model_lock import model_lock
 from bench.protocols import ScoringContext
 from bench.records import ActivationRecord, Score
 
@@ -110,10 +111,11 @@ def ablation_scores(
     ids = torch.tensor([r.token_ids for r in records], dtype=torch.long, device=device)
     sim = torch.tensor(np.asarray(simulated, dtype=np.float32), device=device)
     site = parse_hook_site(hook_site, layer)
-    base = next_token_logprobs(model, ids, None, index, None)
-    with_sim = divergences(base, next_token_logprobs(model, ids, site, index, sim), ids)
-    mean_values = torch.full_like(sim, float(mean_activation))
-    with_mean = divergences(base, next_token_logprobs(model, ids, site, index, mean_values), ids)
+    with model_lock(model):  # no other thread's hook may touch these passes (parallel_units)
+        base = next_token_logprobs(model, ids, None, index, None)
+        with_sim = divergences(base, next_token_logprobs(model, ids, site, index, sim), ids)
+        mean_values = torch.full_like(sim, float(mean_activation))
+        with_mean = divergences(base, next_token_logprobs(model, ids, site, index, mean_values), ids)
     out: dict[str, float] = {}
     for name in DIVERGENCES:
         out[f"{name}/simulated"] = with_sim[name]

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.embeddings import MODEL_NAME, get_encoder
+from bench.model_lock import model_lock
 from bench.protocols import ScoringContext
 from bench.records import ActivationRecord, Score
 from bench.scorers.ablation import next_token_logprobs, parse_hook_site
@@ -85,16 +86,17 @@ def boost_logprob_change(
         tensor[..., index] += delta
         return tensor
 
-    base = next_token_logprobs(model, ids, None, index, None)
-    if where == "input":
-        handle = module.register_forward_pre_hook(lambda m, args: (add(args[0]), *args[1:]))
-    else:
-        handle = module.register_forward_hook(lambda m, args, output: add(output))
-    try:
-        with torch.no_grad():
-            boosted = torch.log_softmax(model(input_ids=ids).logits.float(), dim=-1)
-    finally:
-        handle.remove()
+    with model_lock(model):  # no other thread's hook may touch these passes (parallel_units)
+        base = next_token_logprobs(model, ids, None, index, None)
+        if where == "input":
+            handle = module.register_forward_pre_hook(lambda m, args: (add(args[0]), *args[1:]))
+        else:
+            handle = module.register_forward_hook(lambda m, args, output: add(output))
+        try:
+            with torch.no_grad():
+                boosted = torch.log_softmax(model(input_ids=ids).logits.float(), dim=-1)
+        finally:
+            handle.remove()
     return (boosted - base).mean(dim=(0, 1))
 
 
