@@ -119,7 +119,6 @@ def aggregate(
             usage["explainer"] += r.explanation.usage
         if r.simulation is not None:
             usage["simulator"] += r.simulation.usage
-        usage["simulator"] += Usage(**r.extras.get("calibration_usage", {}))
         usage["control"] += Usage(**r.extras.get("control", {}).get("usage", {}))
         for scorer, details in (r.extras.get("scorers") or {}).items():  # judge LLMs, re-simulations
             if isinstance(details, dict) and details.get("usage"):

@@ -12,7 +12,7 @@ import logging
 import math
 import traceback
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -263,15 +263,18 @@ def score_unit(
     try:
         splits = make_splits(record, settings.units.examples_per_split)
         scoring = splits.get(settings.scoring.split)
-        simulation = simulator.simulate(explanation.text, [*scoring.top, *scoring.random])
+        scored = [*scoring.top, *scoring.random]
+        calibrate = settings.scoring.calibration != "none" and any(s.needs_calibration for s in scorers)
+        cal_records = [*splits.calibration.top, *splits.calibration.random] if calibrate else []
+        # One simulate() for both splits: their requests go out together (a round trip fewer per
+        # unit on API backends); the usage of both stays on the simulation.
+        both = simulator.simulate(explanation.text, [*scored, *cal_records])
+        simulation = replace(both, sequences=both.sequences[: len(scored)])
         top_sims = simulation.sequences[: len(scoring.top)]
         random_sims = simulation.sequences[len(scoring.top) :]
         calibration_sims, calibrator, problem = None, None, None
-        if settings.scoring.calibration != "none" and any(s.needs_calibration for s in scorers):
-            cal = splits.calibration
-            cal_sim = simulator.simulate(explanation.text, [*cal.top, *cal.random])
-            calibration_sims = cal_sim.sequences
-            extras["calibration_usage"] = asdict(cal_sim.usage)
+        if calibrate:
+            calibration_sims = both.sequences[len(scored) :]
             real, sim = pooled(calibration_sims)
             try:
                 calibrator = fit_calibration(settings.scoring.calibration, sim, real)
