@@ -26,10 +26,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.errors import UserError
 from bench.protocols import VALUE_STRINGS, Capability, ChatMessage, Generation, GenerationRequest, SlotRequest
 from bench.records import ActivationRecord, SequenceSimulation, Simulation, Usage
-from bench.simulators.estimators import ESTIMATORS, estimators_of, refusal
+from bench.simulators.estimators import ESTIMATORS, EstimatorChoice, estimators_of
 from bench.simulators.expected_value import expected_value_from_logprobs, expected_value_from_probabilities
 from bench.simulators.parsing import (
     SimulationParseError,
@@ -128,13 +127,15 @@ def _parse_examples(raw: Any) -> tuple[SimulatorExample, ...]:
 
 
 @dataclass(frozen=True)
-class AllAtOnceSimulator:
+class AllAtOnceSimulator(EstimatorChoice):
     """Simulate every token of an excerpt in one call (``estimator``: see the module docstring).
 
     ``samples``: calls per excerpt whose per-token distributions are averaged (generation estimators;
     for ``sampled`` the histogram of the k integers).  ``temperature``: null means 0 for one sample and
     1.0 for several.  ``top_logprobs``: alternatives asked for at every generated token (OpenAI: <= 20).
     """
+
+    strategy = STRATEGY  # not a field: EstimatorChoice reads it
 
     llm: Any
     estimator: str = "prompt_logprobs"
@@ -157,24 +158,6 @@ class AllAtOnceSimulator:
         if self.estimator == "prompt_logprobs" and self.samples != 1:
             raise ValueError("samples: prompt_logprobs reads exact distributions; samples must be 1")
         object.__setattr__(self, "few_shot", _parse_examples(self.few_shot))
-
-    @property
-    def required_capabilities(self) -> frozenset[Capability]:
-        return ESTIMATOR_NEEDS[self.estimator]
-
-    @property
-    def recorded_estimator(self) -> str:
-        return f"{STRATEGY}/{self.estimator}"
-
-    @property
-    def resolved_temperature(self) -> float:
-        return resolve_temperature(self.temperature, self.samples)
-
-    def check_backend(self) -> None:
-        """Refuse a backend that cannot serve this estimator -- before any call."""
-        problem = refusal(self.recorded_estimator, self.llm)
-        if problem:
-            raise UserError(f"simulator estimator {problem}")
 
     # ------------------------------------------------------------------------------------------------
     # Prompts
@@ -369,13 +352,6 @@ class AllAtOnceSimulator:
 # ---------------------------------------------------------------------------------------------------
 # Shared by the generation estimators (also used by the one-at-a-time simulator)
 # ---------------------------------------------------------------------------------------------------
-def resolve_temperature(temperature: float | None, samples: int) -> float:
-    """null: greedy for one sample, 1.0 for several (so the samples differ)."""
-    if temperature is not None:
-        return float(temperature)
-    return 0.0 if samples == 1 else 1.0
-
-
 def check_sampling_fields(obj: Any) -> None:
     """``__post_init__`` checks of ``samples`` / ``temperature`` / ``top_logprobs`` (ValueError "field: ...")."""
     if isinstance(obj.samples, bool) or not isinstance(obj.samples, int) or obj.samples < 1:

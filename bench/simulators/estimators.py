@@ -8,7 +8,9 @@ any call, and names the estimators that backend *can* serve (:func:`estimators_f
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any, ClassVar
 
+from bench.errors import UserError
 from bench.protocols import Capability
 
 GENERATE, GENERATED, PROMPT = Capability.GENERATE, Capability.GENERATED_LOGPROBS, Capability.PROMPT_LOGPROBS
@@ -47,3 +49,36 @@ def refusal(estimator: str, llm: object) -> str | None:
         f"{estimator} needs {', '.join(sorted(str(c) for c in missing))}, which backend {name!r} does not offer; "
         f"estimators it can serve: {', '.join(can) if can else 'none'}"
     )
+
+
+class EstimatorChoice:
+    """What every LLM simulator strategy says about its estimator: what it needs and how it is
+    recorded.  A subclass sets ``strategy`` and has an ``estimator``, ``llm``, ``temperature`` and
+    ``samples`` field."""
+
+    strategy: ClassVar[str]
+    estimator: str
+    llm: Any
+    temperature: float | None
+    samples: int
+
+    @property
+    def required_capabilities(self) -> frozenset[Capability]:
+        return ESTIMATORS[self.recorded_estimator]
+
+    @property
+    def recorded_estimator(self) -> str:
+        return f"{self.strategy}/{self.estimator}"
+
+    @property
+    def resolved_temperature(self) -> float:
+        """Sampling needs a temperature: 1.0 when several samples are averaged, else greedy 0."""
+        if self.temperature is not None:
+            return float(self.temperature)
+        return 1.0 if self.samples > 1 else 0.0
+
+    def check_backend(self) -> None:
+        """Refuse a backend that cannot serve this estimator -- before any call."""
+        problem = refusal(self.recorded_estimator, self.llm)
+        if problem:
+            raise UserError(f"simulator estimator {problem}")

@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.errors import UserError
 from bench.protocols import Capability, ChatMessage, GenerationRequest
 from bench.records import ActivationRecord, Simulation, Usage
 from bench.simulators.all_at_once import (
@@ -31,9 +30,8 @@ from bench.simulators.all_at_once import (
     check_sampling_fields,
     combine_samples,
     one_hot,
-    resolve_temperature,
 )
-from bench.simulators.estimators import ESTIMATORS, estimators_of, refusal
+from bench.simulators.estimators import ESTIMATORS, EstimatorChoice, estimators_of
 from bench.simulators.expected_value import expected_value_from_logprobs
 from bench.simulators.parsing import first_answer_token, parse_answer, value_logprobs
 from bench.simulators.prompt_format import END, START, escape_token
@@ -54,7 +52,7 @@ DEFAULT_SYSTEM = (
 
 
 @dataclass(frozen=True)
-class OneAtATimeSimulator:
+class OneAtATimeSimulator(EstimatorChoice):
     """Simulate each token with its own call; ``estimator``: ``logprobs`` or ``sampled``.
 
     ``max_tokens``: tokens generated per answer.  2 (default) lets a value the tokenizer splits into
@@ -62,6 +60,8 @@ class OneAtATimeSimulator:
     tokens (OpenAI) and saves an output token per call.  ``samples`` / ``temperature`` /
     ``top_logprobs`` as in the all-at-once simulator.
     """
+
+    strategy = STRATEGY  # not a field: EstimatorChoice reads it
 
     llm: Any
     estimator: str = "logprobs"
@@ -85,23 +85,6 @@ class OneAtATimeSimulator:
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or not 1 <= self.max_tokens <= 8:
             raise ValueError(f"max_tokens: must be an integer in 1..8, got {self.max_tokens!r}")
         object.__setattr__(self, "few_shot", _parse_examples(self.few_shot))
-
-    @property
-    def required_capabilities(self) -> frozenset[Capability]:
-        return ESTIMATOR_NEEDS[self.estimator]
-
-    @property
-    def recorded_estimator(self) -> str:
-        return f"{STRATEGY}/{self.estimator}"
-
-    @property
-    def resolved_temperature(self) -> float:
-        return resolve_temperature(self.temperature, self.samples)
-
-    def check_backend(self) -> None:
-        problem = refusal(self.recorded_estimator, self.llm)
-        if problem:
-            raise UserError(f"simulator estimator {problem}")
 
     # ------------------------------------------------------------------------------------------------
     def _question(self, number: int, explanation: str, tokens: Sequence[str], position: int) -> str:
