@@ -170,6 +170,16 @@ def run(
     return RunOutcome(results=results, summary=summary, warnings=warnings)
 
 
+def check_layers(settings: RunSettings, info: Any) -> None:
+    """Every requested layer exists (the subject's config alone says so: no weights loaded)."""
+    for layer in settings.units.layers:
+        if layer >= info.n_layers:
+            raise UserError(
+                f"config error at 'units.layers': layer {layer} out of range; "
+                f"{info.model} has {info.n_layers} layers (0..{info.n_layers - 1})"
+            )
+
+
 def load_records(settings: RunSettings, subject: Any, dataset: Any) -> tuple[dict[str, UnitRecord], dict[str, Any]]:
     """The chosen units' records (one streaming pass per layer, cached on disk) and their provenance."""
     from bench.subject.record_cache import load_or_mine
@@ -178,12 +188,8 @@ def load_records(settings: RunSettings, subject: Any, dataset: Any) -> tuple[dic
     excerpts = dataset.excerpts(subject.tokenizer, seed=settings.seed)
     provenance = {"subject": asdict(info), "excerpts": excerpts.fingerprint}
     records: dict[str, UnitRecord] = {}
+    check_layers(settings, info)
     for layer in settings.units.layers:
-        if layer >= info.n_layers:
-            raise UserError(
-                f"config error at 'units.layers': layer {layer} out of range; "
-                f"{info.model} has {info.n_layers} layers (0..{info.n_layers - 1})"
-            )
         chosen = choose_units(layer, info.width, settings.units.count, settings.units.indices, settings.units.seed)
         layer_records = load_or_mine(
             subject, excerpts, layer, settings.mining.top_k, settings.mining.random_k, settings.seed, settings.cache_dir

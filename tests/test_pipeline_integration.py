@@ -167,3 +167,13 @@ def test_parallel_units_give_the_same_results_and_resume_the_same_run(tmp_path, 
     assert [p.name for p in (tmp_path / "a" / "runs").iterdir()] == [
         p.name for p in (tmp_path / "b" / "runs").iterdir()
     ]
+
+
+def test_a_missing_layer_is_a_one_line_error_before_any_run_folder(tmp_path, corpus, mlflow_store):
+    from bench.errors import UserError
+
+    subject = save_tiny_subject("llama", tmp_path / "tiny")
+    cfg = compose(overrides(tmp_path, subject, corpus, mlflow_store, "units.layers=[5]"))
+    with pytest.raises(UserError, match=r"units.layers.*layer 5 out of range.*2 layers \(0\.\.1\)"):
+        run_job(cfg, progress=False)
+    assert not (tmp_path / "runs").exists()
