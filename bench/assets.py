@@ -203,10 +203,6 @@ def _parse_requirement(requirement: str) -> tuple[str, str | None]:
     return m.group(1), m.group(2)
 
 
-def _normalise(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def _installed_member(requirement: str, member: str) -> Path | None:
     """The file ``member`` of the installed distribution (without importing it), if installed."""
     name, version = _parse_requirement(requirement)

@@ -28,7 +28,7 @@ from typing import Any
 
 from bench.protocols import VALUE_STRINGS, Capability, ChatMessage, Generation, GenerationRequest, SlotRequest
 from bench.records import ActivationRecord, SequenceSimulation, Simulation, Usage
-from bench.simulators.estimators import ESTIMATORS, EstimatorChoice, estimators_of
+from bench.simulators.estimators import ESTIMATORS, EstimatorChoice, estimators_for, estimators_of
 from bench.simulators.expected_value import expected_value_from_logprobs, expected_value_from_probabilities
 from bench.simulators.parsing import (
     SimulationParseError,
@@ -96,7 +96,7 @@ class SimulatorExample:
 
 def supported_estimators(capabilities: frozenset[Capability] | set[Capability]) -> list[str]:
     """The all-at-once estimators a backend with these capabilities can serve."""
-    return [name for name, needs in ESTIMATOR_NEEDS.items() if needs <= set(capabilities)]
+    return [name.split("/", 1)[1] for name in estimators_for(capabilities) if name.startswith(f"{STRATEGY}/")]
 
 
 def _parse_examples(raw: Any) -> tuple[SimulatorExample, ...]:
