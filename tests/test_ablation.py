@@ -13,7 +13,7 @@ from conftest_models import tiny_model as conftest_tiny_model
 
 from bench.protocols import ScoringContext
 from bench.records import ActivationRecord, Explanation, SequenceSimulation, UnitId, UnitRecord, UnitStats
-from bench.scorers.ablation import AblationScorer, ablation_scores, divergences, parse_hook_site
+from bench.scorers.ablation import NO_EFFECT, AblationScorer, ablation_scores, divergences, parse_hook_site
 from bench.subject.hook_sites import hook_site_for
 
 FAMILIES = ("gpt2", "gpt_neox", "llama")
@@ -24,8 +24,24 @@ def site(family: str) -> str:
     return hook_site_for(tiny_config(family)).describe
 
 
-def tiny_model(family: str):
-    return conftest_tiny_model(family, vocab_size=97)
+# The unit's down-projection weights are scaled by this factor so that mean-ablating it moves the output
+# far above float32 rounding (a random tiny model's unit barely matters: KL ~ 1e-8 or exactly 0, by CPU).
+AMPLIFY = 200.0
+DOWN_PROJ = {"gpt2": "transformer.h.{layer}.mlp.c_proj", "gpt_neox": "gpt_neox.layers.{layer}.mlp.dense_4h_to_h"}
+
+
+def tiny_model(family: str, amplify: tuple[int, int] | None = None):
+    """The tiny model; ``amplify=(layer, index)`` scales that unit's weights into the output by AMPLIFY."""
+    model = conftest_tiny_model(family, vocab_size=97)
+    if amplify is not None:
+        layer, index = amplify
+        proj = model.get_submodule(DOWN_PROJ.get(family, "model.layers.{layer}.mlp.down_proj").format(layer=layer))
+        with torch.no_grad():
+            if family == "gpt2":  # Conv1D: weight is (in, out)
+                proj.weight[index, :] *= AMPLIFY
+            else:
+                proj.weight[:, index] *= AMPLIFY
+    return model
 
 
 def real_activations(model, site: str, layer: int, index: int, ids: torch.Tensor) -> np.ndarray:
@@ -55,7 +71,7 @@ def make_records(ids: torch.Tensor, acts: np.ndarray) -> list[ActivationRecord]:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_exact_simulation_scores_one_and_mean_scores_zero(family: str) -> None:
-    model = tiny_model(family)
+    model = tiny_model(family, amplify=(1, 5))
     ids = torch.randint(0, 97, (3, 12), generator=torch.Generator().manual_seed(1))
     acts = real_activations(model, site(family), 1, 5, ids)
     records = make_records(ids, acts)
@@ -71,7 +87,7 @@ def test_exact_simulation_scores_one_and_mean_scores_zero(family: str) -> None:
     mean = float(acts.mean())
     const = ablation_scores(model, site(family), 1, 5, records, np.full_like(acts, mean), mean)
     assert const["kl"] == pytest.approx(0.0, abs=1e-6) and const["js"] == pytest.approx(0.0, abs=1e-6)
-    assert const["kl/mean_ablated"] > 0
+    assert const["kl/mean_ablated"] > 1e-3  # far above rounding: the unit was amplified
 
 
 def test_divergences_hand_checked() -> None:
@@ -92,7 +108,7 @@ def test_divergences_hand_checked() -> None:
 
 
 def test_scorer_uses_calibrated_simulation_and_reports_all_divergences() -> None:
-    model = tiny_model("llama")
+    model = tiny_model("llama", amplify=(0, 3))
     ids = torch.randint(0, 97, (2, 10), generator=torch.Generator().manual_seed(2))
     acts = real_activations(model, site("llama"), 0, 3, ids)
     records = make_records(ids, acts)
@@ -117,6 +133,7 @@ def test_scorer_uses_calibrated_simulation_and_reports_all_divergences() -> None
     scores = AblationScorer().score(ctx)
     assert scores["ablation"].value == pytest.approx(1.0, abs=1e-4)
     assert {"ablation/kl", "ablation/js", "ablation/loss", "ablation/kl/mean_ablated"} <= set(scores)
+    assert scores["ablation/kl/mean_ablated"].value > 1e-3
     no_cal = AblationScorer().score(
         ScoringContext(
             unit=unit,
@@ -133,3 +150,43 @@ def test_scorer_uses_calibrated_simulation_and_reports_all_divergences() -> None
 def test_bad_divergence_refused() -> None:
     with pytest.raises(ValueError, match="divergence"):
         AblationScorer(divergence="l2")
+
+
+def test_divergences_are_float64_and_rounding_level_effects_count_as_no_effect() -> None:
+    # Two float32 distributions that differ by one float32 ulp per logit: in float32 the KL is lost in
+    # rounding (0 on some CPUs, slightly above on others); in float64 it is tiny but below the tolerance.
+    logits = torch.randn(1, 4, 97, generator=torch.Generator().manual_seed(3))
+    bumped = torch.nextafter(logits, torch.full_like(logits, 1e9))
+    base, other = torch.log_softmax(logits, -1), torch.log_softmax(bumped, -1)
+    ids = torch.randint(0, 97, (1, 4), generator=torch.Generator().manual_seed(4))
+    d = divergences(base, other, ids)
+    assert 0 <= d["kl"] < NO_EFFECT["kl"] / 100 and 0 <= d["js"] < NO_EFFECT["js"] / 100
+    assert abs(d["loss"]) < NO_EFFECT["loss"] / 10
+
+
+def test_unit_without_effect_scores_nan_with_no_effect_reason() -> None:
+    # Zero the unit's weights into the output: mean-ablation cannot change anything, on any CPU.
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.get_submodule("model.layers.0.mlp.down_proj").weight[:, 3] = 0
+    ids = torch.randint(0, 97, (2, 10), generator=torch.Generator().manual_seed(2))
+    acts = real_activations(model, site("llama"), 0, 3, ids)
+    records = make_records(ids, acts)
+    raw = ablation_scores(model, site("llama"), 0, 3, records, acts * 0.5, float(acts.mean()))
+    assert math.isnan(raw["kl"]) and math.isnan(raw["js"]) and math.isnan(raw["loss"])
+    sims = [
+        SequenceSimulation(tokens=r.tokens, expected=r.activations, true_activations=r.activations) for r in records
+    ]
+    unit = UnitRecord(UnitId(0, 3), records, [], UnitStats(20, float(acts.mean()), 1.0, 0.0, 0.0))
+    ctx = ScoringContext(
+        unit=unit,
+        explanation=Explanation("x", "test"),
+        scoring_top=sims,
+        scoring_random=[],
+        scoring_records=records,
+        calibrator=lambda x: np.asarray(x),
+        subject=SimpleNamespace(model=model, info=SimpleNamespace(hook_site=site("llama"))),
+    )
+    scores = AblationScorer().score(ctx)
+    assert math.isnan(scores["ablation"].value)
+    assert "no effect" in scores["ablation"].reason and "tolerance" in scores["ablation"].reason

@@ -9,6 +9,11 @@ next-token distributions with the unchanged run:
 1 means the simulation reproduces everything the unit does to the output; 0 means it is no better
 than the mean.  D is the mean over all token positions of KL(p_unchanged || p_ablated) (default),
 Jensen-Shannon divergence, or the increase in next-token loss; all three are reported.
+
+Numerics: the subject runs in its own dtype (float32 for the tiny test models), so two passes that differ
+by less than its resolution give logits that differ only by rounding -- and rounding differs between CPUs.
+The log-softmax and the divergences are therefore computed in float64, and a mean-ablation divergence
+below ``NO_EFFECT`` is reported as "no effect" (NaN with that reason) instead of dividing by noise.
 """
 
 from __future__ import annotations
@@ -25,6 +30,11 @@ from bench.protocols import ScoringContext
 from bench.records import ActivationRecord, Score
 
 DIVERGENCES = ("kl", "js", "loss")
+
+# Below these (nats, mean over positions) mean-ablation counts as having no effect on the output.  float32
+# logits carry rounding of about 1e-7 per logit, which makes KL/JS of about 1e-13 and a loss change of about
+# 1e-7: the thresholds sit orders of magnitude above rounding and far below any effect worth scoring.
+NO_EFFECT: dict[str, float] = {"kl": 1e-9, "js": 1e-9, "loss": 1e-5}
 
 
 def parse_hook_site(hook_site: str, layer: int) -> tuple[str, str]:
@@ -67,21 +77,23 @@ def next_token_logprobs(model: Any, ids: Any, site: tuple[str, str] | None, inde
         handle = module.register_forward_pre_hook(hook) if kind == "pre" else module.register_forward_hook(hook)
     try:
         with torch.no_grad():
-            logits = model(input_ids=ids).logits.float()
+            logits = model(input_ids=ids).logits
     finally:
         if handle is not None:
             handle.remove()
-    return torch.log_softmax(logits, dim=-1)
+    # float64: differences between passes can be near the model dtype's resolution (module docstring)
+    return torch.log_softmax(logits.double(), dim=-1)
 
 
 def divergences(base: Any, other: Any, ids: Any) -> dict[str, float]:
-    """Mean over positions of KL(base || other), JS(base, other), and the next-token loss increase."""
+    """Mean over positions of KL(base || other), JS(base, other), and the next-token loss increase (float64)."""
     import torch
 
+    base, other = base.double(), other.double()
     p = base.exp()
     kl = (p * (base - other)).sum(-1)
     q = other.exp()
-    m_log = torch.log((p + q) / 2 + 1e-30)
+    m_log = torch.log((p + q) / 2 + 1e-300)
     js = 0.5 * (p * (base - m_log)).sum(-1) + 0.5 * (q * (other - m_log)).sum(-1)
     target = ids[:, 1:].unsqueeze(-1)
     loss_base = -base[:, :-1].gather(-1, target).squeeze(-1)
@@ -120,7 +132,7 @@ def ablation_scores(
     for name in DIVERGENCES:
         out[f"{name}/simulated"] = with_sim[name]
         out[f"{name}/mean_ablated"] = with_mean[name]
-        out[name] = 1.0 - with_sim[name] / with_mean[name] if with_mean[name] > 0 else math.nan
+        out[name] = 1.0 - with_sim[name] / with_mean[name] if with_mean[name] > NO_EFFECT[name] else math.nan
     return out
 
 
@@ -160,8 +172,13 @@ class AblationScorer:
             name = f"ablation/{key}"
             reason = None
             if math.isnan(value):
-                what = "raise the next-token loss" if key.startswith("loss") else "change the output"
-                reason = f"mean-ablation does not {what} on these excerpts"
+                divergence = key.split("/")[0]
+                what = "raise the next-token loss" if divergence == "loss" else "change the output"
+                reason = (
+                    f"no effect: mean-ablation does not {what} on these excerpts "
+                    f"(mean {divergence} {raw.get(f'{divergence}/mean_ablated', math.nan):.3g} <= "
+                    f"tolerance {NO_EFFECT[divergence]:g} nats)"
+                )
             out[name] = Score(name, value, reason)
         headline = out[f"ablation/{self.divergence}"]
         out["ablation"] = Score("ablation", headline.value, headline.reason)
