@@ -24,7 +24,7 @@ from bench.simulators.all_at_once import AllAtOnceSimulator
 from bench.simulators.estimators import ESTIMATORS, estimators_for
 from bench.simulators.expected_value import expected_value_from_logprobs
 from bench.simulators.one_at_a_time import OneAtATimeSimulator
-from bench.simulators.parsing import SimulationParseError, match_lines, parse_answer, value_logprobs
+from bench.simulators.parsing import SimulationParseError, match_lines, parse_answer, preamble, value_logprobs
 from bench.simulators.prompt_format import escape_token
 
 WEIRD = [" cat", "\t", "\n", 'say "hi"', "é", "\\n", "\u2028", "", " the", "猫", "a\tb\nc"]
@@ -64,6 +64,20 @@ def test_a_mismatch_raises_with_the_raw_response(text: str, problem: str) -> Non
     with pytest.raises(SimulationParseError, match=problem) as info:
         match_lines(text, [" the", " cat"])
     assert info.value.raw_response == text and "raw response" in str(info.value)
+
+
+def test_a_preamble_without_start_marker_is_skipped_and_recorded() -> None:
+    # method.md 5 (c): "Here you go:" before the token lines and no <start> marker used to fail the unit
+    tokens = [" the", " cat", " sat"]
+    text = "Here you go:\nToken\tActivation\n" + _lines(tokens, [0, 7, 1]) + "<end>"
+    assert [m.value_text for m in match_lines(text, tokens)] == ["0", "7", "1"]
+    assert preamble(text, tokens) == "Here you go:\nToken\tActivation\n"
+    assert preamble("<start>\n" + _lines(tokens, [0, 7, 1]), tokens) == ""  # the marker still rules
+    with pytest.raises(SimulationParseError, match="expected token ' the'"):  # no line matches: still a failure
+        match_lines("Here you go:\n" + _lines([" dog", " cat", " sat"], [0, 7, 1]), tokens)
+    sim = AllAtOnceSimulator(llm=FakeLLM(generate_fn=lambda r: text), estimator="sampled")
+    out = sim.simulate("cats", [R(tokens, [0.0, 5.0, 0.0])])
+    assert out.sequences[0].expected == [0.0, 7.0, 1.0] and out.meta["skipped_preambles"] == 1
 
 
 def test_value_logprobs_handle_merged_prefixes_whitespace_and_split_ten() -> None:

@@ -34,6 +34,7 @@ from bench.simulators.parsing import (
     SimulationParseError,
     match_lines,
     parse_value,
+    preamble,
     token_at,
     token_starts,
     value_logprobs,
@@ -238,7 +239,7 @@ class AllAtOnceSimulator(EstimatorChoice):
         usage = Usage()
         for g in generations:
             usage = usage + g.usage
-        counts = {"chained_values": 0, "unresolved_one_or_ten": 0}
+        counts = {"chained_values": 0, "unresolved_one_or_ten": 0, "skipped_preambles": 0}
         mismatched: list[dict[str, Any]] = []
         by_record: dict[int, list[Generation]] = {}
         for n, i in enumerate(live):
@@ -266,6 +267,7 @@ class AllAtOnceSimulator(EstimatorChoice):
             "samples": self.samples,
             "temperature": self.resolved_temperature,
             **({"top_logprobs": self.top_logprobs, **counts} if self.estimator == "generated_logprobs" else {}),
+            "skipped_preambles": counts["skipped_preambles"],  # responses with text before the first token line
             "mismatched_samples": mismatched,
         }
         return Simulation(
@@ -278,6 +280,7 @@ class AllAtOnceSimulator(EstimatorChoice):
         """Per token: the distribution over 0..10 read from one response, or None (unparsed)."""
         text = generation.text
         lines = match_lines(text, tokens, what=f"{self.recorded_estimator} response")
+        counts["skipped_preambles"] += bool(preamble(text, tokens))
         if self.estimator == "sampled":
             return [one_hot(parse_value(line.value_text)) for line in lines]
         logprobs = generation.logprobs

@@ -6,8 +6,10 @@
   after Unicode NFC normalisation and stripping whitespace (models drop leading spaces).  A line is
   split at its **last** tab, so a tab the model wrote unescaped stays in the token; lines without a
   tab are joined to the next line with a newline (a newline the model wrote unescaped).  Text before
-  ``<start>`` and after ``<end>`` is ignored.  Anything else -- a line for another token, a missing or
-  an extra line -- raises :class:`SimulationParseError`, which carries the raw response.
+  ``<start>`` and after ``<end>`` is ignored.  Without ``<start>``, text before the first line that
+  matches the first token (a preamble such as "Here you go:") is skipped; :func:`preamble` returns it
+  so the simulator can record that it was skipped (method.md 5 (c)).  Anything else -- a line for another
+  token, a missing or an extra line -- raises :class:`SimulationParseError`, which carries the raw response.
 * :func:`parse_value` reads one value (an integer 0..10; anything else is *unparsed*, never 0).
 * :func:`value_logprobs` turns the top logprobs at a value's position into ``{value: logprob}`` for
   :func:`~bench.simulators.expected_value.expected_value_from_logprobs`.  A token that starts before
@@ -84,9 +86,32 @@ def _body(text: str) -> tuple[int, int]:
     return begin, len(text) if end < 0 else end
 
 
+def _preamble_end(text: str, tokens: Sequence[str]) -> int:
+    """Where the lines start when ``<start>`` is missing: at the first line that matches the first token.
+
+    0 when there is a ``<start>`` marker, no token, or no line matching the first token (then the usual
+    mismatch error names the first line, which is more useful than "nothing matched").
+    """
+    if START in text or not tokens:
+        return 0
+    pos = 0
+    for raw_line in text.split("\n"):
+        line = raw_line.removesuffix("\r")
+        if "\t" in line and token_matches(line.rsplit("\t", 1)[0], tokens[0]):
+            return pos
+        pos += len(raw_line) + 1
+    return 0
+
+
+def preamble(text: str, tokens: Sequence[str]) -> str:
+    """The text :func:`match_lines` skips before the first token's line ("" when none)."""
+    return text[: _preamble_end(text, tokens)]
+
+
 def match_lines(text: str, tokens: Sequence[str], what: str = "response") -> list[MatchedLine]:
     """One :class:`MatchedLine` per token, in order; :class:`SimulationParseError` on any mismatch."""
     begin, end = _body(text)
+    begin = max(begin, _preamble_end(text, tokens))
     matched: list[MatchedLine] = []
     pending: list[str] = []  # lines without a tab, waiting to be joined to the next line
     pos = begin
