@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.escape import csv_cell
 from bench.records import UnitResult, Usage
 
 GOOD_SCORE = 0.8
@@ -183,9 +184,9 @@ def correlation_matrix_csv(matrix: dict[str, Any]) -> str:
     """The ``rho`` square as CSV (first column and header: score names; empty cell: undefined)."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["score", *matrix["scores"]])
+    writer.writerow(["score", *(csv_cell(n) for n in matrix["scores"])])
     for name, row in zip(matrix["scores"], matrix["rho"], strict=True):
-        writer.writerow([name, *("" if v is None else v for v in row)])
+        writer.writerow([csv_cell(name), *("" if v is None else v for v in row)])
     return buf.getvalue()
 
 

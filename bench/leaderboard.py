@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import UserError
+from bench.escape import markdown_cell
 
 COLUMNS = (
     ("correlation (top+random)", "score/correlation/top_and_random"),
@@ -109,7 +110,8 @@ def render_markdown(rows: list[Row]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     key = COLUMNS[0][0]
     for r in sorted(rows, key=lambda r: -(r.values[key][0] if not math.isnan(r.values[key][0]) else -9)):
-        cells = [r.run, r.subject, r.explainer, f"{r.simulator} ({r.estimator})", f"{r.units} ({r.failed})"]
+        cells = [r.run, r.subject, r.explainer, f"{r.simulator} ({r.estimator})"]
+        cells = [*(markdown_cell(c) for c in cells), f"{r.units} ({r.failed})"]  # names come from configs and runs
         lines.append("| " + " | ".join([*cells, *(_cell(r.values[c]) for c, _ in COLUMNS)]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -125,7 +127,7 @@ def write_leaderboard(runs_dir: Path, out_dir: Path, title: str, selected: list[
         "explanation; *specificity* = real − control (a CI including 0 means the simulator ignores explanations). "
         "Failed units are counted, never scored as 0.\n"
     )
-    md.write_text(f"# {title}\n\n{note}\n{render_markdown(rows)}")
+    md.write_text(f"# {markdown_cell(title)}\n\n{note}\n{render_markdown(rows)}")
     (out_dir / "leaderboard.json").write_text(
         json.dumps([{**r.__dict__, "values": {k: list(v) for k, v in r.values.items()}} for r in rows], indent=1)
     )

@@ -15,6 +15,7 @@ from typing import Any
 
 from bench.aggregate import SCORE_CORRELATIONS
 from bench.config import TrackingConfig
+from bench.escape import csv_cell
 from bench.records import UnitResult
 from bench.tracking.redact import redact
 
@@ -109,19 +110,19 @@ def units_table(results: list[UnitResult]) -> str:
             names.setdefault(k, None)
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["unit", "status", "stage", "error", "explanation", *names, *(f"{n}/reason" for n in names)])
+    header = ["unit", "status", "stage", "error", "explanation", *names, *(f"{n}/reason" for n in names)]
+    writer.writerow([csv_cell(h) for h in header])
     for r in results:
         scores = [r.scores[n].value if n in r.scores else "" for n in names]
         reasons = [(r.scores[n].reason or "") if n in r.scores else "" for n in names]
-        writer.writerow(
-            [
-                r.unit.key,
-                r.status,
-                r.stage or "",
-                r.error or "",
-                r.explanation.text if r.explanation else "",
-                *scores,
-                *reasons,
-            ]
-        )
+        row = [
+            r.unit.key,
+            r.status,
+            r.stage or "",
+            r.error or "",
+            r.explanation.text if r.explanation else "",
+            *scores,
+            *reasons,
+        ]
+        writer.writerow([csv_cell(c) for c in row])  # an explanation "=HYPERLINK(...)" stays text
     return buf.getvalue()
