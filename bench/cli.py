@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"neuronbench {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser(
         "run",
@@ -53,6 +54,19 @@ def main(argv: list[str] | None = None) -> int:
         "--dry-run",
         action="store_true",
         help="print the LLM calls, estimated tokens and dollars per stage, then exit (loads and calls nothing)",
+    )
+    run_p.add_argument(
+        "--cfg",
+        choices=("job", "hydra", "all"),
+        help="print the composed config (job: neuronbench's, hydra: Hydra's, all: both) and exit",
+    )
+    run_p.add_argument("--resolve", action="store_true", help="with --cfg: resolve ${...} interpolations")
+    run_p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings and errors only")
+    run_p.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        type=str.upper,
+        help="log level of neuronbench and Hydra's job log (default INFO; -q means WARNING)",
     )
     run_p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. explainer=token_list units.count=3")
     cmp_p = sub.add_parser("compare", help="paired comparison of two runs on the same units")
@@ -68,8 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     try:
         if args.command == "run":
+            hydra_flags = [*(["--cfg", args.cfg] if args.cfg else []), *(["--resolve"] if args.resolve else [])]
             return command_run(
-                args.overrides + extra, multirun=args.multirun, progress=not args.no_progress, dry_run=args.dry_run
+                args.overrides + extra,
+                multirun=args.multirun,
+                progress=not (args.no_progress or args.quiet),
+                dry_run=args.dry_run,
+                hydra_flags=hydra_flags,
+                log_level=args.log_level or ("WARNING" if args.quiet else None),
             )
         if extra:
             raise UserError(f"{args.command}: unexpected arguments {' '.join(extra)}")
@@ -89,7 +109,32 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def command_run(overrides: list[str], multirun: bool, progress: bool, dry_run: bool = False) -> int:
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml); a source checkout without install says so."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("neuronbench")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
+def command_run(
+    overrides: list[str],
+    multirun: bool,
+    progress: bool,
+    dry_run: bool = False,
+    hydra_flags: list[str] | None = None,
+    log_level: str | None = None,
+) -> int:
+    """Validate every combination, then run them through Hydra.
+
+    ``hydra_flags`` are Hydra's own options (``--cfg job``, ``--resolve``); with ``--cfg`` Hydra prints the
+    config and runs nothing, so API keys and caches are not checked.
+    """
     from bench.config import check_ready, compose, expand_sweep, validate
 
     passthrough = [o for o in overrides if o.startswith("--")]
@@ -104,9 +149,11 @@ def command_run(overrides: list[str], multirun: bool, progress: bool, dry_run: b
         for combo, (settings, parts) in validated:
             print(format_estimate(settings, parts, " ".join(combo)))
         return 0
-    for _combo, (_settings, parts) in validated:
-        check_ready(parts)  # API keys set, caches writable: one line before any job starts
-    return _launch_hydra(plain, passthrough, multirun, progress)
+    hydra_flags = list(hydra_flags or [])
+    if "--cfg" not in hydra_flags:
+        for _combo, (_settings, parts) in validated:
+            check_ready(parts)  # API keys set, caches writable: one line before any job starts
+    return _launch_hydra(plain, [*hydra_flags, *passthrough], multirun, progress, log_level=log_level)
 
 
 def command_compare(run_a: str, run_b: str, score: str, as_json: bool) -> int:
@@ -126,7 +173,9 @@ def command_compare(run_a: str, run_b: str, score: str, as_json: bool) -> int:
     return 0
 
 
-def _launch_hydra(overrides: list[str], passthrough: list[str], multirun: bool, progress: bool) -> int:
+def _launch_hydra(
+    overrides: list[str], passthrough: list[str], multirun: bool, progress: bool, log_level: str | None = None
+) -> int:
     import hydra
 
     from bench.config import conf_dir
@@ -134,6 +183,8 @@ def _launch_hydra(overrides: list[str], passthrough: list[str], multirun: bool, 
     status: dict[str, int] = {"code": 0}
 
     def task(cfg: Any) -> None:
+        if log_level:  # after Hydra set up its job logging (console + <job dir>/cli.log)
+            logging.getLogger().setLevel(log_level)
         try:
             run_job(cfg, progress=progress)
         except UserError as err:

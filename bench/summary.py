@@ -56,14 +56,18 @@ def score_rows(summary: dict[str, float]) -> list[tuple[str, str, str, str, str,
 def print_summary(name: str, run_dir: Path, outcome: Any) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     s = outcome.summary
     console = Console(stderr=False)
-    table = Table(title=f"neuronbench run {name}")
+    table = Table(title=Text(f"neuronbench run {name}"))
     for col in ("score", "mean", "median", "95% CI", "units", "NaN"):
-        table.add_column(col, justify="left" if col == "score" else "right")
+        if col == "score":  # a long name wraps inside its cell (80 columns) instead of being cut with "…"
+            table.add_column(col, justify="left", overflow="fold", min_width=12)
+        else:
+            table.add_column(col, justify="right", no_wrap=True)
     for row in score_rows(s):
-        table.add_row(*row)
+        table.add_row(Text(row[0]), *row[1:])  # Text: a plugin's score name is never read as rich markup
     console.print(table)
     console.print(
         f"units: {int(s['units/ok'])} ok, {int(s['units/failed'])} failed "
