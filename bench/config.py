@@ -139,18 +139,32 @@ def compose(overrides: list[str]) -> Any:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             return hydra_compose(config_name="config", overrides=overrides)
     except Exception as err:  # noqa: BLE001 - every composition problem is a user mistake here
-        raise hydra_error_to_config_error(err) from None
+        raise hydra_error_to_config_error(err, overrides) from None
     finally:
         GlobalHydra.instance().clear()
 
 
-def hydra_error_to_config_error(err: Exception) -> UserError:
-    """Reword Hydra's multi-line composition errors into one line that names the key."""
+def _unparsable_override(overrides: list[str] | None) -> str | None:
+    """The first override Hydra's grammar rejects on its own (its parse errors do not say which one)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for override in overrides or []:
+        try:
+            parser.parse_overrides([override])
+        except Exception:  # noqa: BLE001 - any parse failure: this is the one to name
+            return override
+    return None
+
+
+def hydra_error_to_config_error(err: Exception, overrides: list[str] | None = None) -> UserError:
+    """Reword Hydra's multi-line composition errors into one line that names the key (or the override)."""
     text = str(err)
-    missing = re.search(r"Could not find '([^/']+)/([^']+)'", text)
-    if missing:
+    # "Could not find" (scorer=nope) and "Could not load" (scorer=[nope], a multi-select list) alike
+    missing = re.search(r"Could not (?:find|load) '([^/']+)/([^']+)'", text)
+    options = sorted(p.stem for p in (conf_dir() / missing.group(1)).glob("*.yaml")) if missing else []
+    if missing and missing.group(2) not in options:
         group, option = missing.groups()
-        options = sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
         return ConfigError(group, f"no option {option!r}; available: {', '.join(options)}")
     not_struct = re.search(r"Could not override '([^']+)'", text)
     if not_struct:
@@ -160,6 +174,12 @@ def hydra_error_to_config_error(err: Exception) -> UserError:
     if primary:
         return UserError(f"cannot find conf/config.yaml under {conf_dir()} (set NEURONBENCH_CONF)")
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
+    bad = _unparsable_override(overrides)
+    if bad is not None:
+        return UserError(
+            f"invalid override {bad!r}: {first} (check brackets and quotes; quote a value holding "
+            "special characters, e.g. key='a,b')"
+        )
     return UserError(f"invalid overrides: {first}")
 
 
@@ -171,7 +191,7 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as err:  # noqa: BLE001
-        raise hydra_error_to_config_error(err) from None
+        raise hydra_error_to_config_error(err, overrides) from None
     batches = BasicSweeper.split_arguments(parsed, None)
     return [combo for batch in batches for combo in batch]
 
@@ -367,6 +387,27 @@ def _check_compatibility(run: RunSettings, parts: dict[str, Any]) -> None:
                     f"the explainer needs {', '.join(sorted(map(str, missing)))}, which backend "
                     f"{getattr(llm, 'name', type(llm).__name__)!r} does not offer",
                 )
+
+    _check_temperatures(parts)
+
+
+def _check_temperatures(parts: dict[str, Any]) -> None:
+    """A component's sampling temperature must lie in its backend's ``temperature_range`` (Anthropic:
+    0..1), so the API's 400 does not fail every unit at run time."""
+    users = [*_explainers(parts.get("explainer")), ("simulator", parts.get("simulator"))]
+    users += [(f"scorer.{name}", scorer) for name, scorer in (parts.get("scorers") or {}).items()]
+    for key, component in users:
+        allowed = getattr(getattr(component, "llm", None), "temperature_range", None)
+        if allowed is None:
+            continue
+        field_name = "temperature"
+        value = getattr(component, "resolved_temperature", getattr(component, field_name, None))
+        if isinstance(value, int | float) and not isinstance(value, bool) and not allowed[0] <= value <= allowed[1]:
+            backend = getattr(component.llm, "name", type(component.llm).__name__)
+            raise ConfigError(
+                f"{key}.{field_name}",
+                f"{value} is outside {allowed[0]:g}..{allowed[1]:g}, the range backend {backend!r} accepts",
+            )
 
 
 def _explainers(explainer: Any, key: str = "explainer") -> list[tuple[str, Any]]:

@@ -574,6 +574,25 @@ _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _ENGINE_LOCK = threading.Lock()
 
 
+def check_url_parts(url: str) -> None:
+    """A host and a numeric port, checked at config time (else every unit fails with ``InvalidURL``).
+
+    The message quotes only the offending part: the URL may carry a key as userinfo.
+    """
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise ValueError("base_url: has no host; write it like http://localhost:8000/v1")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a non-numeric or out-of-range port
+    except ValueError:
+        port = parts.netloc.rpartition("@")[2].rpartition(":")[2]
+        raise ValueError(
+            f"base_url: port {port!r} is not a number in 0..65535; write it like http://localhost:8000/v1"
+        ) from None
+
+
 def check_common_fields(obj: Any) -> None:
     """``__post_init__`` checks shared by the HTTP backends (``ValueError("field: problem")``)."""
     import re
@@ -601,6 +620,8 @@ def check_common_fields(obj: Any) -> None:
         raise ValueError("model: give the model id the API serves, e.g. gpt-4o-mini")
     if obj.base_url is not None and not re.match(r"^https?://", obj.base_url):
         raise ValueError(f"base_url: must start with http:// or https://, got {obj.base_url!r}")
+    if obj.base_url is not None:
+        check_url_parts(obj.base_url)
     env = obj.api_key_env
     if env is not None and not re.match(_ENV_NAME, env):
         # Never echo it: a pasted key is the likely mistake.

@@ -75,6 +75,9 @@ class AnthropicModel(HTTPBackend):
     name: str = ""
     version: int = 1
 
+    # The messages API accepts temperatures in 0..1 only; the config check refuses others up front.
+    temperature_range = (0.0, 1.0)
+
     def __post_init__(self) -> None:
         check_common_fields(self)
         if not self.name:
