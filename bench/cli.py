@@ -246,6 +246,7 @@ def run_job(cfg: Any, progress: bool = True) -> Any:
     settings, parts = validate(cfg)
     check_ready(parts)  # a missing API key stops here, before mining
     pipeline.check_layers(settings, parts["subject"].info)  # before any run folder or MLflow run exists
+    check_writable_dirs(settings)
     choices = _hydra_choices()
     name, digest = run_identity(cfg, choices)
     run_dir = Path(settings.output_dir) / f"{name}-{digest}"
@@ -277,6 +278,14 @@ def run_job(cfg: Any, progress: bool = True) -> Any:
         sink.close(outcome.summary, outcome.results)
     print_summary(name, run_dir, outcome)
     return outcome
+
+
+def check_writable_dirs(settings: Any) -> None:
+    """An unwritable output_dir or cache is one line before any work (not a PermissionError later)."""
+    from bench.state_files import check_writable_dir
+
+    check_writable_dir(settings.output_dir, "output_dir", "set output_dir=<a writable folder>")
+    check_writable_dir(settings.cache_dir, "cache_dir", "set NEURONBENCH_CACHE or cache_dir=<a writable folder>")
 
 
 def _redacted(config: dict[str, Any]) -> dict[str, Any]:

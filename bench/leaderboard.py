@@ -8,6 +8,7 @@ component versions are never silently mixed.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,10 @@ from typing import Any
 
 from bench.errors import UserError
 from bench.escape import markdown_cell
+from bench.state_files import json_object, jsonl_objects
+from bench.tracking.jsonl import RESULTS_FIX
+
+log = logging.getLogger(__name__)
 
 COLUMNS = (
     ("correlation (top+random)", "score/correlation/top_and_random"),
@@ -67,33 +72,39 @@ def read_rows(run_dirs: list[Path]) -> list[Row]:
         config_path = run_dir / "config.json"
         if not config_path.exists():
             continue
-        summary = json.loads(summary_path.read_text())
-        config = json.loads(config_path.read_text())
-        estimator = "?"
-        results = run_dir / "results.jsonl"
-        if results.exists():
-            for line in results.read_text().splitlines():
-                item = json.loads(line) if line.strip() else {}
-                if item.get("simulation"):
-                    estimator = item["simulation"]["estimator"]
-                    break
-        values = {}
-        for label, key in COLUMNS:
-            raw = (summary.get(f"{key}/{field}") for field in ("mean", "ci_low", "ci_high"))
-            values[label] = tuple(math.nan if v is None else float(v) for v in raw)
-        rows.append(
-            Row(
-                run=run_dir.name,
-                subject=_subject_name(config.get("subject")),
-                explainer=_target_name(config.get("explainer")),
-                simulator=_target_name(config.get("simulator")),
-                estimator=estimator,
-                units=int(summary.get("units/total") or 0),
-                failed=int(summary.get("units/failed") or 0),
-                values=values,
-            )
-        )
+        try:
+            rows.append(_read_row(run_dir, summary_path, config_path))
+        except (UserError, ValueError, TypeError, KeyError, AttributeError) as err:
+            # one damaged run folder must not hide the others: skip it, naming it and why
+            log.warning("leaderboard: skipped run folder %s: %s", run_dir, err)
     return rows
+
+
+def _read_row(run_dir: Path, summary_path: Path, config_path: Path) -> Row:
+    fix = "re-run that configuration to rewrite it (its finished units are kept)"
+    summary = json_object(summary_path, fix)
+    config = json_object(config_path, fix)
+    estimator = "?"
+    results = run_dir / "results.jsonl"
+    if results.exists():
+        for _number, item in jsonl_objects(results, RESULTS_FIX):
+            if item.get("simulation"):
+                estimator = str(item["simulation"]["estimator"])
+                break
+    values = {}
+    for label, key in COLUMNS:
+        raw = (summary.get(f"{key}/{field}") for field in ("mean", "ci_low", "ci_high"))
+        values[label] = tuple(math.nan if v is None else float(v) for v in raw)
+    return Row(
+        run=run_dir.name,
+        subject=_subject_name(config.get("subject")),
+        explainer=_target_name(config.get("explainer")),
+        simulator=_target_name(config.get("simulator")),
+        estimator=estimator,
+        units=int(summary.get("units/total") or 0),
+        failed=int(summary.get("units/failed") or 0),
+        values=values,
+    )
 
 
 def _cell(v: tuple[float, float, float]) -> str:

@@ -26,6 +26,7 @@ from bench.scorers import metrics
 from bench.scorers.calibration import CalibrationError, fit_calibration
 from bench.scorers.correlation import pooled
 from bench.splits import make_splits
+from bench.state_files import parse_lines
 from bench.tracking.jsonl import JsonlSink, drop_torn_tail
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,22 @@ def derangement(n: int, shift: int, seed: int) -> list[int] | None:
     return target
 
 
+EXPLANATIONS_FIX = "delete that line (its unit is explained again) or the file (every unit is explained again)"
+
+
+def _explanation_item(item: dict[str, Any]) -> dict[str, Any]:
+    """An explanations.jsonl object, checked so that :meth:`ExplanationStore.get` cannot fail on it."""
+    if not isinstance(item.get("unit"), str):
+        raise ValueError("no 'unit' key naming the unit")
+    e = item.get("explanation")
+    if e is None:
+        return item
+    if not isinstance(e, dict) or not isinstance(e.get("text"), str) or not isinstance(e.get("explainer"), str):
+        raise ValueError("'explanation' must hold 'text' and 'explainer' strings")
+    Usage(**(e.get("usage") or {}))  # TypeError for unknown usage fields
+    return item
+
+
 class ExplanationStore:
     """explanations.jsonl in the run folder: written as each unit is explained, read back on resume."""
 
@@ -78,10 +95,8 @@ class ExplanationStore:
         self.items: dict[str, dict[str, Any]] = {}
         drop_torn_tail(path)
         if path.exists():
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    item = json.loads(line)
-                    self.items[item["unit"]] = item
+            for item in parse_lines(path, _explanation_item, EXPLANATIONS_FIX):
+                self.items[item["unit"]] = item
 
     def add(self, key: str, explanation: Explanation | None, error: str | None) -> None:
         item = {"unit": key, "explanation": asdict(explanation) if explanation else None, "error": error}
@@ -96,7 +111,8 @@ class ExplanationStore:
         e = item["explanation"]
         if e is None:
             return None, item["error"]
-        return Explanation(text=e["text"], explainer=e["explainer"], meta=e["meta"], usage=Usage(**e["usage"])), None
+        usage = Usage(**(e.get("usage") or {}))
+        return Explanation(text=e["text"], explainer=e["explainer"], meta=e.get("meta") or {}, usage=usage), None
 
 
 def as_finished(fn: Any, keys: Sequence[str], workers: int) -> Any:

@@ -31,6 +31,7 @@ import numpy as np
 
 from bench.errors import UserError
 from bench.protocols import ExcerptSet
+from bench.state_files import NPZ_READ_ERRORS
 
 # Bump when a change here changes which token windows come out for the same inputs.
 WINDOWS_VERSION = 1
@@ -225,8 +226,8 @@ def _load(path: Path) -> tuple[np.ndarray, dict[str, Any]] | None:
     try:
         with np.load(path) as data:
             return data["token_ids"].astype(np.int64), json.loads(data["meta"].tobytes())
-    except (OSError, ValueError, KeyError):
-        return None  # unreadable or from an older layout: rebuild
+    except NPZ_READ_ERRORS:
+        return None  # unreadable (truncated, empty) or from an older layout: rebuild
 
 
 def _load_corpus(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
@@ -235,7 +236,7 @@ def _load_corpus(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
     try:
         with np.load(path) as data:
             return data["grid"], data["offsets"], json.loads(data["doc_ids"].tobytes())
-    except (OSError, ValueError, KeyError):
+    except NPZ_READ_ERRORS:
         return None
 
 

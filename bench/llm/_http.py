@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
 from bench.errors import UserError
-from bench.llm.cache import ResponseCache
+from bench.llm.cache import ResponseCache, answer_shape
 from bench.llm.pricing import Prices
 from bench.records import Usage
 
@@ -726,7 +726,7 @@ class HTTPBackend:
                     backoff_max_s=self.backoff_max_s,
                     timeout_s=self.timeout_s,
                 ),
-                cache=ResponseCache(directory),
+                cache=ResponseCache(directory, well_formed=answer_shape),
                 prices=prices,
                 make_client=self._make_client,
                 classify=self._classify,

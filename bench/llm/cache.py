@@ -8,18 +8,26 @@ material from the request body, which carries no credentials).  Values are plain
 re-running the same requests makes no HTTP call.  Errors are never cached.
 
 ``FORMAT`` is part of every key: bump it when the stored value's shape changes.
+
+A damaged cache (``cache.db`` overwritten or truncated, an entry that is not ``{"result": ..., "usage":
+{...}}``) must not fail the units that use it: the entry -- or, when sqlite cannot read the database,
+the whole cache for this process -- counts as a miss, and one warning names the folder and the fix.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 FORMAT = 1
+REPAIR = "delete that folder to rebuild the cache (answers are requested again)"
+_log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -40,42 +48,109 @@ class ResponseCache:
     ``directory=None`` disables the cache (every ``get`` misses, ``set`` does nothing).
     """
 
-    def __init__(self, directory: str | os.PathLike[str] | None) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str] | None,
+        well_formed: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> None:
+        """``well_formed``: what a usable entry looks like (the HTTP backends pass :func:`answer_shape`);
+        an entry that is not a JSON object, or fails it, is a miss."""
         self.directory = Path(directory).expanduser() if directory is not None else None
+        self._well_formed = well_formed
         self._cache: Any = None
         self._lock = threading.Lock()
+        self._damaged = False  # the database could not be read: every get misses, set does nothing
+        self._warned: set[str] = set()
+
+    def _warn_once(self, what: str, err: object) -> None:
+        if what not in self._warned:
+            self._warned.add(what)
+            _log.warning(
+                "LLM response cache %s: %s (%s); treated as a cache miss -- %s", self.directory, what, err, REPAIR
+            )
+
+    def _give_up(self, err: BaseException) -> None:
+        """sqlite cannot read the database: run without the cache rather than fail every unit."""
+        self._warn_once("unreadable database", f"{type(err).__name__}: {err}")
+        with self._lock:
+            self._damaged = True
+            cache, self._cache = self._cache, None
+        if cache is not None:
+            try:
+                cache.close()
+            except Exception:  # noqa: BLE001 - closing a damaged database may fail too
+                pass
 
     @property
     def enabled(self) -> bool:
         return self.directory is not None
 
     def _open(self) -> Any:
+        """The diskcache, or None when it is disabled or damaged."""
+        import sqlite3
+
         with self._lock:
-            if self._cache is None:
+            if self._cache is None and self.directory is not None and not self._damaged:
                 import diskcache
 
-                assert self.directory is not None
                 self.directory.mkdir(parents=True, exist_ok=True)
-                # sqlite in WAL mode: safe for concurrent readers and writers across processes.
-                self._cache = diskcache.Cache(str(self.directory), size_limit=2**34, eviction_policy="none")
-            return self._cache
+                try:
+                    # sqlite in WAL mode: safe for concurrent readers and writers across processes.
+                    self._cache = diskcache.Cache(str(self.directory), size_limit=2**34, eviction_policy="none")
+                except sqlite3.DatabaseError as err:
+                    error: BaseException | None = err
+                else:
+                    error = None
+            else:
+                error = None
+            cache = self._cache
+        if error is not None:
+            self._give_up(error)
+        return cache
 
     def get(self, key: str) -> dict[str, Any] | None:
-        if self.directory is None:
+        import sqlite3
+
+        cache = self._open()
+        if cache is None:
             return None
-        value = self._open().get(key)
-        return json.loads(value) if isinstance(value, str) else None
+        try:
+            value = cache.get(key)
+        except sqlite3.DatabaseError as err:
+            self._give_up(err)
+            return None
+        except Exception as err:  # noqa: BLE001 - an entry diskcache cannot unpickle: a miss
+            self._warn_once("unreadable entries", f"{type(err).__name__}: {err}")
+            return None
+        if value is None:
+            return None
+        try:
+            parsed = json.loads(value) if isinstance(value, str) else None
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict) or (self._well_formed is not None and not self._well_formed(parsed)):
+            self._warn_once("entries of the wrong shape", f"key {key[:12]}...")
+            return None
+        return parsed
 
     def set(self, key: str, value: dict[str, Any]) -> None:
-        if self.directory is None:
+        import sqlite3
+
+        cache = self._open()
+        if cache is None:
             return
-        self._open().set(key, json.dumps(value, ensure_ascii=False))
+        try:
+            cache.set(key, json.dumps(value, ensure_ascii=False))
+        except sqlite3.DatabaseError as err:
+            self._give_up(err)
 
     def __contains__(self, key: str) -> bool:
-        return self.directory is not None and key in self._open()
+        cache = self._open()
+        return cache is not None and key in cache
 
     def __len__(self) -> int:
-        return 0 if self.directory is None else len(self._open())
+        cache = self._open()
+        return 0 if cache is None else len(cache)
 
     def close(self) -> None:
         with self._lock:
@@ -91,3 +166,8 @@ class ResponseCache:
         probe = self.directory / f".probe-{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
+
+
+def answer_shape(value: dict[str, Any]) -> bool:
+    """The shape every backend stores (``Job`` in bench/llm/_http.py): ``{"result": ..., "usage": {...}}``."""
+    return "result" in value and isinstance(value.get("usage") or {}, dict)

@@ -24,6 +24,7 @@ import numpy as np
 
 from bench.protocols import ExcerptSet, SubjectInfo
 from bench.records import UnitRecord
+from bench.state_files import NPZ_READ_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def _load(path: Path, key: dict[str, Any]) -> tuple[Any, dict[int, str]] | None:
                 log.warning("record cache %s holds another key; mining again", path)
                 return None
             arrays = {name: data[name] for name in _ARRAYS}
-    except (OSError, ValueError, KeyError) as err:
+    except NPZ_READ_ERRORS as err:  # truncated, emptied or overwritten: it is a cache, so mine again
         log.warning("unreadable record cache %s (%s); mining again", path, err)
         return None
     mined = MinedLayer(layer=int(meta["layer"]), count=int(meta["count"]), **arrays)

@@ -11,6 +11,12 @@ import os
 from pathlib import Path
 
 from bench.records import UnitResult, unit_result_from_json
+from bench.state_files import parse_lines
+
+RESULTS_FIX = (
+    "delete that line (its unit is redone) or move the file away to start the run over; "
+    "the other lines are finished units and are kept"
+)
 
 
 def drop_torn_tail(path: Path) -> None:
@@ -20,6 +26,19 @@ def drop_torn_tail(path: Path) -> None:
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
         path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+def checked_result(item: dict) -> UnitResult:
+    """A results.jsonl object as a :class:`UnitResult`; ``ValueError`` for a shape the run cannot use."""
+    result = unit_result_from_json(item)
+    if not (isinstance(result.unit.layer, int) and isinstance(result.unit.index, int)):
+        raise ValueError(f"unit must hold integer layer and index, got {item.get('unit')!r}")
+    if result.status not in ("ok", "failed"):
+        raise ValueError(f"status must be 'ok' or 'failed', got {result.status!r}")
+    for name, score in result.scores.items():
+        if isinstance(score.value, bool) or not isinstance(score.value, int | float):
+            raise ValueError(f"score {name!r} must be a number or null, got {score.value!r}")
+    return result
 
 
 class JsonlSink:
@@ -33,13 +52,8 @@ class JsonlSink:
         out: dict[str, UnitResult] = {}
         if not self.path.exists():
             return out
-        for line in self.path.read_text().splitlines():
-            if not line.strip():
-                continue
-            try:
-                result = unit_result_from_json(json.loads(line))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue  # a torn line from an interrupted write: redo that unit
+        # a torn last line was cut by drop_torn_tail; any other bad line is damage (bench/state_files.py)
+        for result in parse_lines(self.path, checked_result, RESULTS_FIX):
             out[result.unit.key] = result
         return out
 

@@ -15,11 +15,32 @@ from typing import Any
 
 from bench.aggregate import SCORE_CORRELATIONS
 from bench.config import TrackingConfig
+from bench.errors import UserError
 from bench.escape import csv_cell
 from bench.records import UnitResult
+from bench.state_files import DamagedFile, json_object, sqlite_damage, sqlite_problem
 from bench.tracking.redact import redact
 
 MAX_PARAM_CHARS = 500
+DB_FIX = (
+    "move it away and re-run (this run folder's results are kept; MLflow starts a new store), or run with tracking=none"
+)
+RUN_ID_FIX = "delete it and re-run: the run's results are kept and mirrored to a new MLflow run"
+
+
+def check_tracking_db(path: Path) -> None:
+    """A garbage or truncated ``mlflow.db`` is one line naming it, before MLflow opens it."""
+    problem = sqlite_problem(path)
+    if problem is not None:
+        raise UserError(f"tracking database {path} is damaged ({problem}); {DB_FIX}")
+
+
+def stored_run_id(id_file: Path) -> str:
+    """The MLflow run id kept in ``mlflow_run.json`` (so a resumed run continues its MLflow run)."""
+    run_id = json_object(id_file, RUN_ID_FIX).get("run_id")
+    if not isinstance(run_id, str) or not run_id:
+        raise DamagedFile(id_file, "no 'run_id' string", RUN_ID_FIX)
+    return run_id
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -52,8 +73,14 @@ class MlflowSink:
         self.run_dir = run_dir
         if tracking.uri and tracking.uri.startswith("sqlite:///"):
             Path(tracking.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            check_tracking_db(Path(tracking.uri.removeprefix("sqlite:///")))
         mlflow.set_tracking_uri(tracking.uri)
-        experiment = mlflow.get_experiment_by_name(tracking.experiment)
+        try:
+            experiment = mlflow.get_experiment_by_name(tracking.experiment)
+        except Exception as err:  # noqa: BLE001 - only a damaged database becomes a one-line error
+            if sqlite_damage(err) is None:
+                raise
+            raise UserError(f"tracking database {tracking.uri} is damaged ({sqlite_damage(err)}); {DB_FIX}") from None
         if experiment is None:
             location = None
             if tracking.artifact_location:
@@ -62,7 +89,7 @@ class MlflowSink:
         else:
             experiment_id = experiment.experiment_id
         id_file = run_dir / "mlflow_run.json"
-        run_id = json.loads(id_file.read_text())["run_id"] if id_file.exists() else None
+        run_id = stored_run_id(id_file) if id_file.exists() else None
         if run_id is not None:
             try:
                 mlflow.get_run(run_id)
