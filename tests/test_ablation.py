@@ -79,7 +79,7 @@ def test_exact_simulation_scores_one_and_mean_scores_zero(family: str) -> None:
     for d in ("kl", "js"):
         assert exact[d] == pytest.approx(1.0, abs=1e-4), d
     # the loss variant is defined only when mean-ablation raises the loss (a random model may not)
-    if exact["loss/mean_ablated"] > 0:
+    if exact["loss/mean_ablated"] > NO_EFFECT["loss"]:
         assert exact["loss"] == pytest.approx(1.0, abs=1e-3)
     else:
         assert math.isnan(exact["loss"])

@@ -236,10 +236,8 @@ def test_every_declared_family_resolves_on_a_tiny_model() -> None:
 
 
 @pytest.mark.e2e
-def test_real_smollm2_layer_15_over_256_excerpts() -> None:
+def test_real_smollm2_layer_15_over_256_excerpts(monkeypatch) -> None:
     """The offline default subject end to end: 256 real excerpts, all 1,536 neurons of layer 15."""
-    import time
-
     from bench.data.offline_default import OfflineCorpus
 
     clear_cache()
@@ -253,7 +251,10 @@ def test_real_smollm2_layer_15_over_256_excerpts() -> None:
     rec = records[100]
     assert len(rec.top) == 50 and len(rec.random) == 50 and len(rec.top[0].tokens) == 64
     assert rec.top[0].max_activation >= rec.top[-1].max_activation
-    started = time.perf_counter()
+
+    def boom(*args, **kwargs):
+        raise AssertionError("mined again instead of loading the cache")
+
+    monkeypatch.setattr(TransformersSubject, "mine_layer", boom)  # no time limit: machines differ in speed
     again = record_cache.load_or_mine(subject, excerpts, 15, 50, 50, 0)
-    assert time.perf_counter() - started < 1.0
     assert again[100] == rec

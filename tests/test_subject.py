@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from pathlib import Path
 
 import numpy as np
@@ -96,11 +95,17 @@ def test_layer_out_of_range_is_a_user_error(subject_dirs: dict[str, Path]) -> No
         subject.mine(ExcerptSet(token_ids=random_token_ids(2, 4), fingerprint="x"), 5, 1, 1, 0)
 
 
-def test_construction_is_cheap_and_validates() -> None:
-    started = time.perf_counter()
+def test_construction_is_cheap_and_validates(monkeypatch) -> None:
+    # "cheap" = loads nothing (asserted directly: a time limit would depend on the machine's speed)
+    import transformers
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("constructing a subject must not load a config, tokenizer or weights")
+
+    for loader in ("AutoModelForCausalLM", "AutoTokenizer", "AutoConfig"):
+        monkeypatch.setattr(getattr(transformers, loader), "from_pretrained", no_loading)
     TransformersSubject(model_id="gpt2")
     TransformersSubject()
-    assert time.perf_counter() - started < 0.05
     bad = [
         ({"model_id": ""}, "model_id:"),
         ({"model_id": "./no/such/dir"}, "model_id: no such directory"),
