@@ -400,12 +400,12 @@ def _check_temperatures(parts: dict[str, Any]) -> None:
         allowed = getattr(getattr(component, "llm", None), "temperature_range", None)
         if allowed is None:
             continue
-        field_name = "temperature"
-        value = getattr(component, "resolved_temperature", getattr(component, field_name, None))
+        # what is actually sent: a simulator's resolved_temperature (its default when the field is null)
+        value = getattr(component, "resolved_temperature", getattr(component, "temperature", None))
         if isinstance(value, int | float) and not isinstance(value, bool) and not allowed[0] <= value <= allowed[1]:
             backend = getattr(component.llm, "name", type(component.llm).__name__)
             raise ConfigError(
-                f"{key}.{field_name}",
+                f"{key}.temperature",
                 f"{value} is outside {allowed[0]:g}..{allowed[1]:g}, the range backend {backend!r} accepts",
             )
 
