@@ -53,6 +53,22 @@ def score_rows(summary: dict[str, float]) -> list[tuple[str, str, str, str, str,
     return rows
 
 
+def wrap_name(name: str, width: int) -> str:
+    """``name`` in lines of at most ``width`` characters, broken after a "/" where possible (a part longer
+    than ``width`` is cut into pieces), so a score name is never truncated."""
+    lines: list[str] = []
+    current = ""
+    parts = name.split("/")
+    for part in [*(p + "/" for p in parts[:-1]), parts[-1]]:
+        for piece in (part[i : i + width] for i in range(0, len(part), max(width, 1))):
+            if current and len(current) + len(piece) > width:
+                lines.append(current)
+                current = ""
+            current += piece
+    lines.append(current)
+    return "\n".join(line for line in lines if line)
+
+
 def print_summary(name: str, run_dir: Path, outcome: Any) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -61,13 +77,19 @@ def print_summary(name: str, run_dir: Path, outcome: Any) -> None:
     s = outcome.summary
     console = Console(stderr=False)
     table = Table(title=Text(f"neuronbench run {name}"))
-    for col in ("score", "mean", "median", "95% CI", "units", "NaN"):
-        if col == "score":  # a long name wraps inside its cell (80 columns) instead of being cut with "…"
-            table.add_column(col, justify="left", overflow="fold", min_width=12)
+    columns = ("score", "mean", "median", "95% CI", "units", "NaN")
+    rows = score_rows(s)
+    # what the number columns take (content + 2 padding + 1 border each, + the two outer borders); the
+    # score column gets the rest, and long names wrap at "/" instead of being cut with "..." (80 columns)
+    numbers = sum(max(len(c), *(len(r[i]) for r in rows)) + 3 for i, c in enumerate(columns) if i) if rows else 0
+    name_width = max(12, console.width - numbers - 4)
+    for col in columns:
+        if col == "score":
+            table.add_column(col, justify="left", overflow="fold", min_width=min(12, name_width))
         else:
             table.add_column(col, justify="right", no_wrap=True)
-    for row in score_rows(s):
-        table.add_row(Text(row[0]), *row[1:])  # Text: a plugin's score name is never read as rich markup
+    for row in rows:
+        table.add_row(Text(wrap_name(row[0], name_width)), *row[1:])  # Text: a plugin's name is not markup
     console.print(table)
     console.print(
         f"units: {int(s['units/ok'])} ok, {int(s['units/failed'])} failed "

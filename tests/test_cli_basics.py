@@ -15,7 +15,7 @@ import pytest
 
 import bench.cli
 from bench.cli import main
-from bench.summary import print_summary
+from bench.summary import print_summary, wrap_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,3 +100,9 @@ def test_end_of_run_table_keeps_whole_score_names_at_80_columns(monkeypatch, cap
     for n in names:
         assert n in column, n
     assert "[-0.123, 0.987]" in out  # numbers are never wrapped
+
+
+def test_wrap_name_breaks_after_slashes_and_keeps_every_character() -> None:
+    assert wrap_name("correlation/top_and_random", 26) == "correlation/top_and_random"
+    assert wrap_name("specificity/correlation/top_and_random", 26) == "specificity/correlation/\ntop_and_random"
+    assert wrap_name("abcdefghij", 4) == "abcd\nefgh\nij"
