@@ -7,7 +7,6 @@ left out of the pairing, never filled in.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,8 @@ import numpy as np
 
 from bench.aggregate import bootstrap_ci
 from bench.errors import UserError
-from bench.records import UnitResult, unit_result_from_json
+from bench.records import UnitResult
+from bench.tracking.jsonl import read_results
 
 
 @dataclass(frozen=True)
@@ -39,15 +39,7 @@ def load_results(run: str) -> list[UnitResult]:
         path = path / "results.jsonl"
     if not path.exists():
         raise UserError(f"compare: no results at {path}; give a run folder such as runs/<name>-<hash>")
-    out = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                r = unit_result_from_json(json.loads(line))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-            out[r.unit.key] = r
-    return list(out.values())
+    return list(read_results(path).values())  # a damaged line: one line naming it (bench/state_files.py)
 
 
 def permutation_p_value(diffs: np.ndarray, resamples: int, seed: int) -> float:

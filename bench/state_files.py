@@ -52,11 +52,13 @@ def _short(err: BaseException) -> str:
 
 def jsonl_objects(path: Path, fix: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` for every non-blank line; :class:`DamagedFile` for a line that is not
-    UTF-8, not JSON, or not a JSON object."""
+    UTF-8, not JSON, or not a JSON object.  A last line without its newline is a write in progress or
+    torn by a crash: it is left out, as :func:`bench.tracking.jsonl.drop_torn_tail` would cut it."""
     try:
         data = path.read_bytes()
     except OSError as err:
         raise DamagedFile(path, _short(err), fix) from None
+    data = data[: data.rfind(b"\n") + 1]
     for number, raw in enumerate(data.split(b"\n"), start=1):
         if not raw.strip():
             continue

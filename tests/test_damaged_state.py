@@ -264,3 +264,23 @@ def test_damage_in_a_real_run_folder(tmp_path: Path, mlflow_store: dict[str, str
     again = run()
     assert (run_dir / "results.jsonl").read_bytes() == results  # finished units kept, nothing redone
     assert [r.unit.key for r in again.results] == [r.unit.key for r in first.results]
+
+
+def test_compare_over_a_damaged_results_file_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
+    good, bad = tmp_path / "a", tmp_path / "b"
+    for d in (good, bad):
+        d.mkdir()
+        (d / "results.jsonl").write_text(GOOD_LINE + "\n")
+    (bad / "results.jsonl").write_bytes(b"\xff\n" + GOOD_LINE.encode() + b"\n")
+    assert main(["compare", str(good), str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{bad / 'results.jsonl'} line 1 is damaged (not UTF-8 text)" in err
+
+
+def test_readers_leave_out_a_torn_last_line_without_touching_the_file(tmp_path: Path) -> None:
+    from bench.tracking.jsonl import read_results
+
+    path = tmp_path / "results.jsonl"
+    path.write_text(GOOD_LINE + "\n" + GOOD_LINE[:25])  # another process is mid-write
+    assert set(read_results(path)) == {"mlp_neuron/L1/2"}
+    assert path.read_text().endswith(GOOD_LINE[:25])  # a reader never rewrites the file

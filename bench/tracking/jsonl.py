@@ -41,6 +41,12 @@ def checked_result(item: dict) -> UnitResult:
     return result
 
 
+def read_results(path: Path) -> dict[str, UnitResult]:
+    """Every unit's result in a results.jsonl (the last line wins); damage is :class:`DamagedFile`."""
+    # a torn last line is left out (the sink also cuts it); any other bad line is damage
+    return {r.unit.key: r for r in parse_lines(path, checked_result, RESULTS_FIX)}
+
+
 class JsonlSink:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -49,13 +55,7 @@ class JsonlSink:
         self._previous = self._read()
 
     def _read(self) -> dict[str, UnitResult]:
-        out: dict[str, UnitResult] = {}
-        if not self.path.exists():
-            return out
-        # a torn last line was cut by drop_torn_tail; any other bad line is damage (bench/state_files.py)
-        for result in parse_lines(self.path, checked_result, RESULTS_FIX):
-            out[result.unit.key] = result
-        return out
+        return read_results(self.path) if self.path.exists() else {}
 
     def finished_units(self) -> set[str]:
         return set(self._previous)
