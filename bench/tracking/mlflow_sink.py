@@ -25,7 +25,10 @@ MAX_PARAM_CHARS = 500
 DB_FIX = (
     "move it away and re-run (this run folder's results are kept; MLflow starts a new store), or run with tracking=none"
 )
-RUN_ID_FIX = "delete it and re-run: the run's results are kept and mirrored to a new MLflow run"
+RUN_ID_FIX = (
+    "delete it and re-run: results.jsonl is kept, and a new MLflow run gets the summary and results.jsonl "
+    "(per-unit artifacts only for units finished from then on)"
+)
 
 
 def check_tracking_db(path: Path) -> None:
