@@ -123,10 +123,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def _read_marker(path: Path) -> dict:
+    """A marker's JSON object; ``{}`` (fetch again) when it is missing or damaged."""
     try:
-        return json.loads(path.read_text())
+        marker = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    return marker if isinstance(marker, dict) else {}
 
 
 def _last_line(text: str) -> str:
