@@ -284,3 +284,26 @@ def test_readers_leave_out_a_torn_last_line_without_touching_the_file(tmp_path: 
     path.write_text(GOOD_LINE + "\n" + GOOD_LINE[:25])  # another process is mid-write
     assert set(read_results(path)) == {"mlp_neuron/L1/2"}
     assert path.read_text().endswith(GOOD_LINE[:25])  # a reader never rewrites the file
+
+
+def test_cli_unwritable_output_dir_is_one_line_exit_2(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    subject = save_tiny_subject("gpt2", tmp_path / "tiny")
+    (tmp_path / "blocker").write_text("a file where the output folder should be")
+    args = ["explainer=token_list", f"subject.model_id={subject}", "units.layers=[1]", "tracking=none"]
+    args.append(f"cache_dir={tmp_path / 'c'}")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.cli", "run", "-q", *args, f"output_dir={tmp_path / 'blocker' / 'runs'}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("neuronbench: output_dir: cannot write")
+        and "Traceback" not in proc.stderr
+    )
