@@ -66,6 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     lb_p.add_argument("--out", default="results/offline_default", help="output folder")
     lb_p.add_argument("--title", default="neuronbench leaderboard", help="heading of the markdown file")
     args, extra = parser.parse_known_args(argv)
+    from bench.tracking.redact import install_log_redaction, redacted_console
+
+    install_log_redaction()  # every log record, console or Hydra's cli.log, is masked as it is made
+    with redacted_console():  # ... and everything printed
+        return _dispatch(args, extra)
+
+
+def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
     try:
         if args.command == "run":
             return command_run(
@@ -97,7 +105,12 @@ def command_run(overrides: list[str], multirun: bool, progress: bool, dry_run: b
     combos = expand_sweep(plain)
     if not multirun and len(combos) > 1:
         raise UserError("the overrides contain a sweep (a,b or range(...)); add -m to run a sweep")
-    validated = [(combo, validate(compose(combo))) for combo in combos]
+    from bench.tracking.redact import register_config
+
+    composed = [(combo, compose(combo)) for combo in combos]
+    for _combo, cfg in composed:
+        register_config(cfg)  # the values of its key variables and URL userinfo are masked everywhere
+    validated = [(combo, validate(cfg)) for combo, cfg in composed]
     if dry_run:
         from bench.dryrun import format_estimate
 
@@ -134,6 +147,7 @@ def _launch_hydra(overrides: list[str], passthrough: list[str], multirun: bool, 
     status: dict[str, int] = {"code": 0}
 
     def task(cfg: Any) -> None:
+        _scrub_hydra_outputs()
         try:
             run_job(cfg, progress=progress)
         except UserError as err:
@@ -189,9 +203,11 @@ def run_job(cfg: Any, progress: bool = True) -> Any:
     from bench.provenance import git_commit, package_versions
     from bench.summary import print_summary
     from bench.tracking.jsonl import JsonlSink
+    from bench.tracking.redact import register_config
 
     for noisy in ("transformers", "mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    register_config(cfg)
     settings, parts = validate(cfg)
     check_ready(parts)  # a missing API key stops here, before mining
     pipeline.check_layers(settings, parts["subject"].info)  # before any run folder or MLflow run exists
@@ -232,6 +248,24 @@ def _redacted(config: dict[str, Any]) -> dict[str, Any]:
     from bench.tracking.redact import redact
 
     return redact(config)
+
+
+def _scrub_hydra_outputs() -> None:
+    """Hydra saved the overrides and the composed config (``.hydra/*.yaml``, ``multirun.yaml``) before
+    the job starts: mask any key in them (e.g. a ``base_url`` with userinfo)."""
+    from bench.tracking.redact import scrub_file
+
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+    except ValueError:
+        return
+    if hc.output_subdir:
+        for path in (Path(hc.runtime.output_dir) / str(hc.output_subdir)).glob("*.yaml"):
+            scrub_file(path)
+    if str(hc.mode) == "RunMode.MULTIRUN":
+        scrub_file(Path(hc.sweep.dir) / "multirun.yaml")
 
 
 def _sweep_tags() -> dict[str, str]:

@@ -27,6 +27,7 @@ from bench.scorers.calibration import CalibrationError, fit_calibration
 from bench.scorers.correlation import pooled
 from bench.splits import make_splits
 from bench.tracking.jsonl import JsonlSink, drop_torn_tail
+from bench.tracking.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class ExplanationStore:
     def add(self, key: str, explanation: Explanation | None, error: str | None) -> None:
         item = {"unit": key, "explanation": asdict(explanation) if explanation else None, "error": error}
         with self.path.open("a") as fh:
-            fh.write(json.dumps(item) + "\n")
+            fh.write(json.dumps(redact(item)) + "\n")
         self.items[key] = item
 
     def get(self, key: str) -> tuple[Explanation | None, str | None] | None:

@@ -255,7 +255,9 @@ class PendingStore:
     def __init__(self, directory: Path, provider: str, base_url: str) -> None:
         self.directory = directory
         self.provider = provider
-        self.base_url = base_url
+        from bench.tracking.redact import redact_text
+
+        self.base_url = redact_text(base_url)  # the state file must not hold a key given as URL userinfo
 
     def load(self) -> list[Pending]:
         """This provider's saved batches, oldest first; unreadable files are skipped with a warning."""

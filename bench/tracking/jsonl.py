@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from bench.records import UnitResult, unit_result_from_json
+from bench.tracking.redact import redact
 
 
 def drop_torn_tail(path: Path) -> None:
@@ -51,7 +52,7 @@ class JsonlSink:
 
     def write(self, result: UnitResult) -> None:
         with self.path.open("a") as fh:
-            fh.write(json.dumps(result.to_json()) + "\n")
+            fh.write(json.dumps(redact(result.to_json())) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
 

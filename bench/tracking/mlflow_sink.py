@@ -16,7 +16,7 @@ from typing import Any
 from bench.aggregate import SCORE_CORRELATIONS
 from bench.config import TrackingConfig
 from bench.records import UnitResult
-from bench.tracking.redact import redact
+from bench.tracking.redact import redact, redact_text
 
 MAX_PARAM_CHARS = 500
 
@@ -68,7 +68,7 @@ class MlflowSink:
             except Exception:  # noqa: BLE001 - the store was wiped: start afresh
                 run_id = None
         self.run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id, run_name=run_name)
-        id_file.write_text(json.dumps({"run_id": self.run.info.run_id, "tracking_uri": tracking.uri}))
+        id_file.write_text(json.dumps({"run_id": self.run.info.run_id, "tracking_uri": redact_text(tracking.uri)}))
         safe_config = redact(config)
         if run_id is None:
             params = {k: _param_value(v) for k, v in flatten(safe_config).items()}
@@ -97,7 +97,7 @@ class MlflowSink:
             path = self.run_dir / name
             if path.exists():
                 self.mlflow.log_artifact(str(path))
-        self.mlflow.log_text(units_table(results), "units.csv")
+        self.mlflow.log_text(redact_text(units_table(results)), "units.csv")
         self.mlflow.end_run()
 
 
