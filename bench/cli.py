@@ -201,6 +201,7 @@ def run_job(cfg: Any, progress: bool = True) -> Any:
     from bench import pipeline
     from bench.config import check_ready, validate
     from bench.provenance import git_commit, package_versions
+    from bench.run_lock import lock_run_folder, store_setup_lock
     from bench.summary import print_summary
     from bench.tracking.jsonl import JsonlSink
     from bench.tracking.redact import register_config
@@ -215,6 +216,7 @@ def run_job(cfg: Any, progress: bool = True) -> Any:
     name, digest = run_identity(cfg, choices)
     run_dir = Path(settings.output_dir) / f"{name}-{digest}"
     run_dir.mkdir(parents=True, exist_ok=True)
+    folder_lock = lock_run_folder(run_dir)  # a second run of this configuration stops here, in one line
     store = JsonlSink(run_dir / "results.jsonl")
     config = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"}
     (run_dir / "config.json").write_text(json.dumps(_redacted(config), indent=2, default=str))
@@ -231,15 +233,18 @@ def run_job(cfg: Any, progress: bool = True) -> Any:
             **_sweep_tags(),
             **{f"version/{k}": v for k, v in package_versions().items()},
         }
-        mirrors.append(MlflowSink(settings.tracking, run_dir, name, config, tags))
+        with store_setup_lock(settings.tracking.uri):  # a fresh sqlite store: one process migrates it
+            mirrors.append(MlflowSink(settings.tracking, run_dir, name, config, tags))
     try:
         outcome = pipeline.run(settings, parts, store, mirrors, run_dir, progress=progress)
     except BaseException:
         for mirror in mirrors:
             getattr(mirror, "abort", lambda: None)()
+        folder_lock.release()
         raise
     for sink in (store, *mirrors):
         sink.close(outcome.summary, outcome.results)
+    folder_lock.release()
     print_summary(name, run_dir, outcome)
     return outcome
 
