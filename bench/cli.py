@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("-m", "--multirun", action="store_true", help="run a sweep (comma-separated values)")
     run_p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run_p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="redo every failed unit of an earlier run (a plain re-run redoes only failures from outages: "
+        "connection errors, timeouts, 429/5xx after retries, expired batches)",
+    )
+    run_p.add_argument(
         "--dry-run",
         action="store_true",
         help="print the LLM calls, estimated tokens and dollars per stage, then exit (loads and calls nothing)",
@@ -77,7 +83,11 @@ def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
     try:
         if args.command == "run":
             return command_run(
-                args.overrides + extra, multirun=args.multirun, progress=not args.no_progress, dry_run=args.dry_run
+                args.overrides + extra,
+                multirun=args.multirun,
+                progress=not args.no_progress,
+                dry_run=args.dry_run,
+                retry_failed=args.retry_failed,
             )
         if extra:
             raise UserError(f"{args.command}: unexpected arguments {' '.join(extra)}")
@@ -97,7 +107,9 @@ def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def command_run(overrides: list[str], multirun: bool, progress: bool, dry_run: bool = False) -> int:
+def command_run(
+    overrides: list[str], multirun: bool, progress: bool, dry_run: bool = False, retry_failed: bool = False
+) -> int:
     from bench.config import check_ready, compose, expand_sweep, validate
 
     passthrough = [o for o in overrides if o.startswith("--")]
@@ -119,7 +131,7 @@ def command_run(overrides: list[str], multirun: bool, progress: bool, dry_run: b
         return 0
     for _combo, (_settings, parts) in validated:
         check_ready(parts)  # API keys set, caches writable: one line before any job starts
-    return _launch_hydra(plain, passthrough, multirun, progress)
+    return _launch_hydra(plain, passthrough, multirun, progress, retry_failed)
 
 
 def command_compare(run_a: str, run_b: str, score: str, as_json: bool) -> int:
@@ -139,7 +151,9 @@ def command_compare(run_a: str, run_b: str, score: str, as_json: bool) -> int:
     return 0
 
 
-def _launch_hydra(overrides: list[str], passthrough: list[str], multirun: bool, progress: bool) -> int:
+def _launch_hydra(
+    overrides: list[str], passthrough: list[str], multirun: bool, progress: bool, retry_failed: bool = False
+) -> int:
     import hydra
 
     from bench.config import conf_dir
@@ -149,7 +163,7 @@ def _launch_hydra(overrides: list[str], passthrough: list[str], multirun: bool, 
     def task(cfg: Any) -> None:
         _scrub_hydra_outputs()
         try:
-            run_job(cfg, progress=progress)
+            run_job(cfg, progress=progress, retry_failed=retry_failed)
         except UserError as err:
             print(f"neuronbench: {err}", file=sys.stderr)
             status["code"] = err.exit_code
@@ -194,7 +208,7 @@ def run_identity(cfg: Any, choices: dict[str, str]) -> tuple[str, str]:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name), digest
 
 
-def run_job(cfg: Any, progress: bool = True) -> Any:
+def run_job(cfg: Any, progress: bool = True, retry_failed: bool = False) -> Any:
     """One job: validate, build parts, run the pipeline with its sinks, print the summary."""
     from omegaconf import OmegaConf
 
@@ -236,7 +250,7 @@ def run_job(cfg: Any, progress: bool = True) -> Any:
         with store_setup_lock(settings.tracking.uri):  # a fresh sqlite store: one process migrates it
             mirrors.append(MlflowSink(settings.tracking, run_dir, name, config, tags))
     try:
-        outcome = pipeline.run(settings, parts, store, mirrors, run_dir, progress=progress)
+        outcome = pipeline.run(settings, parts, store, mirrors, run_dir, progress=progress, retry_failed=retry_failed)
     except BaseException:
         for mirror in mirrors:
             getattr(mirror, "abort", lambda: None)()

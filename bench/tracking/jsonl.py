@@ -23,6 +23,16 @@ def drop_torn_tail(path: Path) -> None:
         path.write_bytes(data[: data.rfind(b"\n") + 1])
 
 
+def rewrite_atomically(path: Path, text: str) -> None:
+    """Replace ``path``'s content in one step (write a sibling, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
 class JsonlSink:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -49,6 +59,23 @@ class JsonlSink:
 
     def previous_results(self) -> list[UnitResult]:
         return list(self._previous.values())
+
+    def forget(self, keys: set[str]) -> None:
+        """Drop these units' lines (failed units about to be redone), so the file keeps one line per
+        unit.  Atomic: a crash leaves either the old file or the new one, and a dropped unit is redone."""
+        if not keys or not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines(keepends=True):
+            try:
+                key = unit_result_from_json(json.loads(line)).unit.key
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                key = None
+            if key not in keys:
+                kept.append(line)
+        rewrite_atomically(self.path, "".join(kept))
+        for key in keys:
+            self._previous.pop(key, None)
 
     def write(self, result: UnitResult) -> None:
         with self.path.open("a") as fh:
