@@ -238,6 +238,12 @@ def run(
     summary.update(backend_metrics(parts))  # retries, cache hits, dollars of the HTTP backends (this process)
     write_score_correlations(results, run_dir)  # score_correlations.{json,csv}: how scorers agree across units
     warnings = specificity_warnings(summary, settings)
+    outages = sum(1 for r in results if r.status == "failed" and r.transient)
+    if outages:
+        warnings.append(
+            f"{outages} unit(s) failed from an outage (connection error, timeout, 429/5xx after retries, expired "
+            "batch): re-run the same command to retry them"
+        )
     return RunOutcome(results=results, summary=summary, warnings=warnings)
 
 

@@ -22,6 +22,10 @@ from bench.errors import UserError
 
 LOCK_FILE = ".lock"
 STORE_SETUP_TIMEOUT_S = 600.0  # migrations take seconds; this only bounds a wait on a hung process
+# Locks this process took, by path.  A job that stopped with an exception before releasing its lock
+# (the traceback keeps it alive) must not block the next job of the same process on that folder: jobs
+# of one process run one after another, so a lock this process already holds is stale and taken over.
+_HELD: dict[str, Any] = {}
 
 
 def lock_run_folder(run_dir: Path) -> Any:
@@ -30,6 +34,9 @@ def lock_run_folder(run_dir: Path) -> Any:
     from filelock import FileLock, Timeout
 
     path = Path(run_dir) / LOCK_FILE
+    stale = _HELD.pop(str(path.resolve()), None)
+    if stale is not None:  # this process ran the folder before and stopped without releasing: take over
+        stale.release(force=True)
     lock = FileLock(str(path))
     try:
         lock.acquire(timeout=0)
@@ -40,6 +47,7 @@ def lock_run_folder(run_dir: Path) -> Any:
         ) from None
     except OSError as err:
         raise UserError(f"cannot lock the run folder {run_dir} ({err}); check output_dir is writable") from None
+    _HELD[str(path.resolve())] = lock
     return lock
 
 

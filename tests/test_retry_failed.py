@@ -82,6 +82,7 @@ def test_rerun_retries_outage_failures_keeps_unit_failures_and_counts_their_spen
         # 1. the server is down: every unit fails at explain, transiently; the calls it made are counted
         server.fault_fn = lambda n, path, body: {"status": 503}
         assert main(args) == 0, capsys.readouterr().err
+        assert "re-run the same command to retry them" in " ".join(capsys.readouterr().out.split())
         results, explained, summary = _state(tmp_path)
         assert [r["status"] for r in results] == ["failed"] * UNITS
         assert all(r["transient"] and r["stage"] == "explain" and "HTTP 503" in r["error"] for r in results)

@@ -122,3 +122,12 @@ def test_fresh_mlflow_store_is_set_up_by_one_process_at_a_time(tmp_path) -> None
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def test_a_job_that_stopped_without_releasing_does_not_block_the_next_job_of_its_process(tmp_path) -> None:
+    from bench.run_lock import lock_run_folder
+
+    first = lock_run_folder(tmp_path)  # e.g. a job whose MLflow setup raised: never released
+    second = lock_run_folder(tmp_path)
+    assert second.is_locked and not first.is_locked
+    second.release()
