@@ -17,6 +17,22 @@ from fake_servers import FakeLLMServer, benchmark_responder, simulating_next_tok
 
 CANARY = "nbcanary-7f3a9c1e5b2d"  # named neither *API_KEY* nor *TOKEN*: only the config says it is a key
 USERINFO_CANARY = "nburlcanary-4e8d2a6c"
+EVERY_SINK_OF_A_FAILURE = (
+    "runs/*/results.jsonl",
+    "runs/*/explanations.jsonl",
+    "mlruns/artifacts/**/units.csv",
+    "mlruns/artifacts/**/units/*.json",
+    "mlruns/artifacts/**/results.jsonl",
+)
+EVERY_SINK_OF_THE_CONFIG = (
+    "runs/*/config.json",
+    "outputs/**/.hydra/overrides.yaml",
+    "outputs/**/.hydra/config.yaml",
+    "outputs/**/.hydra/hydra.yaml",
+    "outputs/**/cli.log",
+    "mlruns/mlflow.db",
+    "mlruns/artifacts/**/config.json",
+)
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +128,14 @@ def test_no_canary_key_in_any_file_or_console_line(
     else:
         assert (tmp_path / "outputs").is_dir() and any((tmp_path / "outputs").rglob("overrides.yaml"))
         assert "***@127.0.0.1" in (run_dir / "config.json").read_text()
+    # every sink received the secret -- masked (so the search below is not vacuous)
+    if case == "echoed-401":
+        masked, sinks = "Incorrect API key provided: ***", EVERY_SINK_OF_A_FAILURE
+    else:
+        masked, sinks = "***@127.0.0.1", EVERY_SINK_OF_THE_CONFIG
+    for pattern in sinks:
+        files = list(tmp_path.glob(pattern))
+        assert files and all(masked.encode() in f.read_bytes() for f in files), pattern
     needles = [CANARY, USERINFO_CANARY, quote(USERINFO_CANARY)]
     assert _files_with(tmp_path, needles) == []
     assert not any(n in out or n in err for n in needles)
