@@ -218,11 +218,12 @@ def run_job(cfg: Any, progress: bool = True, retry_failed: bool = False) -> Any:
     from bench.run_lock import lock_run_folder, store_setup_lock
     from bench.summary import print_summary
     from bench.tracking.jsonl import JsonlSink
-    from bench.tracking.redact import register_config
+    from bench.tracking.redact import install_log_redaction, register_config
 
     for noisy in ("transformers", "mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    register_config(cfg)
+    register_config(cfg)  # also in a launcher's worker process, which never ran main()
+    install_log_redaction()
     settings, parts = validate(cfg)
     check_ready(parts)  # a missing API key stops here, before mining
     pipeline.check_layers(settings, parts["subject"].info)  # before any run folder or MLflow run exists

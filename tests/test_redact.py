@@ -46,3 +46,14 @@ def test_log_records_and_console_writes_are_redacted(monkeypatch, capsys):
         print("url http://user:pw-secret-value@host", file=sys.stderr)
     out, err = capsys.readouterr()
     assert out == "key ***\n" and err == "url http://***@host\n"
+
+
+def test_batch_state_files_keep_no_url_userinfo(tmp_path):
+    from bench.llm.batch import PendingStore
+
+    store = PendingStore(tmp_path, "openai", "https://user:batchcanary77@proxy.example/v1")
+    pending = store.save("batch_1", ["a" * 64], "openai/gpt-4o-mini", {})
+    assert "batchcanary77" not in pending.path.read_text()
+    assert [
+        p.batch_id for p in PendingStore(tmp_path, "openai", "https://user:batchcanary77@proxy.example/v1").load()
+    ] == ["batch_1"]

@@ -95,7 +95,7 @@ def _files_with(root: Path, needles: list[str]) -> list[str]:
     return hits
 
 
-@pytest.mark.parametrize("case", ["echoed-401", "url-userinfo"])
+@pytest.mark.parametrize("case", ["echoed-401", "url-userinfo", "url-userinfo-sweep"])
 def test_no_canary_key_in_any_file_or_console_line(
     case, subject, corpus, tmp_path, mlflow_store, monkeypatch, capsys, caplog
 ) -> None:
@@ -114,7 +114,10 @@ def test_no_canary_key_in_any_file_or_console_line(
             server.fault_fn = lambda n, path, body: {"status": 401, "message": f"Incorrect API key provided: {CANARY}"}
         else:
             url = f"http://proxyuser:{USERINFO_CANARY}@127.0.0.1:{server.port}/v1"
-        code = main(_run_args(url, subject, corpus, tmp_path, mlflow_store))
+        args = _run_args(url, subject, corpus, tmp_path, mlflow_store)
+        if case.endswith("-sweep"):  # a one-job sweep: Hydra's multirun.yaml and sweep tags are sinks too
+            args.insert(1, "-m")
+        code = main(args)
         out, err = capsys.readouterr()
         assert code == 0, err
         assert server.log, "the run made no request"
@@ -133,6 +136,8 @@ def test_no_canary_key_in_any_file_or_console_line(
         masked, sinks = "Incorrect API key provided: ***", EVERY_SINK_OF_A_FAILURE
     else:
         masked, sinks = "***@127.0.0.1", EVERY_SINK_OF_THE_CONFIG
+        if case.endswith("-sweep"):
+            sinks = (*sinks, "outputs/**/multirun.yaml")
     for pattern in sinks:
         files = list(tmp_path.glob(pattern))
         assert files and all(masked.encode() in f.read_bytes() for f in files), pattern
