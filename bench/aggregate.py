@@ -124,6 +124,8 @@ def aggregate(
         for scorer, details in (r.extras.get("scorers") or {}).items():  # judge LLMs, re-simulations
             if isinstance(details, dict) and details.get("usage"):
                 usage[f"scorer/{scorer}"] = usage.get(f"scorer/{scorer}", Usage()) + Usage(**details["usage"])
+        for stage, spent in (r.extras.get("failed_spend") or {}).items():  # failed attempts were paid for too
+            usage[stage] = usage.get(stage, Usage()) + Usage(**spent)
     usage["total"] = sum(usage.values(), Usage())
     for stage, total in usage.items():
         for field in ("calls", "input_tokens", "cached_input_tokens", "output_tokens", "dollars"):

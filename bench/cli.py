@@ -51,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("-m", "--multirun", action="store_true", help="run a sweep (comma-separated values)")
     run_p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run_p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="redo every failed unit of an earlier run (a plain re-run redoes only failures from outages: "
+        "connection errors, timeouts, 429/5xx after retries, expired batches)",
+    )
+    run_p.add_argument(
         "--dry-run",
         action="store_true",
         help="print the LLM calls, estimated tokens and dollars per stage, then exit (loads and calls nothing)",
@@ -80,6 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     lb_p.add_argument("--out", default="results/offline_default", help="output folder")
     lb_p.add_argument("--title", default="neuronbench leaderboard", help="heading of the markdown file")
     args, extra = parser.parse_known_args(argv)
+    from bench.tracking.redact import install_log_redaction, redacted_console
+
+    install_log_redaction()  # every log record, console or Hydra's cli.log, is masked as it is made
+    with redacted_console():  # ... and everything printed
+        return _dispatch(args, extra)
+
+
+def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
     try:
         if args.command == "run":
             hydra_flags = [*(["--cfg", args.cfg] if args.cfg else []), *(["--resolve"] if args.resolve else [])]
@@ -90,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 dry_run=args.dry_run,
                 hydra_flags=hydra_flags,
                 log_level=args.log_level or ("WARNING" if args.quiet else None),
+                retry_failed=args.retry_failed,
             )
         if extra:
             raise UserError(f"{args.command}: unexpected arguments {' '.join(extra)}")
@@ -129,6 +144,7 @@ def command_run(
     dry_run: bool = False,
     hydra_flags: list[str] | None = None,
     log_level: str | None = None,
+    retry_failed: bool = False,
 ) -> int:
     """Validate every combination, then run them through Hydra.
 
@@ -142,7 +158,12 @@ def command_run(
     combos = expand_sweep(plain)
     if not multirun and len(combos) > 1:
         raise UserError("the overrides contain a sweep (a,b or range(...)); add -m to run a sweep")
-    validated = [(combo, validate(compose(combo))) for combo in combos]
+    from bench.tracking.redact import register_config
+
+    composed = [(combo, compose(combo)) for combo in combos]
+    for _combo, cfg in composed:
+        register_config(cfg)  # the values of its key variables and URL userinfo are masked everywhere
+    validated = [(combo, validate(cfg)) for combo, cfg in composed]
     if dry_run:
         from bench.dryrun import format_estimate
 
@@ -153,7 +174,9 @@ def command_run(
     if "--cfg" not in hydra_flags:
         for _combo, (_settings, parts) in validated:
             check_ready(parts)  # API keys set, caches writable: one line before any job starts
-    return _launch_hydra(plain, [*hydra_flags, *passthrough], multirun, progress, log_level=log_level)
+    return _launch_hydra(
+        plain, [*hydra_flags, *passthrough], multirun, progress, log_level=log_level, retry_failed=retry_failed
+    )
 
 
 def command_compare(run_a: str, run_b: str, score: str, as_json: bool) -> int:
@@ -174,7 +197,12 @@ def command_compare(run_a: str, run_b: str, score: str, as_json: bool) -> int:
 
 
 def _launch_hydra(
-    overrides: list[str], passthrough: list[str], multirun: bool, progress: bool, log_level: str | None = None
+    overrides: list[str],
+    passthrough: list[str],
+    multirun: bool,
+    progress: bool,
+    log_level: str | None = None,
+    retry_failed: bool = False,
 ) -> int:
     import hydra
 
@@ -185,8 +213,9 @@ def _launch_hydra(
     def task(cfg: Any) -> None:
         if log_level:  # after Hydra set up its job logging (console + <job dir>/cli.log)
             logging.getLogger().setLevel(log_level)
+        _scrub_hydra_outputs()
         try:
-            run_job(cfg, progress=progress)
+            run_job(cfg, progress=progress, retry_failed=retry_failed)
         except UserError as err:
             print(f"neuronbench: {err}", file=sys.stderr)
             status["code"] = err.exit_code
@@ -231,18 +260,22 @@ def run_identity(cfg: Any, choices: dict[str, str]) -> tuple[str, str]:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name), digest
 
 
-def run_job(cfg: Any, progress: bool = True) -> Any:
+def run_job(cfg: Any, progress: bool = True, retry_failed: bool = False) -> Any:
     """One job: validate, build parts, run the pipeline with its sinks, print the summary."""
     from omegaconf import OmegaConf
 
     from bench import pipeline
     from bench.config import check_ready, validate
     from bench.provenance import git_commit, package_versions
+    from bench.run_lock import lock_run_folder, store_setup_lock
     from bench.summary import print_summary
     from bench.tracking.jsonl import JsonlSink
+    from bench.tracking.redact import install_log_redaction, register_config
 
     for noisy in ("transformers", "mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    register_config(cfg)  # also in a launcher's worker process, which never ran main()
+    install_log_redaction()
     settings, parts = validate(cfg)
     check_ready(parts)  # a missing API key stops here, before mining
     pipeline.check_layers(settings, parts["subject"].info)  # before any run folder or MLflow run exists
@@ -251,6 +284,7 @@ def run_job(cfg: Any, progress: bool = True) -> Any:
     name, digest = run_identity(cfg, choices)
     run_dir = Path(settings.output_dir) / f"{name}-{digest}"
     run_dir.mkdir(parents=True, exist_ok=True)
+    folder_lock = lock_run_folder(run_dir)  # a second run of this configuration stops here, in one line
     store = JsonlSink(run_dir / "results.jsonl")
     config = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"}
     (run_dir / "config.json").write_text(json.dumps(_redacted(config), indent=2, default=str))
@@ -267,15 +301,18 @@ def run_job(cfg: Any, progress: bool = True) -> Any:
             **_sweep_tags(),
             **{f"version/{k}": v for k, v in package_versions().items()},
         }
-        mirrors.append(MlflowSink(settings.tracking, run_dir, name, config, tags))
+        with store_setup_lock(settings.tracking.uri):  # a fresh sqlite store: one process migrates it
+            mirrors.append(MlflowSink(settings.tracking, run_dir, name, config, tags))
     try:
-        outcome = pipeline.run(settings, parts, store, mirrors, run_dir, progress=progress)
+        outcome = pipeline.run(settings, parts, store, mirrors, run_dir, progress=progress, retry_failed=retry_failed)
     except BaseException:
         for mirror in mirrors:
             getattr(mirror, "abort", lambda: None)()
+        folder_lock.release()
         raise
     for sink in (store, *mirrors):
         sink.close(outcome.summary, outcome.results)
+    folder_lock.release()
     print_summary(name, run_dir, outcome)
     return outcome
 
@@ -292,6 +329,24 @@ def _redacted(config: dict[str, Any]) -> dict[str, Any]:
     from bench.tracking.redact import redact
 
     return redact(config)
+
+
+def _scrub_hydra_outputs() -> None:
+    """Hydra saved the overrides and the composed config (``.hydra/*.yaml``, ``multirun.yaml``) before
+    the job starts: mask any key in them (e.g. a ``base_url`` with userinfo)."""
+    from bench.tracking.redact import scrub_file
+
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+    except ValueError:
+        return
+    if hc.output_subdir:
+        for path in (Path(hc.runtime.output_dir) / str(hc.output_subdir)).glob("*.yaml"):
+            scrub_file(path)
+    if str(hc.mode) == "RunMode.MULTIRUN":
+        scrub_file(Path(hc.sweep.dir) / "multirun.yaml")
 
 
 def _sweep_tags() -> dict[str, str]:

@@ -20,6 +20,8 @@ from bench.aggregate import aggregate, backend_metrics, write_score_correlations
 from bench.config import RunSettings
 from bench.errors import UserError
 from bench.explainers.best_of_k import explain_unit
+from bench.failures import is_transient
+from bench.llm.spend import metering
 from bench.protocols import ScoringContext, Simulator, Sink
 from bench.records import Explanation, Score, UnitRecord, UnitResult, Usage
 from bench.scorers import metrics
@@ -27,11 +29,15 @@ from bench.scorers.calibration import CalibrationError, fit_calibration
 from bench.scorers.correlation import pooled
 from bench.splits import make_splits
 from bench.state_files import parse_lines
-from bench.tracking.jsonl import JsonlSink, drop_torn_tail
+from bench.tracking.jsonl import JsonlSink, drop_torn_tail, rewrite_atomically
+from bench.tracking.redact import redact
 
 log = logging.getLogger(__name__)
 
 CONTROL_SCORE = "correlation/top_and_random"
+# The cost/<stage>/... bucket that a failure's spend counts in, by the stage where the unit failed.
+COST_STAGE = {"explain": "explainer", "simulate": "simulator", "score": "scorer", "control": "control"}
+FAILED_SPEND = "failed_spend"  # extras key: {cost stage: Usage dict} spent by failed attempts of this unit
 
 
 @dataclass
@@ -98,11 +104,39 @@ class ExplanationStore:
             for item in parse_lines(path, _explanation_item, EXPLANATIONS_FIX):
                 self.items[item["unit"]] = item
 
-    def add(self, key: str, explanation: Explanation | None, error: str | None) -> None:
-        item = {"unit": key, "explanation": asdict(explanation) if explanation else None, "error": error}
+    def add(
+        self,
+        key: str,
+        explanation: Explanation | None,
+        error: str | None,
+        transient: bool = False,
+        failed_spend: Usage | None = None,
+    ) -> None:
+        """Record a unit's explanation or failure; ``failed_spend``: what failed attempts at explaining
+        it spent (earlier runs' included), ``transient``: a re-run retries this failure."""
+        item: dict[str, Any] = {
+            "unit": key,
+            "explanation": asdict(explanation) if explanation else None,
+            "error": error,
+        }
+        if explanation is None:
+            item["transient"] = transient
+        if failed_spend is not None and failed_spend != Usage():
+            item[FAILED_SPEND] = asdict(failed_spend)
         with self.path.open("a") as fh:
-            fh.write(json.dumps(item) + "\n")
+            fh.write(json.dumps(redact(item)) + "\n")
         self.items[key] = item
+
+    def failed_spend(self, key: str) -> Usage:
+        return Usage(**(self.items.get(key) or {}).get(FAILED_SPEND) or {})
+
+    def forget(self, keys: set[str]) -> None:
+        """Drop these units' lines (failures about to be retried): one line per unit, atomically."""
+        if not keys:
+            return
+        for key in keys:
+            self.items.pop(key, None)
+        rewrite_atomically(self.path, "".join(json.dumps(redact(item)) + "\n" for item in self.items.values()))
 
     def get(self, key: str) -> tuple[Explanation | None, str | None] | None:
         item = self.items.get(key)
@@ -148,28 +182,65 @@ def run(
     mirrors: Sequence[Sink],
     run_dir: Path,
     progress: bool = True,
+    retry_failed: bool = False,
 ) -> RunOutcome:
-    """records -> explanations (all units) -> per unit: simulate, score, control -> sinks -> summary."""
+    """records -> explanations (all units) -> per unit: simulate, score, control -> sinks -> summary.
+
+    Units finished by an earlier run are kept, except failed ones whose failure was transient (an
+    outage: :mod:`bench.failures`) -- and, with ``retry_failed``, every failed one: those are redone."""
     from tqdm.auto import tqdm
 
     subject, simulator = parts["subject"], parts["simulator"]
     scorers = list(parts["scorers"].values())
     run_dir.mkdir(parents=True, exist_ok=True)
     records, provenance = load_records(settings, subject, parts["dataset"])
-    explanations = explain_all(settings, parts["explainer"], simulator, records, run_dir, progress)
+    explained = ExplanationStore(run_dir / "explanations.jsonl")
+    explanations = explain_all(
+        settings, parts["explainer"], simulator, records, run_dir, progress, retry_failed=retry_failed, store=explained
+    )
     controls = assign_controls(settings, [k for k in records if explanations[k][0] is not None])
 
     done = store.finished_units()
     previous = {r.unit.key: r for r in store.previous_results() if r.unit.key in records}
+    retry = {k for k, r in previous.items() if r.status == "failed" and (retry_failed or r.transient)}
+    carried = {k: previous[k].extras.get(FAILED_SPEND) or {} for k in retry}  # earlier attempts' spend
+    store.forget(retry)
+    for key in retry:
+        done.discard(key)
+        del previous[key]
 
     def unit_result(key: str) -> UnitResult:
         explanation, error = explanations[key]
         if explanation is None:
-            return UnitResult(
-                unit=records[key].unit, status="failed", error=error, stage="explain", extras={"provenance": provenance}
+            failure = explained.items.get(key) or {}
+            result = UnitResult(
+                unit=records[key].unit,
+                status="failed",
+                error=error,
+                stage="explain",
+                extras={"provenance": provenance},
+                transient=bool(failure.get("transient")),
             )
-        control_texts = [explanations[c][0].text for c in controls.get(key, [])]  # type: ignore[union-attr]
-        return score_unit(settings, records[key], explanation, simulator, scorers, subject, control_texts, provenance)
+        else:
+            control_texts = [explanations[c][0].text for c in controls.get(key, [])]  # type: ignore[union-attr]
+            with metering() as meter:  # what this unit's scoring spent, should it fail
+                result = score_unit(
+                    settings, records[key], explanation, simulator, scorers, subject, control_texts, provenance
+                )
+            if result.status == "failed":  # spend not on a kept record (the simulation's usage is)
+                kept = result.simulation.usage if result.simulation is not None else Usage()
+                result.extras[FAILED_SPEND] = {
+                    COST_STAGE.get(result.stage or "", "simulator"): _minus(meter.total, kept)
+                }
+        spend = {k: Usage(**v) for k, v in carried.get(key, {}).items() if k != "explainer"}
+        spend["explainer"] = explained.failed_spend(key)  # every failed explaining attempt, earlier runs' too
+        for stage, usage in (result.extras.get(FAILED_SPEND) or {}).items():
+            spend[stage] = spend.get(stage, Usage()) + Usage(**usage)
+        spend = {k: asdict(v) for k, v in spend.items() if v != Usage()}
+        result.extras.pop(FAILED_SPEND, None)
+        if spend:
+            result.extras[FAILED_SPEND] = spend
+        return result
 
     pending = [k for k in records if k not in done]
     finished = as_finished(unit_result, pending, settings.parallel_units)
@@ -183,6 +254,12 @@ def run(
     summary.update(backend_metrics(parts))  # retries, cache hits, dollars of the HTTP backends (this process)
     write_score_correlations(results, run_dir)  # score_correlations.{json,csv}: how scorers agree across units
     warnings = specificity_warnings(summary, settings)
+    outages = sum(1 for r in results if r.status == "failed" and r.transient)
+    if outages:
+        warnings.append(
+            f"{outages} unit(s) failed from an outage (connection error, timeout, 429/5xx after retries, expired "
+            "batch): re-run the same command to retry them"
+        )
     return RunOutcome(results=results, summary=summary, warnings=warnings)
 
 
@@ -223,34 +300,46 @@ def explain_all(
     records: dict[str, UnitRecord],
     run_dir: Path,
     progress: bool,
+    retry_failed: bool = False,
+    store: ExplanationStore | None = None,
 ) -> dict[str, tuple[Explanation | None, str | None]]:
-    """Explain every unit first (resumable via explanations.jsonl): the control borrows them."""
+    """Explain every unit first (resumable via explanations.jsonl): the control borrows them.
+
+    A failure recorded by an earlier run is kept unless it was transient (or ``retry_failed``)."""
     from tqdm.auto import tqdm
 
-    explained = ExplanationStore(run_dir / "explanations.jsonl")
+    explained = store if store is not None else ExplanationStore(run_dir / "explanations.jsonl")
     explanations: dict[str, tuple[Explanation | None, str | None]] = {}
 
-    def explain(key: str) -> tuple[Explanation | None, str | None]:
-        try:
-            splits = make_splits(records[key], settings.units.examples_per_split)
-            found = explain_unit(explainer, simulator, records[key].unit, splits)  # best-of-k reranks here
-            if not found:
-                raise RuntimeError("explainer returned no explanation")
-            return found[0], None
-        except UserError:
-            raise  # a user mistake (missing package, bad key ...) stops the run with one line
-        except Exception as err:  # noqa: BLE001 - a failed unit is recorded, the run goes on
-            log.debug("explain failed for %s", key, exc_info=True)
-            return None, _error_text(err)
+    def explain(key: str) -> tuple[Explanation | None, str | None, bool, Usage]:
+        with metering() as meter:  # what this unit's explaining spent, should it fail
+            try:
+                splits = make_splits(records[key], settings.units.examples_per_split)
+                found = explain_unit(explainer, simulator, records[key].unit, splits)  # best-of-k reranks here
+                if not found:
+                    raise RuntimeError("explainer returned no explanation")
+                return found[0], None, False, Usage()
+            except UserError:
+                raise  # a user mistake (missing package, bad key ...) stops the run with one line
+            except Exception as err:  # noqa: BLE001 - a failed unit is recorded, the run goes on
+                log.debug("explain failed for %s", key, exc_info=True)
+                return None, _error_text(err), is_transient(err), meter.total
 
+    retry: set[str] = set()
     for key in records:
         cached = explained.get(key)
-        if cached is not None:
+        if cached is not None and cached[0] is None and (retry_failed or explained.items[key].get("transient")):
+            retry.add(key)
+        elif cached is not None:
             explanations[key] = cached
+    earlier = {key: explained.failed_spend(key) for key in retry}
+    explained.forget(retry)
     pending = [k for k in records if k not in explanations]
     finished = as_finished(explain, pending, settings.parallel_units)
-    for key, (explanation, error) in tqdm(finished, total=len(pending), desc="explain", disable=not progress):
-        explained.add(key, explanation, error)
+    for key, (explanation, error, transient, spent) in tqdm(
+        finished, total=len(pending), desc="explain", disable=not progress
+    ):
+        explained.add(key, explanation, error, transient, spent + earlier.get(key, Usage()))
         explanations[key] = (explanation, error)
     return explanations
 
@@ -341,10 +430,19 @@ def score_unit(
             error=_error_text(err),
             stage=stage,
             extras=extras,
+            transient=is_transient(err),
         )
     return UnitResult(
         unit=record.unit, status="ok", explanation=explanation, simulation=simulation, scores=scores, extras=extras
     )
+
+
+def _minus(a: Usage, b: Usage) -> dict[str, Any]:
+    """``a - b`` field by field, as a Usage dict (never below 0: ``b`` is part of ``a``)."""
+    return {
+        f: max(getattr(a, f) - getattr(b, f), 0)
+        for f in ("calls", "input_tokens", "cached_input_tokens", "output_tokens")
+    } | {"dollars": a.dollars - b.dollars}
 
 
 def run_scorer(scorer: Any, ctx: ScoringContext, extras: dict[str, Any]) -> dict[str, Score]:

@@ -203,6 +203,7 @@ class UnitResult:
     error: str | None = None
     stage: str | None = None  # where a failure happened: mine, explain, simulate, score
     extras: dict[str, Any] = field(default_factory=dict)
+    transient: bool = False  # a failure from an outage (bench.failures): re-running the command retries it
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe dict; NaN becomes ``None`` as in the reference's files."""
@@ -258,4 +259,5 @@ def unit_result_from_json(data: dict[str, Any]) -> UnitResult:
         error=data.get("error"),
         stage=data.get("stage"),
         extras=data.get("extras", {}),
+        transient=bool(data.get("transient", False)),
     )

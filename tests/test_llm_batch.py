@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from fake_servers import FakeLLMServer
 
+from bench.failures import is_transient
 from bench.llm._http import BackendError
 from bench.llm.anthropic_backend import AnthropicModel
 from bench.llm.batch import BatchPending
@@ -213,6 +214,8 @@ def test_openai_failed_and_expired_requests_are_errors_not_empty_text(server: Fa
     assert isinstance(outcomes[1].error, BackendError) and outcomes[1].error.status == 400
     assert "HTTP 400" in str(outcomes[1].error) and "top_logprobs" in str(outcomes[1].error)
     assert "batch_expired" in str(outcomes[2].error) and outcomes[2].value is None
+    # an expired request is an outage (a re-run retries the unit), a refused one is the request's fault
+    assert is_transient(outcomes[2].error) and not is_transient(outcomes[1].error)
     assert client.stats.failures == 2 and client.stats.calls == 3
     # generate() raises (the pipeline records the unit as failed), never returns empty text
     with pytest.raises(BackendError, match="top_logprobs"):
@@ -235,6 +238,7 @@ def test_anthropic_errored_and_expired_requests_are_errors(server: FakeLLMServer
     assert outcomes[0].value["result"]["text"] == "ok"
     assert "temperature" in str(outcomes[1].error) and "invalid_request_error" in str(outcomes[1].error)
     assert "expired" in str(outcomes[2].error)
+    assert is_transient(outcomes[2].error) and not is_transient(outcomes[1].error)
     with pytest.raises(BackendError, match="temperature"):
         client.generate([hot])
 

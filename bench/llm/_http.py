@@ -350,6 +350,7 @@ class Engine:
         todo = [i for i, o in enumerate(outcomes) if o is None]
         if todo:
             fresh = LOOP.run(self._send_all([jobs[i] for i in todo], batch))
+            self._meter(fresh)
             for i, outcome in zip(todo, fresh, strict=True):
                 outcomes[i] = outcome
         return [o for o in outcomes if o is not None]
@@ -362,6 +363,7 @@ class Engine:
             self.counters.add(cache_hits=hits)
         todo = [i for i, o in enumerate(outcomes) if o is None]
         fresh = await LOOP.run_async(self._send_all([jobs[i] for i in todo], batch)) if todo else []
+        self._meter(fresh)
         result = [Outcome(o, cached=True) if o is not None else None for o in outcomes]
         for i, outcome in zip(todo, fresh, strict=True):
             result[i] = outcome
@@ -521,6 +523,19 @@ class Engine:
             output_tokens=out,
             dollars=call_dollars(self.batch_prices if batched else self.prices, usage),
         )
+
+    def _meter(self, outcomes: Sequence[Outcome]) -> None:
+        """Report what these requests spent to the caller thread's meters (:mod:`bench.llm.spend`),
+        failed ones included: a failed request's attempts were sent and count as calls."""
+        from bench.llm.spend import record
+
+        total = Usage()
+        for outcome in outcomes:
+            if outcome.value is not None:
+                total = total + self.spent(outcome.value.get("usage") or {}, outcome)
+            elif not outcome.cached:
+                total = total + Usage(calls=outcome.attempts)
+        record(total)
 
     def spent(self, usage: dict[str, Any], outcome: Outcome) -> Usage:
         """The :class:`~bench.records.Usage` of one answered job: a cache hit spent nothing."""

@@ -76,6 +76,14 @@ class ItemResult(NamedTuple):
     raw: Any
     status: int | None = None
     error: str | None = None
+    transient: bool = False  # expired, cancelled, overloaded, 429/5xx: a re-run submits it again
+
+
+TRANSIENT_ANTHROPIC_ERRORS = ("api_error", "overloaded_error", "rate_limit_error", "timeout_error")
+
+
+def _transient_status(status: int | None) -> bool:
+    return status is not None and (status in (408, 429) or status >= 500)
 
 
 class BatchStatus(NamedTuple):
@@ -180,7 +188,10 @@ def _openai_line(entry: dict[str, Any]) -> ItemResult:
     status = response.get("status_code")
     if entry.get("error"):
         err = entry["error"]
-        return ItemResult(None, status, f"{err.get('message') or err} [{err.get('code')}]")
+        gone = err.get("code") in ("batch_expired", "batch_cancelled")  # never ran: worth another try
+        return ItemResult(
+            None, status, f"{err.get('message') or err} [{err.get('code')}]", gone or _transient_status(status)
+        )
     if status is not None and 200 <= int(status) < 300:
         return ItemResult(response.get("body"))
     body = response.get("body") or {}
@@ -190,7 +201,8 @@ def _openai_line(entry: dict[str, Any]) -> ItemResult:
         message = f"{inner.get('message') or inner}" + (f" [{kind}]" if kind else "")
     else:
         message = str(inner)
-    return ItemResult(None, int(status) if status is not None else None, message)
+    code = int(status) if status is not None else None
+    return ItemResult(None, code, message, _transient_status(code))
 
 
 @dataclass(frozen=True)
@@ -226,10 +238,11 @@ class AnthropicBatches:
                     out[item.custom_id] = ItemResult(result.message)
                 elif result.type == "errored":
                     err = getattr(result.error, "error", None)
-                    message = f"{getattr(err, 'message', err)} [{getattr(err, 'type', 'error')}]"
-                    out[item.custom_id] = ItemResult(None, None, message)
+                    kind = getattr(err, "type", "error")
+                    message = f"{getattr(err, 'message', err)} [{kind}]"
+                    out[item.custom_id] = ItemResult(None, None, message, kind in TRANSIENT_ANTHROPIC_ERRORS)
                 else:  # canceled, expired
-                    out[item.custom_id] = ItemResult(None, None, f"the request was {result.type} before it ran")
+                    out[item.custom_id] = ItemResult(None, None, f"the request was {result.type} before it ran", True)
             return out
 
         return await call(fetch), None
@@ -255,7 +268,9 @@ class PendingStore:
     def __init__(self, directory: Path, provider: str, base_url: str) -> None:
         self.directory = directory
         self.provider = provider
-        self.base_url = base_url
+        from bench.tracking.redact import redact_text
+
+        self.base_url = redact_text(base_url)  # the state file must not hold a key given as URL userinfo
 
     def load(self) -> list[Pending]:
         """This provider's saved batches, oldest first; unreadable files are skipped with a warning."""
@@ -369,7 +384,7 @@ async def run_batch(engine: Engine, jobs: Sequence[Job], mode: BatchMode) -> lis
     out: list[Outcome] = [Outcome(None)] * len(jobs)
     for key, idx in positions.items():
         outcome = answers.get(key) or Outcome(
-            None, error=BackendError(f"{engine.label}: no batch answered this request")
+            None, error=BackendError(f"{engine.label}: no batch answered this request", retryable=True)
         )
         for n, i in enumerate(idx):
             # identical requests went up once: the copies spent nothing
@@ -420,7 +435,7 @@ async def _collect(engine: Engine, store: PendingStore, pending: Pending, mode: 
             try:
                 value = api.parse(item.raw)
             except Exception as err:  # noqa: BLE001 - a malformed answer fails this request only
-                item = ItemResult(None, None, f"malformed answer ({type(err).__name__}: {err})")
+                item = ItemResult(None, None, f"malformed answer ({type(err).__name__}: {err})", True)
             else:
                 try:
                     await asyncio.to_thread(engine.cache.set, key, value)
@@ -432,14 +447,16 @@ async def _collect(engine: Engine, store: PendingStore, pending: Pending, mode: 
                 continue
         if item is None:
             message = default_error or f"the batch ended ({status.status}) without a result for this request"
-            item = ItemResult(None, None, message)
+            item = ItemResult(None, None, message, True)  # expired, cancelled or lost: worth another try
         engine.counters.add(calls=1, failures=1)
         status_text = f"HTTP {item.status}: " if item.status is not None else ""
         answers[key] = Outcome(
             None,
             attempts=1,
             batched=True,
-            error=BackendError(f"{engine.label}: {where}: {status_text}{item.error}", status=item.status),
+            error=BackendError(
+                f"{engine.label}: {where}: {status_text}{item.error}", status=item.status, retryable=item.transient
+            ),
         )
     await asyncio.to_thread(store.forget, pending)
     return answers

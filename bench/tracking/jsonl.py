@@ -12,6 +12,7 @@ from pathlib import Path
 
 from bench.records import UnitResult, unit_result_from_json
 from bench.state_files import parse_lines
+from bench.tracking.redact import redact
 
 RESULTS_FIX = (
     "delete that line (its unit is redone) or move the file away to start the run over; "
@@ -47,6 +48,16 @@ def read_results(path: Path) -> dict[str, UnitResult]:
     return {r.unit.key: r for r in parse_lines(path, checked_result, RESULTS_FIX)}
 
 
+def rewrite_atomically(path: Path, text: str) -> None:
+    """Replace ``path``'s content in one step (write a sibling, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
 class JsonlSink:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -63,9 +74,26 @@ class JsonlSink:
     def previous_results(self) -> list[UnitResult]:
         return list(self._previous.values())
 
+    def forget(self, keys: set[str]) -> None:
+        """Drop these units' lines (failed units about to be redone), so the file keeps one line per
+        unit.  Atomic: a crash leaves either the old file or the new one, and a dropped unit is redone."""
+        if not keys or not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines(keepends=True):
+            try:
+                key = unit_result_from_json(json.loads(line)).unit.key
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                key = None
+            if key not in keys:
+                kept.append(line)
+        rewrite_atomically(self.path, "".join(kept))
+        for key in keys:
+            self._previous.pop(key, None)
+
     def write(self, result: UnitResult) -> None:
         with self.path.open("a") as fh:
-            fh.write(json.dumps(result.to_json()) + "\n")
+            fh.write(json.dumps(redact(result.to_json())) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
 

@@ -19,7 +19,7 @@ from bench.errors import UserError
 from bench.escape import csv_cell
 from bench.records import UnitResult
 from bench.state_files import DamagedFile, json_object, sqlite_damage, sqlite_problem
-from bench.tracking.redact import redact
+from bench.tracking.redact import redact, redact_text
 
 MAX_PARAM_CHARS = 500
 DB_FIX = (
@@ -99,7 +99,7 @@ class MlflowSink:
             except Exception:  # noqa: BLE001 - the store was wiped: start afresh
                 run_id = None
         self.run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id, run_name=run_name)
-        id_file.write_text(json.dumps({"run_id": self.run.info.run_id, "tracking_uri": tracking.uri}))
+        id_file.write_text(json.dumps({"run_id": self.run.info.run_id, "tracking_uri": redact_text(tracking.uri)}))
         safe_config = redact(config)
         if run_id is None:
             params = {k: _param_value(v) for k, v in flatten(safe_config).items()}
@@ -128,7 +128,7 @@ class MlflowSink:
             path = self.run_dir / name
             if path.exists():
                 self.mlflow.log_artifact(str(path))
-        self.mlflow.log_text(units_table(results), "units.csv")
+        self.mlflow.log_text(redact_text(units_table(results)), "units.csv")
         self.mlflow.end_run()
 
 
