@@ -152,7 +152,16 @@ def _launch_hydra(overrides: list[str], passthrough: list[str], multirun: bool, 
 
 # ---------------------------------------------------------------------------------------------------
 # Config keys that do not change results: a run resumes across changes of these.
-NOT_DETERMINING = ("hydra", "tracking", "output_dir", "run_name", "cache_dir", "parallel_units")
+NOT_DETERMINING = (
+    "hydra",
+    "tracking",
+    "output_dir",
+    "run_name",
+    "cache_dir",
+    "parallel_units",
+    "fail_on",
+    "warn_on",
+)
 
 
 # ... and component fields that never change results, wherever they sit (e.g. subject.cache_dir).
@@ -225,6 +234,7 @@ def run_job(cfg: Any, progress: bool = True) -> Any:
     for sink in (store, *mirrors):
         sink.close(outcome.summary, outcome.results)
     print_summary(name, run_dir, outcome)
+    pipeline.check_failure_rate(outcome.summary, settings)  # all units failed: exit 1, results kept
     return outcome
 
 

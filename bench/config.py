@@ -116,12 +116,38 @@ class ScoringConfig:
             raise ValueError(f"confidence: must be between 0.5 and 1, got {self.confidence}")
 
 
+@dataclass
+class FailOnConfig:
+    """When a finished run exits non-zero: every unit failed, or the failure rate exceeds this."""
+
+    failure_rate: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.failure_rate <= 1.0:
+            raise ValueError(
+                f"failure_rate: must be in [0, 1] (1.0: only when every unit failed), got {self.failure_rate}"
+            )
+
+
+@dataclass
+class WarnOnConfig:
+    """When a finished run ends with a warning: more simulated tokens unreadable than this."""
+
+    unparsed_rate: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.unparsed_rate <= 1.0:
+            raise ValueError(f"unparsed_rate: must be in [0, 1], got {self.unparsed_rate}")
+
+
 RUN_NODES: dict[str, type] = {
     "units": UnitsConfig,
     "mining": MiningConfig,
     "tracking": TrackingConfig,
     "control": ControlConfig,
     "scoring": ScoringConfig,
+    "fail_on": FailOnConfig,
+    "warn_on": WarnOnConfig,
 }
 
 
@@ -193,6 +219,8 @@ class RunSettings:
     cache_dir: str
     output_dir: str
     parallel_units: int = 1
+    fail_on: FailOnConfig = field(default_factory=FailOnConfig)
+    warn_on: WarnOnConfig = field(default_factory=WarnOnConfig)
 
 
 def validate(cfg: Any) -> tuple[RunSettings, dict[str, Any]]:
