@@ -420,11 +420,25 @@ def llm_backends(parts: dict[str, Any]) -> list[tuple[str, Any]]:
 
 def check_ready(parts: dict[str, Any]) -> None:
     """Fail fast before any work: every HTTP backend's API key variable is set and its cache is
-    writable (``check_ready()``; no network, no model load).  One line naming the config key."""
+    writable (``check_ready()``), then its server answers (:func:`check_servers`; no model load).
+    One line naming the config key."""
     for key, llm in llm_backends(parts):
         ready = getattr(llm, "check_ready", None)
         if callable(ready):
             try:
                 ready()
+            except UserError as err:
+                raise UserError(f"{key}: {err}") from None
+    check_servers(parts)
+
+
+def check_servers(parts: dict[str, Any]) -> None:
+    """Each HTTP backend's server is asked once for its model list before any model loads: a server
+    that is down or a model it does not serve stops the run in one line naming the served models."""
+    for key, llm in llm_backends(parts):
+        check = getattr(llm, "check_server", None)
+        if callable(check):
+            try:
+                check()
             except UserError as err:
                 raise UserError(f"{key}: {err}") from None

@@ -110,6 +110,12 @@ def simulating_next_token(prefix: str) -> dict[str, float]:
     return {"0": 0.8, "1": 0.05, "unknown": 0.15}
 
 
+def chatml_render(messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+    """The server-side chat template of the fake vLLM server (ChatML, as Qwen and SmolLM2)."""
+    text = "".join(f"<|im_start|>{m['role']}\n{_content_text(m.get('content'))}<|im_end|>\n" for m in messages)
+    return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+
+
 def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
@@ -165,9 +171,13 @@ class FakeLLMServer:
         models: tuple[str, ...] | None = None,
         latency_s: float = 0.0,
         max_top_logprobs: int = 20,
+        max_model_len: int | None = None,
     ) -> None:
         self.api_key = api_key
         self.models = models
+        self.max_model_len = max_model_len  # reported by GET /v1/models (vLLM does), when models are listed
+        # /tokenize (vLLM): how the server renders chat messages; a test may swap it to simulate a mismatch
+        self.chat_render: Callable[[list[dict[str, Any]], bool], str] = chatml_render
         self.latency_s = latency_s
         self.max_top_logprobs = max_top_logprobs
         self.faults: deque[dict[str, Any] | None] = deque()
@@ -329,6 +339,12 @@ class _Handler(BaseHTTPRequestHandler):
             if "/batches" in path or path.startswith("/v1/files"):
                 self._batch_route(method, path, body, raw)
                 return
+            if method == "GET" and path == "/v1/models" and fake.models is not None:
+                self._list_models(anthropic)
+                return
+            if method == "POST" and path == "/tokenize":
+                self._tokenize(body)
+                return
             if method != "POST":
                 self._error(404, "not_found_error", f"no route {method} {path}", anthropic)
                 return
@@ -345,6 +361,30 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             with fake._lock:
                 fake.active -= 1
+
+    def _list_models(self, anthropic: bool) -> None:
+        """``GET /v1/models`` (only when ``models`` is set; else 404, as a server without a list)."""
+        fake = self.fake
+        extra = {"max_model_len": fake.max_model_len} if fake.max_model_len and not anthropic else {}
+        if anthropic:
+            data = [
+                {"id": m, "type": "model", "display_name": m, "created_at": "2025-01-01T00:00:00Z"}
+                for m in fake.models or ()
+            ]
+            self._send(200, {"data": data, "has_more": False, "first_id": None, "last_id": None})
+            return
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake", **extra} for m in fake.models or ()]
+        self._send(200, {"object": "list", "data": data})
+
+    def _tokenize(self, body: dict[str, Any]) -> None:
+        """vLLM's ``POST /tokenize``: a ``prompt``, or ``messages`` rendered with the server's template."""
+        fake = self.fake
+        if "messages" in body:
+            text = fake.chat_render(body["messages"], bool(body.get("add_generation_prompt", True)))
+        else:
+            text = str(body.get("prompt", ""))
+        ids = [fake.token_id(t) for t in tokenize(text)]
+        self._send(200, {"count": len(ids), "max_model_len": fake.max_model_len or 8192, "tokens": ids})
 
     def _model_known(self, body: dict[str, Any], anthropic: bool) -> bool:
         model = body.get("model")

@@ -49,6 +49,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.errors import UserError
 from bench.llm._http import (
     CostEstimate,
     ErrorInfo,
@@ -149,11 +150,16 @@ class OpenAIChatModel(HTTPBackend):
     prefill: str = "auto"
     seed: int | None = 0
     prices: dict[str, float] | None = field(default=None, hash=False)
+    context_length: int | None = None
     name: str = ""
     version: int = 1
 
     def __post_init__(self) -> None:
         check_common_fields(self)
+        if self.context_length is not None and (isinstance(self.context_length, bool) or self.context_length < 16):
+            raise ValueError(
+                f"context_length: must be >= 16 tokens or null (ask the server), got {self.context_length}"
+            )
         if self.prefill not in PREFILL_MODES:
             raise ValueError(f"prefill: {self.prefill!r} is not one of {', '.join(PREFILL_MODES)}")
         if not 1 <= self.slot_top_k <= 100:
@@ -222,6 +228,81 @@ class OpenAIChatModel(HTTPBackend):
                 chars.append(sum(len(m.content) for m in r.messages) + len(r.assistant_prefix))
                 outs.append(r.max_tokens)
         return self._estimate(keys, chars, outs)
+
+    # ------------------------------------------------------------------------------------------------
+    # Context length, token counts and the server's own rendering (vLLM's /tokenize)
+    # ------------------------------------------------------------------------------------------------
+    @property
+    def max_context(self) -> int | None:
+        """Prompt + completion budget in tokens: ``context_length``, else what the server reported
+        (vLLM's ``max_model_len`` in ``GET /v1/models``, read by :meth:`check_server`), else unknown."""
+        return self.context_length or self.server_context_length
+
+    def check_server(self) -> list[str] | None:
+        """The model list (see :meth:`HTTPBackend.check_server`), then -- where prompts are rendered
+        client-side (``prompt_logprobs``) -- one comparison with the server's own rendering."""
+        served = super().check_server()
+        if self.prompt_logprobs and "_rendering" not in self.__dict__:
+            object.__setattr__(self, "_rendering", self.check_rendering())
+        return served
+
+    def check_rendering(self, *_: Any) -> str:
+        """Render a probe conversation with ``chat_template`` here and with the server's template there
+        (``POST /tokenize`` with ``messages``); different token ids stop the run with one line.  Returns
+        ``"equal"``, or why it could not be checked (a server without ``/tokenize``)."""
+        probe = (
+            ChatMessage("system", "Predict activations."),
+            ChatMessage("user", "Neuron 1\nExplanation: words about rain"),
+            ChatMessage("assistant", "<start>\nrain\t10\n<end>"),
+            ChatMessage("user", "Neuron 2"),
+        )
+        ours = self._tokenize({"prompt": render_chat(self.chat_template, probe, add_generation_prompt=True)})
+        theirs = self._tokenize(
+            {"messages": [{"role": m.role, "content": m.content} for m in probe], "add_generation_prompt": True}
+        )
+        if ours is None or theirs is None:
+            return "not checked: the server has no /tokenize"
+        if ours["tokens"] != theirs["tokens"]:
+            raise UserError(
+                f"chat_template {self._template_label()!r} renders prompts differently from the server's own chat "
+                f"template ({len(ours['tokens'])} vs {len(theirs['tokens'])} tokens for the same messages); set "
+                "chat_template to the served model's template (a preset or its Jinja string)"
+            )
+        return "equal"
+
+    def count_tokens(self, messages: Sequence[ChatMessage], assistant_prefix: str = "") -> int:
+        """Prompt length in tokens: the server's count (vLLM ``/tokenize``) where it has one; else a
+        conservative estimate (characters / 3: ``token<TAB>value`` lines are token-dense)."""
+        text = render_chat(self.chat_template, messages, add_generation_prompt=True) + assistant_prefix
+        counted = self._tokenize({"prompt": text}) if self.base_url is not None else None
+        if counted is not None:
+            return int(counted.get("count") or len(counted["tokens"]))
+        return math.ceil(sum(len(m.content) + 16 for m in messages) / 3) + math.ceil(len(assistant_prefix) / 3)
+
+    def _template_label(self) -> str:
+        return self.chat_template if self.chat_template in CHAT_TEMPLATES else "custom"
+
+    def _tokenize(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """``POST {server}/tokenize`` (vLLM; beside ``/v1``); None when the server has none (404 ...)."""
+        import json
+        import urllib.error
+        import urllib.request
+
+        if self.__dict__.get("_no_tokenize") or self.base_url is None:
+            return None
+        root = self.resolved_base_url.removesuffix("/v1")
+        headers = {"Content-Type": "application/json"}
+        if self.api_key_env is not None:
+            headers["Authorization"] = f"Bearer {self._api_key()}"
+        request = urllib.request.Request(
+            f"{root}/tokenize", data=json.dumps({"model": self.model, **body}).encode(), headers=headers
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=min(self.timeout_s, 30.0)) as response:  # noqa: S310
+                return json.loads(response.read())
+        except (urllib.error.URLError, OSError, ValueError):
+            object.__setattr__(self, "_no_tokenize", True)  # ask once; fall back from then on
+            return None
 
     # ------------------------------------------------------------------------------------------------
     # SDK plumbing
