@@ -71,3 +71,28 @@ def test_the_simulator_records_its_k() -> None:
     exact = AllAtOnceSimulator(llm=llm, estimator="prompt_logprobs_exact").simulate("cat", records)
     assert exact.estimator == "all_at_once/prompt_logprobs_exact" and exact.top_k is None
     assert [r.top_k for r in llm.calls] == [7, None]  # the k travels with every request to the backend
+
+
+def test_the_summary_records_k_where_all_units_share_it() -> None:
+    from bench.aggregate import aggregate
+    from bench.records import UnitId, UnitResult
+
+    def result(index: int, top_k: int | None) -> UnitResult:
+        seq = SequenceSimulation(["a", "b"], [0.0, 1.0], [0.0, 1.0], unparsed=1)
+        sim = Simulation([seq], "s", "all_at_once/prompt_logprobs", top_k=top_k)
+        return UnitResult(unit=UnitId(0, index), status="ok", simulation=sim)
+
+    summary = aggregate([result(0, 20), result(1, 20)], resamples=100)
+    assert summary["simulation/top_k"] == 20.0 and summary["simulation/unparsed_rate"] == 0.5
+    assert math.isnan(aggregate([result(0, 20), result(1, None)], resamples=100)["simulation/top_k"])
+
+
+def test_dry_run_says_where_the_providers_prompt_cache_applies() -> None:
+    from bench.dryrun import format_estimate
+
+    run, parts = validate(compose(["explainer=openai", "simulator=openai_all_at_once_logprobs"]))
+    text = format_estimate(run, parts)
+    assert "prompt caching (simulate): gpt-4o-mini caches prompts of 1,024+ tokens" in text
+    assert "under it: never cached" in text  # all-at-once prompts of the default run are ~800 tokens
+    run, parts = validate(compose(["explainer=smollm2"]))
+    assert "prompt caching" not in format_estimate(run, parts)  # local models: no provider, no note
