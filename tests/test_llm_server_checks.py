@@ -73,12 +73,15 @@ def test_the_served_model_passes_once_and_reports_its_context_length(tmp_path: P
         assert vllm(server, tmp_path, prompt_logprobs=False).check_server() is None
 
 
-def test_anthropic_model_list_is_checked_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_anthropic_model_list_is_checked_too_and_aliases_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
-    with FakeLLMServer(models=("claude-haiku-4-5",)) as server:
+    with FakeLLMServer(models=("claude-haiku-4-5-20251001",)) as server:
         llm = AnthropicModel(model="claude-nope", base_url=server.root, cache_dir=str(tmp_path))
-        with pytest.raises(UserError, match="it serves: claude-haiku-4-5"):
+        with pytest.raises(UserError, match="it serves: claude-haiku-4-5-20251001"):
             llm.check_server()
+        # the API lists dated snapshots; the alias a preset names is served all the same
+        alias = AnthropicModel(model="claude-haiku-4-5", base_url=server.root, cache_dir=str(tmp_path))
+        assert alias.check_server() == ["claude-haiku-4-5-20251001"]
 
 
 def test_client_rendering_is_compared_with_the_servers_once(tmp_path: Path) -> None:

@@ -745,7 +745,9 @@ class HTTPBackend:
         if "_served" in self.__dict__:
             return self.__dict__["_served"]
         served, info = LOOP.run(self._list_models())
-        if served is not None and served and self.model not in served:
+        # an alias names the newest dated snapshot ("claude-haiku-4-5" -> "claude-haiku-4-5-20251001")
+        known = served is None or not served or any(m == self.model or m.startswith(self.model + "-") for m in served)
+        if not known:
             raise UserError(
                 f"model {self.model!r} is not served by {self._server_url()}; it serves: {', '.join(served)} "
                 "(set model to one of them)"
@@ -773,6 +775,8 @@ class HTTPBackend:
                 rows = [m.model_dump() if hasattr(m, "model_dump") else dict(m) for m in page.data]
                 served = [str(r.get("id")) for r in rows]
                 info = next((r for r in rows if r.get("id") == self.model), {})
+                if not info:
+                    info = next((r for r in rows if str(r.get("id")).startswith(self.model + "-")), {})
                 return served, info
             except Exception as err:  # noqa: BLE001 - every failure becomes one line
                 problem = engine.classify(err)
