@@ -132,3 +132,13 @@ def test_the_explainer_trims_examples_to_the_servers_context_and_records_server_
     assert e.meta["prompt_tokens_counted"] + 20 <= 400
     assert e.meta["prompt_tokens"] == e.usage.input_tokens > 0  # the server's own count
     assert usage_prompt["path"] == "/v1/chat/completions"
+
+
+def test_the_cli_stops_in_one_line_with_exit_2_before_any_model_loads(capsys: pytest.CaptureFixture) -> None:
+    from bench.cli import main
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    code = main(["run", "explainer=openai_compatible", f"explainer.llm.base_url={url}", "tracking=none"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err, err
+    assert err.startswith(f"neuronbench: explainer.llm: the LLM server at {url} did not answer the model list")
