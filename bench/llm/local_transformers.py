@@ -56,6 +56,7 @@ _LOCK = threading.RLock()
 _MODELS: dict[tuple[Any, ...], Any] = {}
 _TOKENIZERS: dict[tuple[Any, ...], Any] = {}
 _CONTINUATION_MASKS: dict[tuple[Any, ...], Any] = {}
+_TOKEN_TEXTS: dict[tuple[Any, ...], list[str]] = {}
 
 
 def clear_cache() -> None:
@@ -64,6 +65,7 @@ def clear_cache() -> None:
         _MODELS.clear()
         _TOKENIZERS.clear()
         _CONTINUATION_MASKS.clear()
+        _TOKEN_TEXTS.clear()
 
 
 @dataclass(frozen=True)
@@ -231,13 +233,13 @@ class LocalChatModel:
 
     def _token_texts(self, vocab_size: int) -> list[str]:
         """Every token id's text as an API decodes one token (cached per model)."""
-        key = ("texts", self.model, self.cache_dir, vocab_size)
+        key = (self.model, self.cache_dir, vocab_size)
         with _LOCK:
-            if key not in _CONTINUATION_MASKS:
+            if key not in _TOKEN_TEXTS:
                 tok = self.tokenizer
                 n = min(len(tok), vocab_size)
-                _CONTINUATION_MASKS[key] = tok.batch_decode([[i] for i in range(n)]) + [""] * (vocab_size - n)
-            return _CONTINUATION_MASKS[key]
+                _TOKEN_TEXTS[key] = tok.batch_decode([[i] for i in range(n)]) + [""] * (vocab_size - n)
+            return _TOKEN_TEXTS[key]
 
     def _top_k_logprobs(self, probs: Any, k: int) -> dict[str, float]:
         """The ``k`` most likely tokens of a distribution as an API returns them: text -> logprob, equal
@@ -529,6 +531,7 @@ class LocalChatModel:
         vocab = first.shape[-1]
         queries: list[list[tuple[int, tuple[int, ...]]]] = []  # per row: (slot index, trie node path)
         visible: list[list[dict[str, float]]] = []  # per top-k row and slot: the top-k distribution (text -> logprob)
+        wanted: list[list[list[str]]] = []  # per top-k row and slot: the visible pieces that are chained
         for b, p in enumerate(rows):
             qs = []
             if p["top_k"] is None:
@@ -537,15 +540,18 @@ class LocalChatModel:
                         if float(first[b, s, path[0]]) > self.chain_min_prob:
                             qs.append((s, path))
                 visible.append([])
+                wanted.append([])
             else:  # only what an API would show: the top k, then the pieces visible among them
                 dists = [self._top_k_logprobs(first[b, s], p["top_k"]) for s in range(len(p["positions"]))]
+                pieces = [wanted_pieces(p["values"], dist, self.chain_min_prob) for dist in dists]
                 nodes: set[tuple[int, tuple[int, ...]]] = set()
-                for s, dist in enumerate(dists):
-                    for piece in wanted_pieces(p["values"], dist, self.chain_min_prob):
+                for s, slot_pieces in enumerate(pieces):
+                    for piece in slot_pieces:
                         path = tuple(p["piece_ids"][s][piece])
                         nodes.update((s, path[:d]) for d in range(1, len(path) + 1))
                 qs = sorted(nodes)
                 visible.append(dists)
+                wanted.append(pieces)
             queries.append(qs)
         node_probs: list[dict[tuple[int, tuple[int, ...]], Any]] = [{} for _ in rows]
         n_q = max((len(q) for q in queries), default=0)
@@ -590,9 +596,8 @@ class LocalChatModel:
                 per_slot_k = []
                 for s, dist in enumerate(visible[b]):
                     after = {
-                        piece: self._top_k_logprobs(node_probs[b][(s, tuple(ids))], p["top_k"])
-                        for piece, ids in p["piece_ids"][s].items()
-                        if (s, tuple(ids)) in node_probs[b]
+                        piece: self._top_k_logprobs(node_probs[b][(s, tuple(p["piece_ids"][s][piece]))], p["top_k"])
+                        for piece in wanted[b][s]
                     }
                     probs = value_probabilities(p["values"], dist, after)
                     per_slot_k.append([probs[v] if math.isfinite(probs[v]) else 0.0 for v in p["values"]])
