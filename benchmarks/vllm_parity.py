@@ -284,6 +284,8 @@ def main() -> int:
                 "per_unit": per_unit,
             }
             rows.append(row)
+            out["estimators"] = rows
+            write(out, Path(args.out), complete=False)  # an interrupted run keeps what it measured
             print(
                 f"{name}: EV max diff {row['ev_max_abs_diff']:.2e}, score max diff "
                 f"{row['correlation_max_abs_diff']:.2e}, within targets: {row['within_targets']}",
@@ -305,12 +307,15 @@ def main() -> int:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_clean(out), indent=1) + "\n")
-    path.with_suffix(".md").write_text(markdown(out))
-    print(f"wrote {path} and {path.with_suffix('.md')}")
+    write(out, Path(args.out), complete=True)
+    print(f"wrote {args.out} and its .md")
     return 0
+
+
+def write(out: dict[str, Any], path: Path, complete: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_clean({**out, "complete": complete}), indent=1) + "\n")
+    path.with_suffix(".md").write_text(markdown(out))
 
 
 def _mean(values: Any) -> float:
@@ -346,16 +351,16 @@ def markdown(out: dict[str, Any]) -> str:
         "unreadable vLLM | within targets |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for r in out["estimators"]:
+    for r in out.get("estimators", []):
         lines.append(
             f"| {r['estimator']} | {r['units']} | {r['excerpts_per_unit']} | {_fmt(r['ev_max_abs_diff'])} | "
             f"{_fmt(r['correlation_max_abs_diff'])} | {_fmt(r['unparsed_rate_local'])} | "
             f"{_fmt(r['unparsed_rate_vllm'])} | {'yes' if r['within_targets'] else 'NO'} |"
         )
-    equal = sum(e["equal"] for e in out["explanations"])
+    equal = sum(e["equal"] for e in out.get("explanations", []))
     lines += [
         "",
-        f"Explanations (greedy): {equal} of {len(out['explanations'])} equal.",
+        f"Explanations (greedy): {equal} of {len(out.get('explanations', []))} equal.",
         "",
         f"`all_at_once/prompt_logprobs_exact` on vLLM: {out.get('exact_estimator_on_vllm')}",
         "",
