@@ -232,7 +232,16 @@ def _launch_hydra(
 
 # ---------------------------------------------------------------------------------------------------
 # Config keys that do not change results: a run resumes across changes of these.
-NOT_DETERMINING = ("hydra", "tracking", "output_dir", "run_name", "cache_dir", "parallel_units")
+NOT_DETERMINING = (
+    "hydra",
+    "tracking",
+    "output_dir",
+    "run_name",
+    "cache_dir",
+    "parallel_units",
+    "fail_on",
+    "warn_on",
+)
 
 
 # ... and component fields that never change results, wherever they sit (e.g. subject.cache_dir).
@@ -314,6 +323,7 @@ def run_job(cfg: Any, progress: bool = True, retry_failed: bool = False) -> Any:
         sink.close(outcome.summary, outcome.results)
     folder_lock.release()
     print_summary(name, run_dir, outcome)
+    pipeline.check_failure_rate(outcome.summary, settings)  # all units failed: exit 1, results kept
     return outcome
 
 

@@ -116,12 +116,38 @@ class ScoringConfig:
             raise ValueError(f"confidence: must be between 0.5 and 1, got {self.confidence}")
 
 
+@dataclass
+class FailOnConfig:
+    """When a finished run exits non-zero: every unit failed, or the failure rate exceeds this."""
+
+    failure_rate: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.failure_rate <= 1.0:
+            raise ValueError(
+                f"failure_rate: must be in [0, 1] (1.0: only when every unit failed), got {self.failure_rate}"
+            )
+
+
+@dataclass
+class WarnOnConfig:
+    """When a finished run ends with a warning: more simulated tokens unreadable than this."""
+
+    unparsed_rate: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.unparsed_rate <= 1.0:
+            raise ValueError(f"unparsed_rate: must be in [0, 1], got {self.unparsed_rate}")
+
+
 RUN_NODES: dict[str, type] = {
     "units": UnitsConfig,
     "mining": MiningConfig,
     "tracking": TrackingConfig,
     "control": ControlConfig,
     "scoring": ScoringConfig,
+    "fail_on": FailOnConfig,
+    "warn_on": WarnOnConfig,
 }
 
 
@@ -213,6 +239,8 @@ class RunSettings:
     cache_dir: str
     output_dir: str
     parallel_units: int = 1
+    fail_on: FailOnConfig = field(default_factory=FailOnConfig)
+    warn_on: WarnOnConfig = field(default_factory=WarnOnConfig)
 
 
 def validate(cfg: Any) -> tuple[RunSettings, dict[str, Any]]:
@@ -433,11 +461,25 @@ def llm_backends(parts: dict[str, Any]) -> list[tuple[str, Any]]:
 
 def check_ready(parts: dict[str, Any]) -> None:
     """Fail fast before any work: every HTTP backend's API key variable is set and its cache is
-    writable (``check_ready()``; no network, no model load).  One line naming the config key."""
+    writable (``check_ready()``), then its server answers (:func:`check_servers`; no model load).
+    One line naming the config key."""
     for key, llm in llm_backends(parts):
         ready = getattr(llm, "check_ready", None)
         if callable(ready):
             try:
                 ready()
+            except UserError as err:
+                raise UserError(f"{key}: {err}") from None
+    check_servers(parts)
+
+
+def check_servers(parts: dict[str, Any]) -> None:
+    """Each HTTP backend's server is asked once for its model list before any model loads: a server
+    that is down or a model it does not serve stops the run in one line naming the served models."""
+    for key, llm in llm_backends(parts):
+        check = getattr(llm, "check_server", None)
+        if callable(check):
+            try:
+                check()
             except UserError as err:
                 raise UserError(f"{key}: {err}") from None

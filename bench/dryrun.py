@@ -166,8 +166,34 @@ def format_estimate(settings: RunSettings, parts: dict[str, Any], title: str = "
     with_llm = [name for name, scorer in parts["scorers"].items() if getattr(scorer, "llm", None) is not None]
     if with_llm:
         lines.append(f"  not counted: LLM calls of scorer(s) {', '.join(with_llm)}")
+    lines += caching_notes(stages, parts)
     lines.append(
         "  input tokens ~ characters/4 of synthetic excerpts; output tokens and dollars are upper bounds (every "
         "call writes max_tokens); cached answers cost nothing; nothing was loaded or called"
     )
     return "\n".join(lines)
+
+
+def caching_notes(stages: Sequence[StageEstimate], parts: dict[str, Any]) -> list[str]:
+    """Where a provider's prompt cache could lower the bill: only prompts above its minimum length
+    (:data:`bench.llm.pricing.CACHE_MIN_TOKENS`) are cached, so say per stage whether these are.  No
+    cache discount is ever counted in the dollars (they stay an upper bound)."""
+    from bench.config import llm_backends
+    from bench.llm.pricing import cache_minimum
+
+    by_name = {_backend_name(llm): llm for _, llm in llm_backends(parts)}
+    notes = []
+    for s in stages:
+        llm = by_name.get(s.backend)
+        if llm is None or not hasattr(llm, "api_key_env") or not s.calls:
+            continue
+        minimum = cache_minimum(str(getattr(llm, "model", "")))
+        if minimum is None:
+            continue
+        per_call = s.input_tokens / s.calls
+        verdict = "above it: cache reads could lower the dollars" if per_call >= minimum else "under it: never cached"
+        notes.append(
+            f"  prompt caching ({s.stage}): {llm.model} caches prompts of {minimum:,}+ tokens; these average "
+            f"~{per_call:,.0f} -- {verdict} (no discount counted)"
+        )
+    return notes

@@ -23,3 +23,10 @@ class ConfigError(UserError):
     def __init__(self, key: str, problem: str) -> None:
         self.key = key
         super().__init__(f"config error at '{key}': {problem}")
+
+
+class RunFailed(UserError):
+    """A run that finished but must not pass for a result: every unit failed, or more than
+    ``fail_on.failure_rate`` of them.  Its results are saved; the CLI exits with code 1."""
+
+    exit_code = 1

@@ -253,7 +253,7 @@ def run(
     summary = aggregate(results, settings.scoring.bootstrap_resamples, settings.scoring.confidence, settings.seed)
     summary.update(backend_metrics(parts))  # retries, cache hits, dollars of the HTTP backends (this process)
     write_score_correlations(results, run_dir)  # score_correlations.{json,csv}: how scorers agree across units
-    warnings = specificity_warnings(summary, settings)
+    warnings = specificity_warnings(summary, settings) + unparsed_warnings(summary, settings, simulator)
     outages = sum(1 for r in results if r.status == "failed" and r.transient)
     if outages:
         warnings.append(
@@ -381,6 +381,7 @@ def score_unit(
         # unit on API backends); the usage of both stays on the simulation.
         both = simulator.simulate(explanation.text, [*scored, *cal_records])
         simulation = replace(both, sequences=both.sequences[: len(scored)])
+        extras["estimator"] = estimator_record(simulation)  # estimator, k, unreadable rate: in every result
         top_sims = simulation.sequences[: len(scoring.top)]
         random_sims = simulation.sequences[len(scoring.top) :]
         calibration_sims, calibrator, problem = None, None, None
@@ -445,6 +446,18 @@ def _minus(a: Usage, b: Usage) -> dict[str, Any]:
     } | {"dollars": a.dollars - b.dollars}
 
 
+def estimator_record(simulation: Any) -> dict[str, Any]:
+    """How the scored simulation read its values: one stable place per result (leaderboards read it)."""
+    rate = simulation.unparsed_rate
+    return {
+        "estimator": simulation.estimator,
+        "top_k": simulation.top_k,
+        "unparsed_tokens": simulation.unparsed_tokens,
+        "tokens": simulation.total_tokens,
+        "unparsed_rate": None if math.isnan(rate) else rate,
+    }
+
+
 def run_scorer(scorer: Any, ctx: ScoringContext, extras: dict[str, Any]) -> dict[str, Score]:
     """One scorer's scores; if it fails, its headline score is NaN with the reason and the other
     scorers still run (the failure counts in that score's ``failure_rate``, never as a 0)."""
@@ -503,3 +516,43 @@ def specificity_warnings(summary: dict[str, float], settings: RunSettings) -> li
             "(scores with a shuffled explanation are as good as with the real one)"
         ]
     return []
+
+
+def unparsed_warnings(summary: dict[str, float], settings: RunSettings, simulator: Any) -> list[str]:
+    """Warn when more simulated tokens than ``warn_on.unparsed_rate`` had no readable value: their EV
+    fell back to 0, so the scores describe the estimator's blind spot as much as the explanation."""
+    rate = summary.get("simulation/unparsed_rate", math.nan)
+    limit = settings.warn_on.unparsed_rate
+    if rate is None or math.isnan(rate) or rate <= limit:
+        return []
+    estimator = getattr(simulator, "recorded_estimator", getattr(simulator, "estimator", "?"))
+    k = getattr(simulator, "top_k", None)
+    head = (
+        f"{rate:.1%} of simulated tokens had no readable value (EV 0; warn_on.unparsed_rate={limit:g}) "
+        f"with estimator {estimator}"
+    )
+    if estimator.endswith("/prompt_logprobs") and k is not None:
+        return [
+            f"{head} at k={k}: no value 0..10 was among the top {k} tokens; raise simulator.top_logprobs (and "
+            "the vLLM server's --max-logprobs with simulator.llm.slot_top_k), or use "
+            "simulator.estimator=prompt_logprobs_exact on an in-process model"
+        ]
+    if k is not None:
+        return [f"{head} at k={k}: raise simulator.top_logprobs, or check the simulator's answers"]
+    return [f"{head}: the simulator's answers did not parse; check its prompt and model"]
+
+
+def check_failure_rate(summary: dict[str, float], settings: RunSettings) -> None:
+    """Raise :class:`~bench.errors.RunFailed` (exit 1) when every unit failed or the failure rate
+    exceeds ``fail_on.failure_rate``; the results are already written."""
+    from bench.errors import RunFailed
+
+    total, failed = summary.get("units/total", 0.0), summary.get("units/failed", 0.0)
+    if not total:
+        return
+    rate, limit = failed / total, settings.fail_on.failure_rate
+    if failed == total or rate > limit:
+        raise RunFailed(
+            f"run failed: {int(failed)} of {int(total)} units failed (failure rate {rate:.3f}, "
+            f"fail_on.failure_rate={limit:g}); see the failed units' stage and error in results.jsonl"
+        )

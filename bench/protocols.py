@@ -40,7 +40,10 @@ class Capability(StrEnum):
 
     GENERATE = "generate"  # sampled / greedy text
     GENERATED_LOGPROBS = "generated_logprobs"  # top logprobs of generated tokens
-    PROMPT_LOGPROBS = "prompt_logprobs"  # distributions at positions inside the prompt
+    PROMPT_LOGPROBS = "prompt_logprobs"  # distributions at positions inside the prompt (top-k, as APIs return)
+    # ... over the whole vocabulary (in-process models): what the exact estimators need; HTTP servers
+    # return only the top k alternatives per position (vLLM: at most its --max-logprobs)
+    EXACT_PROMPT_LOGPROBS = "exact_prompt_logprobs"
 
 
 @dataclass(frozen=True)
@@ -87,11 +90,18 @@ class SlotRequest:
     message's content.  For each slot the backend returns P(value | everything before the slot) for
     every string in ``values`` -- exactly, including values its tokenizer splits into several tokens
     (e.g. "10" as "1","0").
+
+    ``top_k``: read the distributions as an API returns them -- only the ``top_k`` most likely tokens at
+    each position (and at each chaining step) are visible, everything else counts as 0 -- so that an
+    in-process model and an HTTP server compute the same numbers (method.md section 5;
+    :mod:`bench.simulators.topk_values` is the one definition both use).  ``None``: the backend's own
+    default -- the whole vocabulary in-process (exact), ``slot_top_k`` over HTTP.
     """
 
     messages: tuple[ChatMessage, ...]
     slots: tuple[int, ...]
     values: tuple[str, ...] = VALUE_STRINGS
+    top_k: int | None = None
 
 
 @dataclass(frozen=True)

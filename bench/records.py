@@ -161,13 +161,18 @@ class SequenceSimulation:
 
 @dataclass(frozen=True)
 class Simulation:
-    """All excerpts a simulator predicted for one explanation, plus how it did it."""
+    """All excerpts a simulator predicted for one explanation, plus how it did it.
+
+    ``estimator`` and ``top_k`` say how values were read: ``top_k`` is the k of a top-logprob estimator
+    (the same k means the same numbers on every backend), ``None`` for exact or sampled estimators.
+    """
 
     sequences: list[SequenceSimulation]
     simulator: str
     estimator: str
     usage: Usage = field(default_factory=Usage)
     meta: dict[str, Any] = field(default_factory=dict)
+    top_k: int | None = None
 
     @property
     def unparsed_tokens(self) -> int:
@@ -176,6 +181,11 @@ class Simulation:
     @property
     def total_tokens(self) -> int:
         return sum(len(s.tokens) for s in self.sequences)
+
+    @property
+    def unparsed_rate(self) -> float:
+        """Tokens with no readable value (EV 0 fallback), of all tokens; NaN without tokens."""
+        return self.unparsed_tokens / self.total_tokens if self.total_tokens else math.nan
 
 
 @dataclass(frozen=True)
@@ -248,6 +258,7 @@ def unit_result_from_json(data: dict[str, Any]) -> UnitResult:
                 estimator=sim["estimator"],
                 usage=usage(sim.get("usage")),
                 meta=sim.get("meta", {}),
+                top_k=sim.get("top_k"),
             )
             if sim
             else None

@@ -110,6 +110,12 @@ def simulating_next_token(prefix: str) -> dict[str, float]:
     return {"0": 0.8, "1": 0.05, "unknown": 0.15}
 
 
+def chatml_render(messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+    """The server-side chat template of the fake vLLM server (ChatML, as Qwen and SmolLM2)."""
+    text = "".join(f"<|im_start|>{m['role']}\n{_content_text(m.get('content'))}<|im_end|>\n" for m in messages)
+    return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+
+
 def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
@@ -165,9 +171,17 @@ class FakeLLMServer:
         models: tuple[str, ...] | None = None,
         latency_s: float = 0.0,
         max_top_logprobs: int = 20,
+        max_model_len: int | None = None,
+        cache_min_tokens: int | str = "provider",
     ) -> None:
         self.api_key = api_key
         self.models = models
+        self.max_model_len = max_model_len  # reported by GET /v1/models (vLLM does), when models are listed
+        # Prompt caching starts at a minimum prompt length, as at the providers ("provider": their minimum
+        # for the requested model, bench.llm.pricing.cache_minimum; none for unknown models); 0: always.
+        self.cache_min_tokens = cache_min_tokens
+        # /tokenize (vLLM): how the server renders chat messages; a test may swap it to simulate a mismatch
+        self.chat_render: Callable[[list[dict[str, Any]], bool], str] = chatml_render
         self.latency_s = latency_s
         self.max_top_logprobs = max_top_logprobs
         self.faults: deque[dict[str, Any] | None] = deque()
@@ -245,6 +259,14 @@ class FakeLLMServer:
     def token_id(self, token: str) -> int:
         with self._lock:
             return self._vocab.setdefault(token, len(self._vocab) + 100)
+
+    def cache_minimum(self, model: Any) -> int:
+        """Fewest prompt tokens (OpenAI: the whole prompt; Anthropic: the marked prefix) that are cached."""
+        if self.cache_min_tokens != "provider":
+            return int(self.cache_min_tokens)
+        from bench.llm.pricing import cache_minimum
+
+        return cache_minimum(str(model or "")) or 0
 
     def _prefix_cached(self, prefix: str) -> bool:
         with self._lock:
@@ -329,6 +351,12 @@ class _Handler(BaseHTTPRequestHandler):
             if "/batches" in path or path.startswith("/v1/files"):
                 self._batch_route(method, path, body, raw)
                 return
+            if method == "GET" and path == "/v1/models" and fake.models is not None:
+                self._list_models(anthropic)
+                return
+            if method == "POST" and path == "/tokenize":
+                self._tokenize(body)
+                return
             if method != "POST":
                 self._error(404, "not_found_error", f"no route {method} {path}", anthropic)
                 return
@@ -345,6 +373,30 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             with fake._lock:
                 fake.active -= 1
+
+    def _list_models(self, anthropic: bool) -> None:
+        """``GET /v1/models`` (only when ``models`` is set; else 404, as a server without a list)."""
+        fake = self.fake
+        extra = {"max_model_len": fake.max_model_len} if fake.max_model_len and not anthropic else {}
+        if anthropic:
+            data = [
+                {"id": m, "type": "model", "display_name": m, "created_at": "2025-01-01T00:00:00Z"}
+                for m in fake.models or ()
+            ]
+            self._send(200, {"data": data, "has_more": False, "first_id": None, "last_id": None})
+            return
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake", **extra} for m in fake.models or ()]
+        self._send(200, {"object": "list", "data": data})
+
+    def _tokenize(self, body: dict[str, Any]) -> None:
+        """vLLM's ``POST /tokenize``: a ``prompt``, or ``messages`` rendered with the server's template."""
+        fake = self.fake
+        if "messages" in body:
+            text = fake.chat_render(body["messages"], bool(body.get("add_generation_prompt", True)))
+        else:
+            text = str(body.get("prompt", ""))
+        ids = [fake.token_id(t) for t in tokenize(text)]
+        self._send(200, {"count": len(ids), "max_model_len": fake.max_model_len or 8192, "tokens": ids})
 
     def _model_known(self, body: dict[str, Any], anthropic: bool) -> bool:
         model = body.get("model")
@@ -753,7 +805,7 @@ class _Handler(BaseHTTPRequestHandler):
         prompt_tokens = len(tokenize(prompt)) + 4 * len(messages)
         head = json.dumps(messages[:-1])
         cached = 0
-        if len(messages) > 1 and fake._prefix_cached(head):
+        if len(messages) > 1 and prompt_tokens >= fake.cache_minimum(body.get("model")) and fake._prefix_cached(head):
             cached = len(tokenize("".join(_content_text(m.get("content")) for m in messages[:-1])))
         logprobs = None
         if body.get("logprobs"):
@@ -938,7 +990,7 @@ class _Handler(BaseHTTPRequestHandler):
         prefix = "".join(t for t, _ in blocks[: last_mark + 1])
         total = len(tokenize("".join(t for t, _ in blocks))) + 3 * len(messages)
         cache_read = cache_write = 0
-        if last_mark >= 0:
+        if last_mark >= 0 and len(tokenize(prefix)) >= fake.cache_minimum(body.get("model")):
             n_prefix = len(tokenize(prefix))
             if fake._prefix_cached(prefix):
                 cache_read = n_prefix

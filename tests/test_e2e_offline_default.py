@@ -37,7 +37,7 @@ def test_offline_default_end_to_end(tmp_path, mlflow_store):
     assert ok, [r.error for r in outcome.results]
     for r in ok:
         assert r.explanation.explainer == "smollm2" and r.explanation.text
-        assert r.simulation.estimator == "all_at_once/prompt_logprobs"
+        assert r.simulation.estimator == "all_at_once/prompt_logprobs_exact"
         assert r.extras["provenance"]["subject"]["weights_sha256"]
         assert "correlation/top_and_random" in r.scores and "ablation" in r.scores
     run_dir = next((tmp_path / "runs").iterdir())

@@ -72,6 +72,7 @@ def test_generate_with_prefill_cache_control_and_temperature(server: FakeLLMServ
 
 
 def test_prompt_cache_reads_are_reported(server: FakeLLMServer, tmp_path: Path) -> None:
+    server.cache_min_tokens = 0  # this short prompt would be under every model's caching minimum
     client = make(server, tmp_path)
     first, second = client.generate([few_shot("REPLY: a"), few_shot("REPLY: b")])
     assert first.text == "a" and second.text == "b"
@@ -83,6 +84,33 @@ def test_prompt_cache_reads_are_reported(server: FakeLLMServer, tmp_path: Path) 
     write, fresh = stats.cache_write_tokens, stats.input_tokens - reads - stats.cache_write_tokens
     expected = fresh * 1.00 + reads * 0.10 + write * 1.25 + stats.output_tokens * 5.00
     assert stats.dollars == pytest.approx(expected / 1e6)
+
+
+@pytest.mark.parametrize("model,minimum", [("claude-haiku-4-5", 4096), ("claude-sonnet-4-5", 1024)])
+def test_prefixes_under_the_models_caching_minimum_are_not_cached(
+    server: FakeLLMServer, tmp_path: Path, model: str, minimum: int
+) -> None:
+    """Haiku 4.5 caches prefixes of 4,096+ tokens, Sonnet 1,024+: a 2,000-token prefix only on Sonnet."""
+    from bench.protocols import ChatMessage
+
+    server.models = (model,)
+    client = make(server, tmp_path, model=model)
+    system = ChatMessage("system", "rules " * 2000)
+    reqs = [
+        GenerationRequest(
+            messages=(
+                system,
+                ChatMessage("user", "ex"),
+                ChatMessage("assistant", "ans"),
+                ChatMessage("user", f"REPLY: {i}"),
+            )
+        )
+        for i in range(2)
+    ]
+    client.generate(reqs)
+    stats = client.stats
+    cached = stats.cached_input_tokens + stats.cache_write_tokens
+    assert (cached > 0) == (minimum < 2000), (model, stats)
 
 
 def test_trailing_whitespace_of_a_prefill_is_moved_to_the_reply(server: FakeLLMServer, tmp_path: Path) -> None:

@@ -125,6 +125,61 @@ def test_slot_distributions_equal_brute_force(tiny_dir: Path) -> None:
         assert all(p["10"] > 0 and p["1"] < 1 for p in result.probabilities)
 
 
+def _brute_force_top_k(llm: Any, req: SlotRequest, k: int) -> list[dict[str, float]]:
+    """What an API returning the top ``k`` logprobs gives: one forward pass per slot and per visible
+    piece, cut to the top ``k`` texts; then the shared definition (value_probabilities)."""
+    from bench.simulators.topk_values import merge_top, value_probabilities, wanted_pieces
+
+    tok, model = llm.tokenizer, llm.torch_model
+    text, start = llm.render_prefill(req.messages)
+    texts = tok.batch_decode([[i] for i in range(model.config.vocab_size)])
+
+    def top(ids: list[int]) -> dict[str, float]:
+        with torch.no_grad():
+            lp = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].float(), -1)
+        values, idx = torch.topk(lp, k)
+        return merge_top([(texts[i], v) for v, i in zip(values.tolist(), idx.tolist(), strict=True)])
+
+    out = []
+    for slot in req.slots:
+        ctx = tok.encode(text[: start + slot], add_special_tokens=False)
+        dist = top(ctx)
+        after = {
+            piece: top(ctx + tok.encode("\t" + piece, add_special_tokens=False)[1:])
+            for piece in wanted_pieces(req.values, dist, 0.0)
+        }
+        out.append(value_probabilities(req.values, dist, after))
+    return out
+
+
+@pytest.mark.parametrize("k", [1, 20, 0])
+def test_top_k_slot_distributions_equal_an_api_reading_the_top_k(tiny_dir: Path, k: int) -> None:
+    """prompt_logprobs (top-k) in-process = what a server returning the top k gives, token for token
+    (k=0 here: the whole vocabulary)."""
+    from dataclasses import replace
+
+    llm = _llm(tiny_dir)
+    k = k or llm.torch_model.config.vocab_size
+    req = replace(_request(WEIRD_TOKENS), top_k=k)
+    [result] = llm.slot_distributions([req])
+    expected = _brute_force_top_k(llm, req, k)
+    assert result.meta["top_k"] == k
+    for got, want in zip(result.probabilities, expected, strict=True):
+        for v in VALUE_STRINGS:
+            assert got[v] == pytest.approx(want[v], rel=1e-4, abs=1e-9)
+    exact = llm.slot_distributions([replace(req, top_k=None)])[0].probabilities
+    visible = sum(sum(1 for v in VALUE_STRINGS if p[v] > 0) for p in result.probabilities)
+    everywhere = sum(sum(1 for v in VALUE_STRINGS if p[v] > 0) for p in exact)
+    if k == 1:  # one visible token per slot: most values are out of sight (the test is not vacuous)
+        assert visible < everywhere
+    if k == llm.torch_model.config.vocab_size and tiny_dir.name.startswith("gpt2_split_digits"):
+        # wide enough to see every value and its chain: top-k agrees with the exact computation
+        assert visible == everywhere
+        for got, want in zip(result.probabilities, exact, strict=True):
+            for v in VALUE_STRINGS:
+                assert got[v] == pytest.approx(want[v], rel=1e-3, abs=1e-6)
+
+
 def test_deeper_chains_and_custom_values_equal_brute_force(tiny_dir: Path) -> None:
     """ "100" is three tokens with split digits; "10" then is a prefix-value too; "7 cats" has a word."""
     from dataclasses import replace
@@ -202,10 +257,10 @@ def test_simulator_end_to_end_on_a_tiny_model(tiny_dir: Path) -> None:
     from bench.records import ActivationRecord
     from bench.simulators.all_at_once import AllAtOnceSimulator
 
-    sim = AllAtOnceSimulator(llm=_llm(tiny_dir))
+    sim = AllAtOnceSimulator(llm=_llm(tiny_dir), estimator="prompt_logprobs_exact")
     records = [ActivationRecord(WEIRD_TOKENS, [float(i) for i in range(len(WEIRD_TOKENS))]), ActivationRecord([], [])]
     out = sim.simulate("cats", records)
-    assert out.estimator == "all_at_once/prompt_logprobs"
+    assert out.estimator == "all_at_once/prompt_logprobs_exact" and out.top_k is None
     seq = out.sequences[0]
     assert len(seq.expected) == len(WEIRD_TOKENS) and all(0 <= e <= 10 for e in seq.expected)
     assert seq.unparsed == 0 and seq.distributions is not None

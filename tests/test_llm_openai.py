@@ -85,8 +85,8 @@ def test_official_api_uses_max_completion_tokens(tmp_path: Path) -> None:
 
 
 def test_cached_prompt_tokens_are_reported(server: FakeLLMServer, tmp_path: Path) -> None:
-    client = make(server, tmp_path)
-    shots = (ChatMessage("system", "rules " * 50), ChatMessage("user", "example"), ChatMessage("assistant", "answer"))
+    client = make(server, tmp_path)  # a prompt above OpenAI's 1,024-token caching minimum
+    shots = (ChatMessage("system", "rules " * 1100), ChatMessage("user", "example"), ChatMessage("assistant", "answer"))
     a, b = client.generate(
         [GenerationRequest(messages=(*shots, ChatMessage("user", f"REPLY: unit {i}"))) for i in range(2)]
     )
@@ -410,6 +410,42 @@ def test_slot_distributions_via_vllm_completions(server: FakeLLMServer, tmp_path
     assert result.usage.calls == 2
     again = make(server, tmp_path, model="qwen", prompt_logprobs=True).slot_distributions([slot_request()])
     assert server.count() == 2 and again[0].probabilities == result.probabilities
+
+
+def test_slot_request_top_k_is_what_the_server_is_asked_and_read(server: FakeLLMServer, tmp_path: Path) -> None:
+    """SlotRequest.top_k=2 (the simulator's k): only the 2 best tokens count at each slot and chaining step,
+    even though vLLM adds the prompt's own token ("unknown", rank 3) to every position."""
+    from dataclasses import replace
+
+    client = make(server, tmp_path, model="qwen", prompt_logprobs=True)
+    [result] = client.slot_distributions([replace(slot_request(), top_k=2)])
+    for probs in result.probabilities:  # visible: "0" .5, "1" .25; after "\t1": "\n" .5, "0" .4 ("5" unseen)
+        assert probs["0"] == pytest.approx(0.5) and probs["2"] == 0.0 and probs["5"] == 0.0
+        assert probs["10"] == pytest.approx(0.1) and probs["1"] == pytest.approx(0.25 * (1 - 0.4))
+    echo, chain = server.log[0]["body"], server.log[1]["body"]
+    assert echo["prompt_logprobs"] == 2 and echo["logprobs"] == 2 and chain["logprobs"] == 2
+    assert result.meta["top_k"] == 2
+    with pytest.raises(ValueError, match="--max-logprobs >= 50"):
+        client.slot_distributions([replace(slot_request(), top_k=50)])
+
+
+def test_a_simulator_k_above_the_server_cap_is_a_config_error(server: FakeLLMServer, tmp_path: Path) -> None:
+    from bench.simulators.all_at_once import AllAtOnceSimulator
+
+    client = make(server, tmp_path, model="qwen", prompt_logprobs=True, slot_top_k=20)
+    with pytest.raises(ValueError, match="top_logprobs: 50 exceeds simulator.llm.slot_top_k=20"):
+        AllAtOnceSimulator(llm=client, top_logprobs=50)
+    assert AllAtOnceSimulator(llm=client, top_logprobs=20).build_request("x", ["a"]).top_k == 20
+    assert server.count() == 0
+
+
+def test_prompts_under_the_caching_minimum_are_never_cached(server: FakeLLMServer, tmp_path: Path) -> None:
+    """OpenAI caches prompts of 1,024+ tokens only: the stand-in does the same, so costs can happen."""
+    client = make(server, tmp_path)
+    shots = (ChatMessage("system", "rules " * 500), ChatMessage("user", "example"), ChatMessage("assistant", "answer"))
+    gens = client.generate([GenerationRequest(messages=(*shots, ChatMessage("user", f"REPLY: {i}"))) for i in range(3)])
+    assert all(g.usage.input_tokens < 1024 for g in gens)
+    assert [g.usage.cached_input_tokens for g in gens] == [0, 0, 0] and client.stats.cached_input_tokens == 0
 
 
 def test_slot_distributions_fallback_to_legacy_top_logprobs(server: FakeLLMServer, tmp_path: Path) -> None:

@@ -64,7 +64,10 @@ def test_pipeline_end_to_end_on_tiny_subject(family, tmp_path, corpus, mlflow_st
     ok = [r for r in outcome.results if r.status == "ok"]
     assert ok, [r.error for r in outcome.results]
     for r in ok:
-        assert r.simulation.estimator == "all_at_once/prompt_logprobs"
+        assert r.simulation.estimator == "all_at_once/prompt_logprobs_exact"
+        record = r.extras["estimator"]  # estimator, k and unreadable rate: in every result
+        assert record["estimator"] == r.simulation.estimator and record["top_k"] is None
+        assert record["tokens"] > 0 and record["unparsed_rate"] == record["unparsed_tokens"] / record["tokens"]
         assert r.explanation.explainer == "token_list"
         assert {"correlation/top_and_random", "correlation/top_only", "correlation/random_only"} <= set(r.scores)
         assert "ablation" in r.scores and "control/correlation/top_and_random" in r.scores
@@ -121,10 +124,17 @@ def test_failures_are_counted_and_kept(tmp_path, corpus, mlflow_store):
         "~explainer.llm",
         "+explainer.llm={_target_:bench.llm.fake.FakeLLM,responses:['']}",
     ]
-    outcome = run_job(compose(overrides(tmp_path, subject, corpus, mlflow_store, *extra)), progress=False)
-    assert outcome.summary["units/failed"] == 3 and outcome.summary["units/failure_rate"] == 1.0
-    assert all(r.stage == "explain" and r.error for r in outcome.results)
-    assert not any(k.startswith("score/") for k in outcome.summary)
+    from bench.errors import RunFailed
+
+    with pytest.raises(RunFailed, match="3 of 3 units failed") as info:  # exit code 1, not a silent 0
+        run_job(compose(overrides(tmp_path, subject, corpus, mlflow_store, *extra)), progress=False)
+    assert info.value.exit_code == 1
+    run_dir = next((tmp_path / "runs").iterdir())
+    summary = json.loads((run_dir / "summary.json").read_text())  # the results are kept all the same
+    assert summary["units/failed"] == 3 and summary["units/failure_rate"] == 1.0
+    results = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    assert len(results) == 3 and all(r["stage"] == "explain" and r["error"] for r in results)
+    assert not any(k.startswith("score/") for k in summary)
 
 
 def test_a_failing_scorer_is_a_nan_with_reason_and_the_others_still_score(tmp_path, corpus, mlflow_store):

@@ -77,7 +77,12 @@ def test_a_backend_without_prompt_logprobs_is_refused_before_any_call() -> None:
     with pytest.raises(UserError, match="needs prompt_logprobs.*estimators it can serve: all_at_once/generated_logpr"):
         sim.simulate("cat", [R([" cat"], [1.0])])
     assert llm.calls == []
-    assert supported_estimators(FakeLLM().capabilities) == ["prompt_logprobs", "generated_logprobs", "sampled"]
+    assert supported_estimators(FakeLLM().capabilities) == [
+        "prompt_logprobs",
+        "prompt_logprobs_exact",
+        "generated_logprobs",
+        "sampled",
+    ]
     with pytest.raises(UserError, match="estimators it can serve: none"):
         AllAtOnceSimulator(llm=FakeLLM(supports=())).simulate("cat", [R([" cat"], [1.0])])
 

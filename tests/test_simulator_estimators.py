@@ -267,6 +267,11 @@ def test_every_served_estimator_through_the_sdks(kind, make, recorded, server, k
             "all_at_once/sampled, one_at_a_time/sampled",
         ),
         (["~simulator.llm", "+simulator.llm={_target_:bench.llm.fake.FakeLLM,supports:[]}"], "none"),
+        (  # the full-vocabulary estimator: only in-process models can compute it
+            ["simulator=vllm_all_at_once_prompt_logprobs", "simulator.estimator=prompt_logprobs_exact"],
+            "all_at_once/prompt_logprobs, all_at_once/generated_logprobs, all_at_once/sampled, "
+            "one_at_a_time/logprobs, one_at_a_time/sampled",
+        ),
     ],
 )
 def test_unservable_estimators_are_refused_at_config_time(overrides: list[str], offers: str) -> None:
@@ -281,6 +286,10 @@ def test_every_estimator_is_served_by_local_and_vllm_backends() -> None:
     for option in ("smollm2_all_at_once", "vllm_all_at_once_prompt_logprobs"):
         for estimator in ("prompt_logprobs", "generated_logprobs", "sampled"):
             validate(compose([f"simulator={option}", f"simulator.estimator={estimator}"]))
+    # the offline default keeps today's numbers: it reads the whole vocabulary, recorded as such
+    _, parts = validate(compose([]))
+    assert parts["simulator"].recorded_estimator == "all_at_once/prompt_logprobs_exact"
+    assert parts["simulator"].build_request("x", ["a"]).top_k is None
     for option in ("smollm2_one_at_a_time", "vllm_one_at_a_time"):
         for estimator in ("logprobs", "sampled"):
             validate(compose([f"simulator={option}", f"simulator.estimator={estimator}"]))

@@ -264,6 +264,9 @@ class LLMExplainer:
                 "raw": gen.text,
                 "usage": asdict(gen.usage),
                 **fit,
+                # what the server counted (usage) where it answered; the fit's own count otherwise
+                "prompt_tokens": gen.usage.input_tokens or fit["prompt_tokens"],
+                "prompt_tokens_counted": fit["prompt_tokens"],
             }
             if failed:
                 meta["failed_samples"] = [{"sample_index": j, "raw": g.text} for j, g, _ in failed]

@@ -769,6 +769,65 @@ class HTTPBackend:
                 "set cache_dir or NEURONBENCH_CACHE"
             ) from None
 
+    def check_server(self) -> list[str] | None:
+        """Fail fast, before any model loads: list the server's models once (``GET /v1/models``).
+
+        A server that is down or refuses the key, or a ``model`` it does not serve, is a one-line
+        :class:`~bench.errors.UserError` (naming the served models).  What the listing says about the
+        model (vLLM: ``max_model_len``) is kept for :attr:`server_context_length`.  Returns the served
+        model ids, or None when the server has no model list (404).  Transient failures are retried
+        twice, briefly: a down server must not keep the run waiting for minutes.
+        """
+        if "_served" in self.__dict__:
+            return self.__dict__["_served"]
+        served, info = LOOP.run(self._list_models())
+        # an alias names the newest dated snapshot ("claude-haiku-4-5" -> "claude-haiku-4-5-20251001")
+        known = served is None or not served or any(m == self.model or m.startswith(self.model + "-") for m in served)
+        if not known:
+            raise UserError(
+                f"model {self.model!r} is not served by {self._server_url()}; it serves: {', '.join(served)} "
+                "(set model to one of them)"
+            )
+        object.__setattr__(self, "_served", served)
+        object.__setattr__(self, "_model_info", info)
+        return served
+
+    @property
+    def server_context_length(self) -> int | None:
+        """The served model's context length as the server reported it (vLLM's ``max_model_len``)."""
+        info = self.__dict__.get("_model_info") or {}
+        value = info.get("max_model_len") or info.get("context_length") or info.get("context_window")
+        return int(value) if isinstance(value, int | float) and value > 0 else None
+
+    def _server_url(self) -> str:
+        return str(getattr(self, "resolved_base_url", None) or self.base_url or "the provider's API")
+
+    async def _list_models(self) -> tuple[list[str] | None, dict[str, Any]]:
+        engine = self.engine
+        engine._bind()
+        for attempt in range(3):
+            try:
+                page = await engine.client.models.list()
+                rows = [m.model_dump() if hasattr(m, "model_dump") else dict(m) for m in page.data]
+                served = [str(r.get("id")) for r in rows]
+                info = next((r for r in rows if r.get("id") == self.model), {})
+                if not info:
+                    info = next((r for r in rows if str(r.get("id")).startswith(self.model + "-")), {})
+                return served, info
+            except Exception as err:  # noqa: BLE001 - every failure becomes one line
+                problem = engine.classify(err)
+                if problem.status in (404, 405):
+                    return None, {}  # no model list on this server: nothing to check
+                if problem.retryable and attempt < 2:
+                    await engine.sleep(0.5 * 2**attempt)
+                    continue
+                status = f"HTTP {problem.status}: " if problem.status is not None else ""
+                raise UserError(
+                    f"the LLM server at {self._server_url()} did not answer the model list "
+                    f"({status}{problem.message}); start it, or fix base_url / the API key"
+                ) from None
+        raise AssertionError("unreachable")
+
     def close(self) -> None:
         """Close the HTTP client and the cache; a later call reopens them (the counters carry on)."""
         engine = self.__dict__.get("_engine")

@@ -8,7 +8,8 @@ The ``anthropic`` SDK is imported on first use; limits, retries, cache and count
 * System messages become one ``system`` text block.  With ``prompt_caching`` (default) it carries
   ``cache_control: ephemeral``, and so does the last message before the final user turn: the
   instructions and the few-shot examples form a cacheable prefix shared by every unit (the API
-  caches prefixes of at least 1,024 tokens -- 2,048 for Haiku models -- and ignores shorter ones).
+  caches prefixes of at least 1,024 tokens -- 2,048 for Haiku 3/3.5, 4,096 for Haiku 4.5 and Opus 4.5
+  (:data:`bench.llm.pricing.CACHE_MIN_TOKENS`) -- and ignores shorter ones).
 * Consecutive messages of the same role are joined with a blank line (the API alternates roles).
 * ``assistant_prefix`` is sent as a prefilled assistant turn.  The API refuses a prefill that ends
   in whitespace, so trailing whitespace is cut from it and, when the reply starts with that same

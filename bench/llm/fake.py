@@ -96,7 +96,7 @@ class FakeLLM:
     sharpness: float = 2.0  # p(v) proportional to exp(-sharpness * |v - target|)
     value_mass: float = 1.0  # total probability the rule puts on the values (the rest: other tokens)
     unparsed_tokens: tuple[str, ...] = ()  # tokens (stripped) that get no mass on any value
-    supports: tuple[str, ...] = ("generate", "generated_logprobs", "prompt_logprobs")
+    supports: tuple[str, ...] = ("generate", "generated_logprobs", "prompt_logprobs", "exact_prompt_logprobs")
     max_context: int | None = None
     version: int = 1
     calls: list[Any] = field(default_factory=list, compare=False, repr=False)

@@ -21,6 +21,10 @@ Prompt-logprob slots (``slot_distributions``):
   distributions come from one more batched step over the KV cache of the prompt, with a tree
   attention mask (each extra token sees the prompt up to its slot and its own prefix only).
   How values were handled is recorded in ``SlotResult.meta``.
+* ``SlotRequest.top_k = k`` reads only what an API would return: the top ``k`` tokens at each slot
+  and at each chaining step (:mod:`bench.simulators.topk_values`, shared with the vLLM backend), so
+  ``all_at_once/prompt_logprobs`` gives the same numbers in-process and over HTTP; ``None`` is the
+  exact full-vocabulary computation above (``all_at_once/prompt_logprobs_exact``).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from bench.protocols import (
     TokenLogprobs,
 )
 from bench.records import Usage
+from bench.simulators.topk_values import chain_pieces, merge_top, value_probabilities, wanted_pieces
 
 SMOLLM2_OFFLINE = "smollm2-135m-instruct"
 DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -51,6 +56,7 @@ _LOCK = threading.RLock()
 _MODELS: dict[tuple[Any, ...], Any] = {}
 _TOKENIZERS: dict[tuple[Any, ...], Any] = {}
 _CONTINUATION_MASKS: dict[tuple[Any, ...], Any] = {}
+_TOKEN_TEXTS: dict[tuple[Any, ...], list[str]] = {}
 
 
 def clear_cache() -> None:
@@ -59,6 +65,7 @@ def clear_cache() -> None:
         _MODELS.clear()
         _TOKENIZERS.clear()
         _CONTINUATION_MASKS.clear()
+        _TOKEN_TEXTS.clear()
 
 
 @dataclass(frozen=True)
@@ -108,7 +115,14 @@ class LocalChatModel:
     # ------------------------------------------------------------------------------------------------
     @property
     def capabilities(self) -> frozenset[Capability]:
-        return frozenset({Capability.GENERATE, Capability.GENERATED_LOGPROBS, Capability.PROMPT_LOGPROBS})
+        return frozenset(
+            {
+                Capability.GENERATE,
+                Capability.GENERATED_LOGPROBS,
+                Capability.PROMPT_LOGPROBS,
+                Capability.EXACT_PROMPT_LOGPROBS,
+            }
+        )
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         from bench.model_lock import model_lock
@@ -216,6 +230,28 @@ class LocalChatModel:
                 flags = [bool(t) and t[0].isalnum() for t in texts] + [False] * (vocab_size - n)
                 _CONTINUATION_MASKS[key] = torch.tensor(flags, dtype=torch.bool)
             return _CONTINUATION_MASKS[key]
+
+    def _token_texts(self, vocab_size: int) -> list[str]:
+        """Every token id's text as an API decodes one token (cached per model)."""
+        key = (self.model, self.cache_dir, vocab_size)
+        with _LOCK:
+            if key not in _TOKEN_TEXTS:
+                tok = self.tokenizer
+                n = min(len(tok), vocab_size)
+                _TOKEN_TEXTS[key] = tok.batch_decode([[i] for i in range(n)]) + [""] * (vocab_size - n)
+            return _TOKEN_TEXTS[key]
+
+    def _top_k_logprobs(self, probs: Any, k: int) -> dict[str, float]:
+        """The ``k`` most likely tokens of a distribution as an API returns them: text -> logprob, equal
+        texts merged (what :func:`bench.simulators.topk_values.value_probabilities` reads)."""
+        import torch
+
+        texts = self._token_texts(int(probs.shape[-1]))
+        values, indices = torch.topk(probs, min(k, int(probs.shape[-1])))
+        pairs = [
+            (texts[i], math.log(v) if v > 0 else -1e30) for v, i in zip(values.tolist(), indices.tolist(), strict=True)
+        ]
+        return merge_top(pairs)
 
     def _check_length(self, n_tokens: int, extra: int, what: str) -> None:
         if n_tokens + extra > self.max_context:
@@ -378,7 +414,8 @@ class LocalChatModel:
             if e > s:
                 starts.setdefault(s, j)
         starts.setdefault(len(text), len(ids))  # a slot at the very end: the next-token distribution
-        positions, value_ids = [], []
+        positions, value_ids, piece_ids = [], [], []
+        pieces = chain_pieces(req.values) if req.top_k is not None else []
         for slot in req.slots:
             at = content_start + slot
             if not 0 <= slot <= len(req.messages[-1].content):
@@ -394,7 +431,16 @@ class LocalChatModel:
                 )
             positions.append(j)
             value_ids.append(self._value_ids(text[at - 1], req.values, value_cache))
-        return {"ids": ids, "positions": positions, "value_ids": value_ids}
+            if pieces:
+                piece_ids.append(dict(zip(pieces, self._value_ids(text[at - 1], pieces, value_cache), strict=True)))
+        return {
+            "ids": ids,
+            "positions": positions,
+            "value_ids": value_ids,
+            "top_k": req.top_k,
+            "values": req.values,
+            "piece_ids": piece_ids,
+        }
 
     def _slot_result(self, req: SlotRequest, prep: dict[str, Any], probs: list[list[float]], shared: int) -> SlotResult:
         value_ids = prep["value_ids"][0]
@@ -409,6 +455,7 @@ class LocalChatModel:
             "value_tokens": multi,
             "terminated_prefix_values": sorted(_prefix_values(req.values, value_ids)),
             "chain_min_prob": self.chain_min_prob,
+            "top_k": prep["top_k"],  # None: the whole vocabulary (exact)
             "prompt_tokens": len(prep["ids"]),
             "shared_prefix_tokens": shared,
         }
@@ -483,12 +530,28 @@ class LocalChatModel:
         model, device = self.torch_model, self.resolved_device
         vocab = first.shape[-1]
         queries: list[list[tuple[int, tuple[int, ...]]]] = []  # per row: (slot index, trie node path)
+        visible: list[list[dict[str, float]]] = []  # per top-k row and slot: the top-k distribution (text -> logprob)
+        wanted: list[list[list[str]]] = []  # per top-k row and slot: the visible pieces that are chained
         for b, p in enumerate(rows):
             qs = []
-            for s, vids in enumerate(p["value_ids"]):
-                for path in sorted(_internal_nodes(vids)):
-                    if float(first[b, s, path[0]]) > self.chain_min_prob:
-                        qs.append((s, path))
+            if p["top_k"] is None:
+                for s, vids in enumerate(p["value_ids"]):
+                    for path in sorted(_internal_nodes(vids)):
+                        if float(first[b, s, path[0]]) > self.chain_min_prob:
+                            qs.append((s, path))
+                visible.append([])
+                wanted.append([])
+            else:  # only what an API would show: the top k, then the pieces visible among them
+                dists = [self._top_k_logprobs(first[b, s], p["top_k"]) for s in range(len(p["positions"]))]
+                pieces = [wanted_pieces(p["values"], dist, self.chain_min_prob) for dist in dists]
+                nodes: set[tuple[int, tuple[int, ...]]] = set()
+                for s, slot_pieces in enumerate(pieces):
+                    for piece in slot_pieces:
+                        path = tuple(p["piece_ids"][s][piece])
+                        nodes.update((s, path[:d]) for d in range(1, len(path) + 1))
+                qs = sorted(nodes)
+                visible.append(dists)
+                wanted.append(pieces)
             queries.append(qs)
         node_probs: list[dict[tuple[int, tuple[int, ...]], Any]] = [{} for _ in rows]
         n_q = max((len(q) for q in queries), default=0)
@@ -529,6 +592,17 @@ class LocalChatModel:
 
         out_probs: list[list[list[float]]] = []
         for b, p in enumerate(rows):
+            if p["top_k"] is not None:  # the one top-k definition, shared with the HTTP backend
+                per_slot_k = []
+                for s, dist in enumerate(visible[b]):
+                    after = {
+                        piece: self._top_k_logprobs(node_probs[b][(s, tuple(p["piece_ids"][s][piece]))], p["top_k"])
+                        for piece in wanted[b][s]
+                    }
+                    probs = value_probabilities(p["values"], dist, after)
+                    per_slot_k.append([probs[v] if math.isfinite(probs[v]) else 0.0 for v in p["values"]])
+                out_probs.append(per_slot_k)
+                continue
             per_slot = []
             for s, vids in enumerate(p["value_ids"]):
                 internal = _internal_nodes(vids)

@@ -30,11 +30,14 @@ Prompt-logprob slots (``slot_distributions``; vLLM only, ``prompt_logprobs: true
     vLLM's ``prompt_logprobs=k``: the echoed ``tokens`` place every slot (a slot must start a server
     token, else ``ValueError``), ``choices[0].prompt_logprobs[i]`` (token id -> ``{logprob, rank,
     decoded_token}``) is the distribution at the slot (the legacy ``top_logprobs[i]`` as fallback).
-    Values the tokenizer splits (SmolLM2/Qwen write "10" as "1","0") are chained exactly as in the
-    local backend, with one more batched request (a list of prompts, each cut at a slot plus the
-    first piece): P("10") += P("1")·P("0" | …"1") and P("1") = P("1")·(1 − P(letter/digit next | …"1")).
-    Only the top ``slot_top_k`` tokens are visible: mass outside them counts as 0 (the smallest
-    visible mass is recorded in ``meta``).  ``chat_template``: ``chatml`` (Qwen, SmolLM2), ``llama3``,
+    Values the tokenizer splits (SmolLM2/Qwen write "10" as "1","0") are chained with one more batched
+    request (a list of prompts, each cut at a slot plus the first piece): P("10") += P("1")·P("0" | …"1")
+    and P("1") = P("1")·(1 − P(letter/digit next | …"1")).  Only the top ``k`` tokens are visible at
+    each position and each chaining step (``SlotRequest.top_k``: the simulator's recorded k; else
+    ``slot_top_k``): mass outside them counts as 0 -- exactly what the in-process backend computes for the
+    same ``top_k`` (:mod:`bench.simulators.topk_values`, the one definition).  ``slot_top_k`` is the most
+    the server returns per position (its ``--max-logprobs``, 20 by default): a request for more is refused.
+    The smallest visible mass is recorded in ``meta``.  ``chat_template``: ``chatml`` (Qwen, SmolLM2), ``llama3``,
     ``plain`` or a Jinja template string (as in a tokenizer's ``chat_template``) -- use the served
     model's own template for faithful prompts (presets add no default system prompt).
 """
@@ -42,11 +45,11 @@ Prompt-logprob slots (``slot_distributions``; vLLM only, ``prompt_logprobs: true
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.errors import UserError
 from bench.llm._http import (
     CostEstimate,
     ErrorInfo,
@@ -70,6 +73,7 @@ from bench.protocols import (
     SlotResult,
     TokenLogprobs,
 )
+from bench.simulators.topk_values import value_probabilities, wanted_pieces
 
 OFFICIAL_BASE_URL = "https://api.openai.com/v1"
 PREFILL_MODES = ("auto", "fold", "continue_final_message", "trailing_assistant")
@@ -146,11 +150,16 @@ class OpenAIChatModel(HTTPBackend):
     prefill: str = "auto"
     seed: int | None = 0
     prices: dict[str, float] | None = field(default=None, hash=False)
+    context_length: int | None = None
     name: str = ""
     version: int = 1
 
     def __post_init__(self) -> None:
         check_common_fields(self)
+        if self.context_length is not None and (isinstance(self.context_length, bool) or self.context_length < 16):
+            raise ValueError(
+                f"context_length: must be >= 16 tokens or null (ask the server), got {self.context_length}"
+            )
         if self.prefill not in PREFILL_MODES:
             raise ValueError(f"prefill: {self.prefill!r} is not one of {', '.join(PREFILL_MODES)}")
         if not 1 <= self.slot_top_k <= 100:
@@ -210,7 +219,7 @@ class OpenAIChatModel(HTTPBackend):
         for r in requests:
             if isinstance(r, SlotRequest):
                 prompt, _ = self._render_slots(r)
-                keys.append(self._slot_job(prompt).key)
+                keys.append(self._slot_job(prompt, self.slot_k(r)).key)
                 chars.append(len(prompt))
                 outs.append(1)
             else:
@@ -219,6 +228,81 @@ class OpenAIChatModel(HTTPBackend):
                 chars.append(sum(len(m.content) for m in r.messages) + len(r.assistant_prefix))
                 outs.append(r.max_tokens)
         return self._estimate(keys, chars, outs)
+
+    # ------------------------------------------------------------------------------------------------
+    # Context length, token counts and the server's own rendering (vLLM's /tokenize)
+    # ------------------------------------------------------------------------------------------------
+    @property
+    def max_context(self) -> int | None:
+        """Prompt + completion budget in tokens: ``context_length``, else what the server reported
+        (vLLM's ``max_model_len`` in ``GET /v1/models``, read by :meth:`check_server`), else unknown."""
+        return self.context_length or self.server_context_length
+
+    def check_server(self) -> list[str] | None:
+        """The model list (see :meth:`HTTPBackend.check_server`), then -- where prompts are rendered
+        client-side (``prompt_logprobs``) -- one comparison with the server's own rendering."""
+        served = super().check_server()
+        if self.prompt_logprobs and "_rendering" not in self.__dict__:
+            object.__setattr__(self, "_rendering", self.check_rendering())
+        return served
+
+    def check_rendering(self, *_: Any) -> str:
+        """Render a probe conversation with ``chat_template`` here and with the server's template there
+        (``POST /tokenize`` with ``messages``); different token ids stop the run with one line.  Returns
+        ``"equal"``, or why it could not be checked (a server without ``/tokenize``)."""
+        probe = (
+            ChatMessage("system", "Predict activations."),
+            ChatMessage("user", "Neuron 1\nExplanation: words about rain"),
+            ChatMessage("assistant", "<start>\nrain\t10\n<end>"),
+            ChatMessage("user", "Neuron 2"),
+        )
+        ours = self._tokenize({"prompt": render_chat(self.chat_template, probe, add_generation_prompt=True)})
+        theirs = self._tokenize(
+            {"messages": [{"role": m.role, "content": m.content} for m in probe], "add_generation_prompt": True}
+        )
+        if ours is None or theirs is None:
+            return "not checked: the server has no /tokenize"
+        if ours["tokens"] != theirs["tokens"]:
+            raise UserError(
+                f"chat_template {self._template_label()!r} renders prompts differently from the server's own chat "
+                f"template ({len(ours['tokens'])} vs {len(theirs['tokens'])} tokens for the same messages); set "
+                "chat_template to the served model's template (a preset or its Jinja string)"
+            )
+        return "equal"
+
+    def count_tokens(self, messages: Sequence[ChatMessage], assistant_prefix: str = "") -> int:
+        """Prompt length in tokens: the server's count (vLLM ``/tokenize``) where it has one; else a
+        conservative estimate (characters / 3: ``token<TAB>value`` lines are token-dense)."""
+        text = render_chat(self.chat_template, messages, add_generation_prompt=True) + assistant_prefix
+        counted = self._tokenize({"prompt": text}) if self.base_url is not None else None
+        if counted is not None:
+            return int(counted.get("count") or len(counted["tokens"]))
+        return math.ceil(sum(len(m.content) + 16 for m in messages) / 3) + math.ceil(len(assistant_prefix) / 3)
+
+    def _template_label(self) -> str:
+        return self.chat_template if self.chat_template in CHAT_TEMPLATES else "custom"
+
+    def _tokenize(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """``POST {server}/tokenize`` (vLLM; beside ``/v1``); None when the server has none (404 ...)."""
+        import json
+        import urllib.error
+        import urllib.request
+
+        if self.__dict__.get("_no_tokenize") or self.base_url is None:
+            return None
+        root = self.resolved_base_url.removesuffix("/v1")
+        headers = {"Content-Type": "application/json"}
+        if self.api_key_env is not None:
+            headers["Authorization"] = f"Bearer {self._api_key()}"
+        request = urllib.request.Request(
+            f"{root}/tokenize", data=json.dumps({"model": self.model, **body}).encode(), headers=headers
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=min(self.timeout_s, 30.0)) as response:  # noqa: S310
+                return json.loads(response.read())
+        except (urllib.error.URLError, OSError, ValueError):
+            object.__setattr__(self, "_no_tokenize", True)  # ask once; fall back from then on
+            return None
 
     # ------------------------------------------------------------------------------------------------
     # SDK plumbing
@@ -332,16 +416,27 @@ class OpenAIChatModel(HTTPBackend):
         head = render_chat(self.chat_template, r.messages[:-1], add_generation_prompt=True)
         return head + r.messages[-1].content, len(head)
 
-    def _completions_job(self, prompt: str | list[str], echo: bool, kind: str) -> Job:
+    def slot_k(self, r: SlotRequest) -> int:
+        """How many alternatives per position a slot request reads: its own ``top_k`` (the simulator's
+        recorded k, the same in-process), else ``slot_top_k``; never more than the server returns."""
+        k = self.slot_top_k if r.top_k is None else int(r.top_k)
+        if k > self.slot_top_k:
+            raise ValueError(
+                f"{self.name}: a request reads the top {k} logprobs but slot_top_k={self.slot_top_k} (the server's "
+                f"--max-logprobs); start the server with --max-logprobs >= {k} and set slot_top_k to match"
+            )
+        return k
+
+    def _completions_job(self, prompt: str | list[str], echo: bool, kind: str, k: int) -> Job:
         params: dict[str, Any] = {
             "model": self.model,
             "prompt": prompt,
             "max_tokens": 1,
             "temperature": 0.0,
-            "logprobs": self.slot_top_k,
+            "logprobs": k,
             "echo": echo,
         }
-        extra = {"prompt_logprobs": self.slot_top_k} if echo else {}
+        extra = {"prompt_logprobs": k} if echo else {}
         key = cache_key(
             {
                 "provider": "openai-completions",
@@ -359,8 +454,8 @@ class OpenAIChatModel(HTTPBackend):
 
         return Job(key=key, send=send, est_tokens=chars // 4 + 1, request={**params, **extra})
 
-    def _slot_job(self, prompt: str) -> Job:
-        return self._completions_job(prompt, echo=True, kind="slots")
+    def _slot_job(self, prompt: str, k: int) -> Job:
+        return self._completions_job(prompt, echo=True, kind="slots", k=k)
 
 
 class _SlotRun:
@@ -374,28 +469,29 @@ class _SlotRun:
     def run(self) -> list[SlotResult]:
         b = self.b
         rendered = [b._render_slots(r) for r in self.requests]
-        first = b.engine.run([b._slot_job(prompt) for prompt, _ in rendered])
+        ks = [b.slot_k(r) for r in self.requests]
+        first = b.engine.run([b._slot_job(prompt, k) for (prompt, _), k in zip(rendered, ks, strict=True)])
         dists: list[list[dict[str, float]]] = []
-        for r, (prompt, head), outcome in zip(self.requests, rendered, first, strict=True):
+        for r, (prompt, head), outcome, k in zip(self.requests, rendered, first, ks, strict=True):
             if outcome.error is not None:
                 raise outcome.error
             assert outcome.value is not None
-            dists.append(_slot_distributions(outcome.value["result"], prompt, [head + s for s in r.slots], b.name))
+            dists.append(_slot_distributions(outcome.value["result"], prompt, [head + s for s in r.slots], b.name, k))
         # Chaining: for each slot, every visible first piece u of a value that either prefixes another
         # value ("1" of "10") or is only the start of one (a split "10").
         chains: list[list[tuple[int, str]]] = []
         for r, slot_dists in zip(self.requests, dists, strict=True):
-            wanted: list[tuple[int, str]] = []
-            for j, dist in enumerate(slot_dists):
-                for piece in _chain_pieces(r.values):
-                    if piece in dist and math.exp(dist[piece]) > b.chain_min_prob:
-                        wanted.append((j, piece))
+            wanted = [
+                (j, piece)
+                for j, dist in enumerate(slot_dists)
+                for piece in wanted_pieces(r.values, dist, b.chain_min_prob)
+            ]
             chains.append(wanted)
         jobs, owners = [], []
         for i, ((prompt, head), r, wanted) in enumerate(zip(rendered, self.requests, chains, strict=True)):
             if wanted:
                 prompts = [prompt[: head + r.slots[j]] + piece for j, piece in wanted]
-                jobs.append(b._completions_job(prompts, echo=False, kind="chain"))
+                jobs.append(b._completions_job(prompts, echo=False, kind="chain", k=ks[i]))
                 owners.append(i)
         second = b.engine.run(jobs) if jobs else []
         next_dists: dict[int, list[dict[str, float]]] = {}
@@ -404,7 +500,7 @@ class _SlotRun:
             if outcome.error is not None:
                 raise outcome.error
             assert outcome.value is not None
-            next_dists[i] = [_first_generated(choice) for choice in outcome.value["result"]["choices"]]
+            next_dists[i] = [_first_generated(choice, ks[i]) for choice in outcome.value["result"]["choices"]]
             chain_outcomes[i] = outcome
 
         results = []
@@ -412,7 +508,7 @@ class _SlotRun:
             after: list[dict[str, dict[str, float]]] = [{} for _ in dists[i]]
             for (j, piece), nd in zip(chains[i], next_dists.get(i, []), strict=True):
                 after[j][piece] = nd
-            probabilities = [_value_probabilities(r.values, d, a) for d, a in zip(dists[i], after, strict=True)]
+            probabilities = [value_probabilities(r.values, d, a) for d, a in zip(dists[i], after, strict=True)]
             visible = [sum(math.exp(lp) for lp in d.values()) for d in dists[i]]
             usage = b.engine.spent(first[i].value.get("usage") or {}, first[i])  # type: ignore[union-attr]
             if i in chain_outcomes:
@@ -423,7 +519,7 @@ class _SlotRun:
                     usage=usage,
                     meta={
                         "method": "vllm_completions_echo_prompt_logprobs",
-                        "top_k": b.slot_top_k,
+                        "top_k": ks[i],
                         "chained_slots": len({j for j, _ in chains[i]}),
                         "chain_min_prob": b.chain_min_prob,
                         "min_visible_mass": min(visible) if visible else None,
@@ -500,9 +596,10 @@ def _strip_echoed_prefix(
 
 
 def _slot_distributions(
-    result: dict[str, Any], prompt: str, offsets: list[int], backend: str
+    result: dict[str, Any], prompt: str, offsets: list[int], backend: str, k: int | None = None
 ) -> list[dict[str, float]]:
-    """The distribution (token text -> logprob) at each character offset of ``prompt``."""
+    """The distribution (token text -> logprob) at each character offset of ``prompt``: its top ``k``
+    by rank (vLLM adds the prompt's own token to each position even when it is not among them)."""
     choice = result["choices"][0]
     tokens, legacy, plp = choice.get("tokens"), choice.get("top_logprobs"), choice.get("prompt_logprobs")
     if tokens is None:
@@ -528,47 +625,24 @@ def _slot_distributions(
                 f"with the text before: {prompt[max(0, offset - 12) : offset + 6]!r}); put a separator before slots"
             )
         if plp is not None and plp[i] is not None:
-            dist = merge_top([[entry.get("decoded_token") or "", entry["logprob"]] for entry in plp[i].values()])
+            entries = [e for e in plp[i].values() if k is None or e.get("rank") is None or int(e["rank"]) <= k]
+            dist = merge_top([[entry.get("decoded_token") or "", entry["logprob"]] for entry in entries])
         elif legacy is not None and legacy[i] is not None:
-            dist = merge_top(list(legacy[i].items()))
+            ranked = sorted(legacy[i].items(), key=lambda kv: -float(kv[1]))
+            dist = merge_top(ranked if k is None else ranked[:k])
         else:
             raise ValueError(f"{backend}: no logprobs at prompt position {i}")
         out.append(dist)
     return out
 
 
-def _first_generated(choice: dict[str, Any]) -> dict[str, float]:
+def _first_generated(choice: dict[str, Any], k: int | None = None) -> dict[str, float]:
+    """The top ``k`` alternatives of the one generated token (servers may add the sampled token)."""
     top = choice.get("top_logprobs")
     if not top or top[0] is None:
         raise ValueError("the chaining request returned no logprobs")
-    return merge_top(list(top[0].items()))
-
-
-def _chain_pieces(values: Sequence[str]) -> list[str]:
-    """Proper prefixes of values that matter: a value that prefixes another, or a piece of a value."""
-    pieces = {v[:n] for v in values for n in range(1, len(v))}
-    return sorted(pieces)
-
-
-_CONTINUES = re.compile(r"^[^\W_]", re.UNICODE)  # a letter or digit
-
-
-def _value_probabilities(
-    values: Sequence[str], dist: dict[str, float], after: dict[str, dict[str, float]]
-) -> dict[str, float]:
-    """P(value) at a slot from the visible distribution and the next-token distributions after pieces."""
-    probs: dict[str, float] = {}
-    for v in values:
-        p = math.exp(dist[v]) if v in dist else 0.0
-        if v in after:  # v prefixes another value: complete only if nothing alphanumeric follows
-            follow = sum(math.exp(lp) for tok, lp in after[v].items() if _CONTINUES.match(tok))
-            p *= max(0.0, 1.0 - follow)
-        for n in range(1, len(v)):  # v written as piece + rest (one more token)
-            piece, rest = v[:n], v[n:]
-            if piece in after and piece in dist and rest in after[piece]:
-                p += math.exp(dist[piece]) * math.exp(after[piece][rest])
-        probs[v] = p
-    return probs
+    ranked = sorted(top[0].items(), key=lambda kv: -float(kv[1]))
+    return merge_top(ranked if k is None else ranked[:k])
 
 
 __all__ = ["OpenAIChatModel", "render_chat", "CHAT_TEMPLATES", "VALUE_STRINGS"]

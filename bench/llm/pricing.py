@@ -96,3 +96,29 @@ def resolve(model: str, prices: Mapping[str, float] | None) -> Prices | None:
             cache_write=None if prices.get("cache_write") is None else float(prices["cache_write"]),
         )
     return lookup(model)
+
+
+# Prompt caching applies only to prompts of at least this many tokens (a shorter prompt is billed in
+# full, however often it repeats).  OpenAI: 1,024 for every model that caches (hits in 128-token steps);
+# Anthropic, per model (its prompt-caching docs, late 2025): Opus 4.5 and Haiku 4.5 4,096; Haiku 3 / 3.5
+# 2,048; Sonnet and the older Opus 1,024.  Keys match like PRICE_TABLE's (longest prefix).
+CACHE_MIN_TOKENS: dict[str, int] = {
+    "gpt-": 1024,
+    "o1": 1024,
+    "o3": 1024,
+    "o4": 1024,
+    "claude-opus-4-5": 4096,
+    "claude-haiku-4-5": 4096,
+    "claude-3-5-haiku": 2048,
+    "claude-3-haiku": 2048,
+    "claude-sonnet-4": 1024,
+    "claude-3-7-sonnet": 1024,
+    "claude-opus-4": 1024,
+}
+
+
+def cache_minimum(model: str) -> int | None:
+    """The provider's minimum prompt length for prompt caching, or None when unknown (e.g. a local
+    server, whose prefix cache has no minimum and no price)."""
+    matches = [key for key in CACHE_MIN_TOKENS if model.startswith(key)]
+    return CACHE_MIN_TOKENS[max(matches, key=len)] if matches else None

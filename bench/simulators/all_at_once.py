@@ -5,8 +5,13 @@
 * ``prompt_logprobs`` (a) -- the prompt shows a few example neurons whose excerpts switch from
   ``unknown`` to real values part-way through, then the target excerpt with **every** value written
   as ``unknown`` (an assistant prefill).  The backend returns the distribution over "0".."10" at the
-  start of each ``unknown``; its expected value is the simulated activation.  Needs prompt logprobs
-  (local transformers models, vLLM).
+  start of each ``unknown``; its expected value is the simulated activation.  As in the reference
+  (method.md section 5) it is read from the **top ``top_logprobs`` tokens** only (values outside them
+  count as 0, the rest is renormalised; a slot with no value among them is *unparsed*) -- the same
+  definition on every backend (:mod:`bench.simulators.topk_values`), so a local model and a vLLM
+  server give the same numbers.  Needs prompt logprobs (local transformers models, vLLM).
+* ``prompt_logprobs_exact`` -- the same prompt, the distribution over the whole vocabulary (no value is
+  ever out of sight).  Only in-process models can compute it; HTTP backends are refused in one line.
 * ``generated_logprobs`` (b) -- the user message holds the excerpt with every value ``unknown``; the
   model writes it back as ``token<TAB>value`` lines (the few-shot answers show how).  The lines are
   matched back to the excerpt's tokens (:func:`bench.simulators.parsing.match_lines`) and the top
@@ -54,6 +59,7 @@ ESTIMATOR_NEEDS: dict[str, frozenset[Capability]] = {
     name: ESTIMATORS[f"{STRATEGY}/{name}"] for name in estimators_of(STRATEGY)
 }
 GENERATION_ESTIMATORS = ("generated_logprobs", "sampled")
+SLOT_ESTIMATORS = ("prompt_logprobs", "prompt_logprobs_exact")
 WRITE_BACK = (
     f"Write the excerpt again between {START} and {END}, one line per token as token<TAB>activation, in the "
     f"same order, copying every token exactly as written above (escapes included) and replacing each "
@@ -133,7 +139,10 @@ class AllAtOnceSimulator(EstimatorChoice):
 
     ``samples``: calls per excerpt whose per-token distributions are averaged (generation estimators;
     for ``sampled`` the histogram of the k integers).  ``temperature``: null means 0 for one sample and
-    1.0 for several.  ``top_logprobs``: alternatives asked for at every generated token (OpenAI: <= 20).
+    1.0 for several.  ``top_logprobs``: the ``k`` of every top-logprob estimator, recorded as
+    ``Simulation.top_k``: alternatives asked for at every generated token (OpenAI: <= 20), and for
+    ``prompt_logprobs`` the tokens visible at every slot (<= 100; a vLLM server must allow it with
+    ``--max-logprobs``).
     """
 
     strategy = STRATEGY  # not a field: EstimatorChoice reads it
@@ -155,9 +164,15 @@ class AllAtOnceSimulator(EstimatorChoice):
                 f"estimator: {self.estimator!r} is not an all-at-once estimator; use one of "
                 f"{', '.join(ESTIMATOR_NEEDS)} (or simulator=<..._one_at_a_time> for the one-at-a-time strategy)"
             )
-        check_sampling_fields(self)
-        if self.estimator == "prompt_logprobs" and self.samples != 1:
-            raise ValueError("samples: prompt_logprobs reads exact distributions; samples must be 1")
+        check_sampling_fields(self, max_top=100 if self.estimator == "prompt_logprobs" else 20)
+        if self.estimator in SLOT_ESTIMATORS and self.samples != 1:
+            raise ValueError(f"samples: {self.estimator} reads distributions, not samples; samples must be 1")
+        cap = getattr(self.llm, "slot_top_k", None)
+        if self.estimator == "prompt_logprobs" and isinstance(cap, int) and self.top_logprobs > cap:
+            raise ValueError(
+                f"top_logprobs: {self.top_logprobs} exceeds simulator.llm.slot_top_k={cap} (the most the server "
+                f"returns per position, its --max-logprobs); lower top_logprobs or raise both"
+            )
         object.__setattr__(self, "few_shot", _parse_examples(self.few_shot))
 
     # ------------------------------------------------------------------------------------------------
@@ -176,7 +191,7 @@ class AllAtOnceSimulator(EstimatorChoice):
         messages.append(ChatMessage("user", self._user_text(len(self.few_shot) + 1, explanation)))
         body, slots = format_unknown_excerpt(tokens)
         messages.append(ChatMessage("assistant", body))
-        return SlotRequest(messages=tuple(messages), slots=tuple(slots), values=VALUE_STRINGS)
+        return SlotRequest(messages=tuple(messages), slots=tuple(slots), values=VALUE_STRINGS, top_k=self.top_k)
 
     def build_generation_requests(self, explanation: str, tokens: Sequence[str]) -> list[GenerationRequest]:
         """The ``samples`` chat requests for one excerpt (generation estimators; exposed for tests)."""
@@ -201,7 +216,7 @@ class AllAtOnceSimulator(EstimatorChoice):
     def requests(self, explanation: str, records: Sequence[ActivationRecord]) -> list[Any]:
         """Every request ``simulate`` sends for these records (dry runs count them)."""
         live = [r for r in records if r.tokens]
-        if self.estimator == "prompt_logprobs":
+        if self.estimator in SLOT_ESTIMATORS:
             return [self.build_request(explanation, r.tokens) for r in live]
         return [q for r in live for q in self.build_generation_requests(explanation, r.tokens)]
 
@@ -219,9 +234,16 @@ class AllAtOnceSimulator(EstimatorChoice):
     # ------------------------------------------------------------------------------------------------
     def simulate(self, explanation: str, records: Sequence[ActivationRecord]) -> Simulation:
         self.check_backend()
-        if self.estimator == "prompt_logprobs":
+        if self.estimator in SLOT_ESTIMATORS:
             return self._simulate_slots(explanation, records)
         return self._simulate_generated(explanation, records)
+
+    @property
+    def top_k(self) -> int | None:
+        """The recorded ``k``: how many top logprobs each value is read from (None: exact or sampled)."""
+        if self.estimator in ("prompt_logprobs", "generated_logprobs"):
+            return self.top_logprobs
+        return None
 
     def _meta(self) -> dict[str, Any]:
         return {
@@ -271,7 +293,12 @@ class AllAtOnceSimulator(EstimatorChoice):
             "mismatched_samples": mismatched,
         }
         return Simulation(
-            sequences=sequences, simulator=self.name, estimator=self.recorded_estimator, usage=usage, meta=meta
+            sequences=sequences,
+            simulator=self.name,
+            estimator=self.recorded_estimator,
+            usage=usage,
+            meta=meta,
+            top_k=self.top_k,
         )
 
     def _read_generation(
@@ -348,21 +375,28 @@ class AllAtOnceSimulator(EstimatorChoice):
             **self._meta(),
         }
         return Simulation(
-            sequences=sequences, simulator=self.name, estimator=self.recorded_estimator, usage=usage, meta=meta
+            sequences=sequences,
+            simulator=self.name,
+            estimator=self.recorded_estimator,
+            usage=usage,
+            meta=meta,
+            top_k=self.top_k,
         )
 
 
 # ---------------------------------------------------------------------------------------------------
 # Shared by the generation estimators (also used by the one-at-a-time simulator)
 # ---------------------------------------------------------------------------------------------------
-def check_sampling_fields(obj: Any) -> None:
+def check_sampling_fields(obj: Any, max_top: int = 20) -> None:
     """``__post_init__`` checks of ``samples`` / ``temperature`` / ``top_logprobs`` (ValueError "field: ...")."""
     if isinstance(obj.samples, bool) or not isinstance(obj.samples, int) or obj.samples < 1:
         raise ValueError(f"samples: must be an integer >= 1, got {obj.samples!r}")
     if obj.temperature is not None and not 0.0 <= float(obj.temperature) <= 2.0:
         raise ValueError(f"temperature: must be in [0, 2] or null (auto), got {obj.temperature}")
-    if isinstance(obj.top_logprobs, bool) or not isinstance(obj.top_logprobs, int) or not 1 <= obj.top_logprobs <= 20:
-        raise ValueError(f"top_logprobs: must be an integer in 1..20 (OpenAI's maximum), got {obj.top_logprobs!r}")
+    top = obj.top_logprobs
+    if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= max_top:
+        why = "OpenAI's maximum" if max_top == 20 else "prompt logprobs"
+        raise ValueError(f"top_logprobs: must be an integer in 1..{max_top} ({why}), got {top!r}")
 
 
 def one_hot(value: int | None) -> list[float] | None:

@@ -14,10 +14,15 @@ from bench.errors import UserError
 from bench.protocols import Capability
 
 GENERATE, GENERATED, PROMPT = Capability.GENERATE, Capability.GENERATED_LOGPROBS, Capability.PROMPT_LOGPROBS
+EXACT = Capability.EXACT_PROMPT_LOGPROBS
 
 # "<strategy>/<estimator>" -> capabilities the backend must offer; in order of fidelity per strategy.
 ESTIMATORS: dict[str, frozenset[Capability]] = {
-    "all_at_once/prompt_logprobs": frozenset({PROMPT}),  # (a) distribution at every "unknown" of the prompt
+    # (a) distribution at every "unknown" of the prompt, read from its top k tokens (the reference definition:
+    # the same numbers in-process and on vLLM for the same recorded k) ...
+    "all_at_once/prompt_logprobs": frozenset({PROMPT}),
+    # ... or from the whole vocabulary (in-process models only; an API returns at most its top k)
+    "all_at_once/prompt_logprobs_exact": frozenset({PROMPT, EXACT}),
     "all_at_once/generated_logprobs": frozenset({GENERATE, GENERATED}),  # (b) top logprobs of written values
     "all_at_once/sampled": frozenset({GENERATE}),  # (c) logprob-free: parsed integers, k samples averaged
     "one_at_a_time/logprobs": frozenset({GENERATE, GENERATED}),  # top logprobs of one generated token

@@ -159,7 +159,12 @@ class OneAtATimeSimulator(EstimatorChoice):
             **({"top_logprobs": self.top_logprobs, **counts} if self.estimator == "logprobs" else {}),
         }
         return Simulation(
-            sequences=sequences, simulator=self.name, estimator=self.recorded_estimator, usage=usage, meta=meta
+            sequences=sequences,
+            simulator=self.name,
+            estimator=self.recorded_estimator,
+            usage=usage,
+            meta=meta,
+            top_k=self.top_logprobs if self.estimator == "logprobs" else None,
         )
 
     def _read(self, generation: Any, counts: dict[str, int]) -> list[float] | None:
