@@ -60,11 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     cmp_p.add_argument("run_b", help="run folder of run B")
     cmp_p.add_argument("--score", default="correlation/top_and_random", help="score to compare")
     cmp_p.add_argument("--json", action="store_true", help="print the comparison as JSON")
-    lb_p = sub.add_parser("leaderboard", help="write results/<name>/leaderboard.md from run folders")
+    lb_p = sub.add_parser("leaderboard", help="write leaderboard.{md,csv,html,tex} and plots from run folders")
     lb_p.add_argument("run_dirs", nargs="*", help="run folders to include (default: every run under --runs)")
     lb_p.add_argument("--runs", default="runs", help="folder holding run folders (default: runs)")
-    lb_p.add_argument("--out", default="results/offline_default", help="output folder")
+    lb_p.add_argument(
+        "--out", default=None, help="output folder (default: a new outputs/leaderboards/<UTC time>/ per call)"
+    )
     lb_p.add_argument("--title", default="neuronbench leaderboard", help="heading of the markdown file")
+    lb_p.add_argument("--score", default="correlation/top_and_random", help="score that ranks the runs")
+    lb_p.add_argument("--no-pairing", action="store_true", help="skip paired differences (runs over other units)")
+    lb_p.add_argument("--no-plots", action="store_true", help="write the tables only")
     args, extra = parser.parse_known_args(argv)
     try:
         if args.command == "run":
@@ -78,7 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "leaderboard":
             from bench.leaderboard import write_leaderboard
 
-            print(write_leaderboard(Path(args.runs), Path(args.out), args.title, args.run_dirs))
+            out = Path(args.out) if args.out else None
+            md = write_leaderboard(
+                Path(args.runs), out, args.title, args.run_dirs, args.score, not args.no_pairing, not args.no_plots
+            )
+            print(f"leaderboard: {md} (+ .csv .html .tex .json{'' if args.no_plots else ', plots/'})")
             return 0
     except UserError as err:
         print(f"neuronbench: {err}", file=sys.stderr)

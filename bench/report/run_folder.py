@@ -1,0 +1,80 @@
+"""A finished run folder (``runs/<name>-<hash>/``) read once into one typed object.
+
+The leaderboard, the plots and the viewer all read the same files (config.json, summary.json,
+results.jsonl, train_excerpts.jsonl), so they read them here and agree on what a run is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.errors import UserError
+from bench.records import UnitResult
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    path: Path
+    config: dict[str, Any]
+    summary: dict[str, float]
+    results: list[UnitResult]
+    train: dict[str, dict[str, Any]] = field(default_factory=dict)  # unit key -> {"top": [...], "random": [...]}
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def metric(self, key: str) -> float:
+        value = self.summary.get(key)
+        return math.nan if value is None else float(value)
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """What the units were recorded from (subject info, excerpt fingerprint), from the first unit."""
+        for r in self.results:
+            if r.extras.get("provenance"):
+                return dict(r.extras["provenance"])
+        return {}
+
+    @property
+    def unit_keys(self) -> list[str]:
+        return [r.unit.key for r in self.results]
+
+
+def run_folders(runs_dir: Path, selected: list[str] | None = None) -> list[Path]:
+    """The run folders to read: those named, or every finished one (with summary.json) under ``runs_dir``."""
+    if selected:
+        return [Path(s) for s in selected]
+    return sorted(p.parent for p in Path(runs_dir).glob("*/summary.json"))
+
+
+def read_run(path: Path, command: str = "leaderboard") -> RunFolder:
+    """Read one finished run folder; a folder that is not one is a one-line :class:`UserError`."""
+    from bench.compare import load_results
+
+    path = Path(path)
+    for name in ("summary.json", "config.json", "results.jsonl"):
+        if not (path / name).exists():
+            raise UserError(
+                f"{command}: {path} has no {name} (not a finished run folder; give runs/<name>-<hash> "
+                "after `neuronbench run` finished)"
+            )
+    summary = {k: (math.nan if v is None else v) for k, v in json.loads((path / "summary.json").read_text()).items()}
+    train: dict[str, dict[str, Any]] = {}
+    train_path = path / "train_excerpts.jsonl"
+    if train_path.exists():
+        for line in train_path.read_text().splitlines():
+            if line.strip():
+                item = json.loads(line)
+                train[item["unit"]] = item
+    return RunFolder(
+        path=path,
+        config=json.loads((path / "config.json").read_text()),
+        summary=summary,
+        results=load_results(str(path)),
+        train=train,
+    )
