@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     lb_p.add_argument("--score", default="correlation/top_and_random", help="score that ranks the runs")
     lb_p.add_argument("--no-pairing", action="store_true", help="skip paired differences (runs over other units)")
     lb_p.add_argument("--no-plots", action="store_true", help="write the tables only")
+    view_p = sub.add_parser("view", help="write a static HTML site of one run (units, excerpts, scores)")
+    view_p.add_argument("run_dir", help="run folder (runs/<name>-<hash>)")
+    view_p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/viewer)")
     args, extra = parser.parse_known_args(argv)
     try:
         if args.command == "run":
@@ -89,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"leaderboard: {md} (+ .csv .html .tex .json{'' if args.no_plots else ', plots/'})")
             return 0
+        if args.command == "view":
+            return command_view(args.run_dir, args.out)
     except UserError as err:
         print(f"neuronbench: {err}", file=sys.stderr)
         return err.exit_code
@@ -132,6 +137,19 @@ def command_compare(run_a: str, run_b: str, score: str, as_json: bool) -> int:
         f"paired permutation p = {c.p_value:.4g}) over {c.n_pairs} paired units "
         f"(A mean {c.mean_a:.4f}, B mean {c.mean_b:.4f}; {c.n_unpaired} units unpaired: missing, failed or NaN)"
     )
+    return 0
+
+
+def command_view(run_dir: str, out: str | None) -> int:
+    """Write the viewer site; mirror it to the run's MLflow run when it has one."""
+    from bench.report.viewer import write_site
+    from bench.tracking.mlflow_site import log_site
+
+    index = write_site(Path(run_dir), Path(out) if out else None)
+    print(f"viewer: {index.resolve().as_uri()}")
+    logged = log_site(Path(run_dir), index.parent)
+    if logged:
+        print(f"viewer: logged to MLflow run {logged} as artifacts viewer/")
     return 0
 
 

@@ -22,6 +22,7 @@ from bench.errors import UserError
 from bench.explainers.best_of_k import explain_unit
 from bench.protocols import ScoringContext, Simulator, Sink
 from bench.records import Explanation, Score, UnitRecord, UnitResult, Usage
+from bench.report.run_folder import write_train_excerpts
 from bench.scorers import metrics
 from bench.scorers.calibration import CalibrationError, fit_calibration
 from bench.scorers.correlation import pooled
@@ -140,6 +141,7 @@ def run(
     scorers = list(parts["scorers"].values())
     run_dir.mkdir(parents=True, exist_ok=True)
     records, provenance = load_records(settings, subject, parts["dataset"])
+    write_train_excerpts(run_dir, records, settings.units.examples_per_split)  # what the explainer saw (viewer)
     explanations = explain_all(settings, parts["explainer"], simulator, records, run_dir, progress)
     controls = assign_controls(settings, [k for k in records if explanations[k][0] is not None])
 

@@ -65,7 +65,7 @@ def read_run(path: Path, command: str = "leaderboard") -> RunFolder:
             )
     summary = {k: (math.nan if v is None else v) for k, v in json.loads((path / "summary.json").read_text()).items()}
     train: dict[str, dict[str, Any]] = {}
-    train_path = path / "train_excerpts.jsonl"
+    train_path = path / TRAIN_EXCERPTS
     if train_path.exists():
         for line in train_path.read_text().splitlines():
             if line.strip():
@@ -78,3 +78,34 @@ def read_run(path: Path, command: str = "leaderboard") -> RunFolder:
         results=load_results(str(path)),
         train=train,
     )
+
+
+TRAIN_EXCERPTS = "train_excerpts.jsonl"
+
+
+def write_train_excerpts(run_dir: Path, records: dict[str, Any], examples_per_split: int) -> Path:
+    """The train split of every unit (the excerpts the explainer saw), once per run folder.
+
+    Written by the pipeline so the viewer can show them without the record cache or the model;
+    a resumed run keeps the file it has (the split is a pure function of the records).
+    """
+    from bench.splits import make_splits
+
+    path = Path(run_dir) / TRAIN_EXCERPTS
+    if path.exists():
+        return path
+    lines = []
+    for key, record in records.items():
+        train = make_splits(record, examples_per_split).train
+        item = {
+            "unit": key,
+            **{
+                part: [{"tokens": r.tokens, "activations": r.activations} for r in getattr(train, part)]
+                for part in ("top", "random")
+            },
+        }
+        lines.append(json.dumps(item) + "\n")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(lines))
+    tmp.replace(path)
+    return path
