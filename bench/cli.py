@@ -73,6 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     view_p = sub.add_parser("view", help="write a static HTML site of one run (units, excerpts, scores)")
     view_p.add_argument("run_dir", help="run folder (runs/<name>-<hash>)")
     view_p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/viewer)")
+    card_p = sub.add_parser("card", help="benchmark cards: freeze a benchmark definition (results/cards/)")
+    card_sub = card_p.add_subparsers(dest="card_command", required=True)
+    create_p = card_sub.add_parser("create", help="write results/cards/NAME.vN.yaml from conf/ + overrides")
+    create_p.add_argument("name", help="card name (letters, digits, _ and -); run it with `neuronbench run card=NAME`")
+    create_p.add_argument("overrides", nargs="*", help="overrides that define the benchmark, e.g. units.count=20")
+    create_p.add_argument("--cards-dir", default="results/cards", help="folder of cards (default: results/cards)")
+    create_p.add_argument(
+        "--no-fingerprint", action="store_true", help="skip the excerpt fingerprint (it tokenizes the corpus)"
+    )
     args, extra = parser.parse_known_args(argv)
     try:
         if args.command == "run":
@@ -92,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"leaderboard: {md} (+ .csv .html .tex .json{'' if args.no_plots else ', plots/'})")
             return 0
+        if args.command == "card":
+            from bench.cards import create
+
+            path = create(args.name, args.overrides, Path(args.cards_dir), fingerprint=not args.no_fingerprint)
+            print(f"card: {path} (run it with: neuronbench run card={args.name})")
+            return 0
         if args.command == "view":
             return command_view(args.run_dir, args.out)
     except UserError as err:
@@ -108,6 +123,10 @@ def command_run(overrides: list[str], multirun: bool, progress: bool, dry_run: b
 
     passthrough = [o for o in overrides if o.startswith("--")]
     plain = [o for o in overrides if not o.startswith("--")]
+    if any(o.startswith("card=") for o in plain):
+        from bench.cards import apply
+
+        plain = apply(plain)  # the card's overrides + the user's, refused if they change its definition
     combos = expand_sweep(plain)
     if not multirun and len(combos) > 1:
         raise UserError("the overrides contain a sweep (a,b or range(...)); add -m to run a sweep")
