@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     lb_p.add_argument("--score", default="correlation/top_and_random", help="score that ranks the runs")
     lb_p.add_argument("--no-pairing", action="store_true", help="skip paired differences (runs over other units)")
     lb_p.add_argument("--no-plots", action="store_true", help="write the tables only")
+    lb_p.add_argument("--mlflow-uri", default=None, help="read the runs of an MLflow store/server instead of --runs")
+    lb_p.add_argument("--experiment", default="neuronbench", help="MLflow experiment for --mlflow-uri")
     view_p = sub.add_parser("view", help="write a static HTML site of one run (units, excerpts, scores)")
     view_p.add_argument("run_dir", help="run folder (runs/<name>-<hash>)")
     view_p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/viewer)")
@@ -97,7 +99,14 @@ def main(argv: list[str] | None = None) -> int:
 
             out = Path(args.out) if args.out else None
             md = write_leaderboard(
-                Path(args.runs), out, args.title, args.run_dirs, args.score, not args.no_pairing, not args.no_plots
+                Path(args.runs),
+                out,
+                args.title,
+                args.run_dirs,
+                args.score,
+                not args.no_pairing,
+                not args.no_plots,
+                (args.mlflow_uri, args.experiment) if args.mlflow_uri else None,
             )
             print(f"leaderboard: {md} (+ .csv .html .tex .json{'' if args.no_plots else ', plots/'})")
             return 0

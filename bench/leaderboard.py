@@ -205,7 +205,10 @@ def check_same_card(runs: list[RunFolder]) -> None:
     labels = {r.name: card_label(r.config) for r in runs}
     if len(set(labels.values())) > 1:
         (a, la), (b, lb) = next(
-            (x, y) for x in labels.items() for y in labels.items() if x[1] != y[1]  # first differing pair
+            (x, y)
+            for x in labels.items()
+            for y in labels.items()
+            if x[1] != y[1]  # first differing pair
         )
         raise UserError(
             f"leaderboard: {a} ran card {la or '(none)'} but {b} ran card {lb or '(none)'}; a leaderboard "
@@ -322,17 +325,27 @@ def write_leaderboard(
     primary: str = PRIMARY,
     pairing: bool = True,
     plots: bool = True,
+    mlflow: tuple[str, str] | None = None,
 ) -> Path:
-    """Write leaderboard.{md,csv,html,tex,json} (+ plots/) into ``out_dir``; return the markdown path."""
+    """Write leaderboard.{md,csv,html,tex,json} (+ plots/) into ``out_dir``; return the markdown path.
+
+    ``mlflow=(uri, experiment)`` reads the runs of that experiment instead of run folders (their
+    files are downloaded into ``out_dir/runs/``)."""
     from bench.report import formats
 
-    dirs = run_folders(runs_dir, selected)
+    out_dir = default_out_dir() if out_dir is None else Path(out_dir)
+    if mlflow is not None:
+        from bench.report.mlflow_runs import download_runs
+
+        dirs, skipped = download_runs(mlflow[0], mlflow[1], out_dir / "runs")
+        where = f"MLflow experiment {mlflow[1]!r} at {mlflow[0]} ({skipped} runs without run files skipped)"
+    else:
+        dirs, where = run_folders(runs_dir, selected), str(runs_dir)
     if not dirs:
         raise UserError(
-            f"leaderboard: no finished runs under {runs_dir} (each needs summary.json); pass --runs DIR or run folders"
+            f"leaderboard: no finished runs in {where} (each needs summary.json); pass --runs DIR or run folders"
         )
     board = build([read_run(d) for d in dirs], primary, pairing)
-    out_dir = default_out_dir() if out_dir is None else Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     figures: list[Path] = []
     if plots:

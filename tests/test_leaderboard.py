@@ -134,3 +134,24 @@ def test_selected_runs_and_errors(tmp_path, capsys):
 def test_pareto_front_keeps_only_undominated_points():
     points = [(0.0, 0.1), (0.0, 0.3), (1.0, 0.2), (2.0, 0.5), (3.0, 0.4)]
     assert pareto_front(points) == [(0.0, 0.3), (2.0, 0.5)]
+
+
+def test_runs_read_from_an_mlflow_experiment(tmp_path, mlflow_store):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_store["uri"])
+    exp = client.create_experiment("bench", artifact_location=(tmp_path / "mlruns" / "artifacts").as_uri())
+    for name, values in (("a", GOOD), ("b", [v - 0.1 for v in GOOD])):
+        folder = make_run(tmp_path / "src", name, values, CONTROL_LOW)
+        run_id = client.create_run(exp, run_name=f"explainer={name}").info.run_id
+        for file in ("config.json", "summary.json", "results.jsonl"):
+            client.log_artifact(run_id, str(folder / file))
+        client.set_terminated(run_id)
+    client.set_terminated(client.create_run(exp, run_name="sweep parent").info.run_id)  # no run files: skipped
+    out = tmp_path / "out"
+    args = ["leaderboard", "--mlflow-uri", mlflow_store["uri"], "--experiment", "bench", "--out", str(out)]
+    assert main([*args, "--no-plots"]) == 0
+    rows = json.loads((out / "leaderboard.json").read_text())["rows"]
+    assert [r["run"].split("-")[0] for r in rows] == ["explainer=a", "explainer=b"]
+    assert abs(rows[1]["paired"]["mean_diff"] + 0.1) < 1e-6
+    assert main([*args[:3], "--experiment", "nope", "--out", str(out)]) == 2
