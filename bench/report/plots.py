@@ -55,7 +55,9 @@ def distributions(board: Leaderboard, out_dir: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(7, 0.55 * len(rows) + 1.6))
     data = [[v for _, v in unit_scores(board, r, board.primary)] or [math.nan] for r in rows]
     positions = list(range(len(rows), 0, -1))
-    ax.boxplot(data, positions=positions, orientation="horizontal", widths=0.5, showfliers=False)
+    ax.boxplot(
+        data, positions=positions, orientation="horizontal", widths=0.5, showfliers=False, medianprops={"color": "k"}
+    )
     for pos, values, row in zip(positions, data, rows, strict=True):
         jitter = [pos + 0.12 * ((i % 5) - 2) / 2 for i in range(len(values))]
         ax.scatter(values, jitter, s=14, color=_colour(row), zorder=3)
@@ -77,21 +79,24 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 def score_vs_cost(board: Leaderboard, out_dir: Path) -> list[Path]:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    points = []
+    points: list[tuple[float, float]] = []
+    labels: dict[tuple[float, float], list[str]] = {}  # runs on the same spot share one label
     for row in board.rows:
         mean, low, high = row.scores[board.primary]
         cost = row.dollars_per_unit
         if math.isnan(mean) or math.isnan(cost):
             continue
         points.append((cost, mean))
+        labels.setdefault((cost, mean), []).append(f"#{row.rank}")
         err = [[mean - low], [high - mean]] if not math.isnan(low) else None
         ax.errorbar([cost], [mean], yerr=err, fmt="o", color=_colour(row), capsize=3)
-        ax.annotate(f"#{row.rank}", (cost, mean), textcoords="offset points", xytext=(6, 4), fontsize=9)
+    for (cost, mean), names in labels.items():
+        ax.annotate(", ".join(names), (cost, mean), textcoords="offset points", xytext=(6, 4), fontsize=9)
     front = pareto_front(points)
     if front:
         ax.step([c for c, _ in front], [s for _, s in front], where="post", color="grey", ls="--", label="Pareto front")
         ax.legend(loc="lower right", fontsize=8)
-    ax.set_xlabel("$ per unit (LLM calls; local models cost $0)")
+    ax.set_xlabel(r"\$ per unit (LLM calls; local models cost \$0)")
     ax.set_ylabel(f"{board.primary} (mean, 95% CI)")
     ax.set_title("Score vs cost", fontsize=10)
     return _save(fig, out_dir, "score_vs_cost")
@@ -109,7 +114,8 @@ def per_layer(board: Leaderboard, out_dir: Path) -> list[Path]:
         for layer, value in unit_scores(board, row, board.primary):
             by_layer.setdefault(layer, []).append(value)
         xs = sorted(by_layer)
-        ax.plot(xs, [sum(by_layer[x]) / len(by_layer[x]) for x in xs], "o-", label=f"#{row.rank}", color=None)
+        style = ("-", "--", ":", "-.")[(row.rank - 1) % 4]  # identical runs stay visible on top of each other
+        ax.plot(xs, [sum(by_layer[x]) / len(by_layer[x]) for x in xs], marker="o", ls=style, label=f"#{row.rank}")
     ax.set_xticks(layers)
     ax.set_xlabel("layer")
     ax.set_ylabel(f"{board.primary} (mean over units)")
