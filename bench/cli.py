@@ -25,6 +25,9 @@ examples:
   neuronbench run -m explainer=smollm2,token_list   # a sweep: one MLflow run per combination
   neuronbench run --cfg job                         # print the composed config and exit
   neuronbench run --dry-run explainer=openai simulator=openai_all_at_once_logprobs   # calls, tokens, $ first
+  neuronbench leaderboard --runs runs               # md/csv/html/tex + plots in a new outputs/leaderboards/<time>/
+  neuronbench view runs/<name>-<hash>               # static HTML site of one run (RUN_DIR/viewer/index.html)
+  neuronbench card create my_bench units.count=20   # freeze a benchmark; then: neuronbench run card=my_bench
 
 Config groups live in conf/ (subject, dataset, units, explainer, prompt, simulator, scorer, tracking).
 Results: runs/<name>-<hash>/results.jsonl (resumable) and MLflow
