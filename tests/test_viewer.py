@@ -42,7 +42,7 @@ def test_unit_page_shows_explanation_control_scores_reasons_and_every_excerpt(si
     unit = (site.parent / "units" / "mlp_neuron_L15_1.html").read_text()
     assert "other unit&#39;s words" in unit  # the control explanation
     assert "calibration failed: constant simulation" in unit  # a NaN score's reason
-    assert unit.count('class="pair"') == 1 + 2  # one scored excerpt (real | simulated) + top and random train
+    assert unit.count('class="pair"') == 1 + 2  # one scored excerpt (real | simulated) + the train excerpts
     assert unit.count("real 3.500 · simulated 8.00") == 1 and unit.count("simulated 8.00 · real 3.500") == 1
     assert "↵" in unit  # a newline token is visible
 
@@ -138,3 +138,34 @@ def test_unit_page_injected_script_stays_inert_text(site, browser, tmp_path):
     assert _console_errors(browser) == []
     shot = tmp_path / "unit.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 1000
+
+
+def test_pipeline_keeps_the_train_excerpts_the_viewer_shows(tmp_path):
+    from bench.records import ActivationRecord, UnitId, UnitRecord, UnitStats
+    from bench.report.run_folder import read_run, write_train_excerpts
+
+    top = [ActivationRecord([f"t{i}", " x"], [float(10 - i), 0.0]) for i in range(20)]
+    rand = [ActivationRecord([f"r{i}", " y"], [0.0, 0.1]) for i in range(15)]
+    record = UnitRecord(UnitId(3, 7), top, rand, UnitStats(1, 0.0, 1.0, 0.0, 0.0))
+    d = make_run(tmp_path, "run", [0.3], [0.0], train=False)
+    path = write_train_excerpts(d, {record.unit.key: record}, examples_per_split=2)
+    first = path.read_text()
+    train = read_run(d).train[record.unit.key]
+    assert [r["tokens"][0] for r in train["top"]] == ["t0", "t4"]  # top[0::4][:2]: the train split of method.md
+    assert train["random"] == []  # the explainer sees top excerpts only
+    write_train_excerpts(d, {}, examples_per_split=2)  # a resumed run keeps the file it has
+    assert path.read_text() == first
+
+
+def test_leaderboard_page_loads_with_its_plots(tmp_path, browser):
+    from bench.leaderboard import write_leaderboard
+
+    make_run(tmp_path / "runs", "a", [0.3, 0.5, 0.4], [0.0, 0.1, 0.0], explainer=EVIL_TOKEN)
+    make_run(tmp_path / "runs", "b", [0.2, 0.4, 0.3], [0.0, 0.1, 0.0])
+    page = write_leaderboard(tmp_path / "runs", tmp_path / "out", "T").with_suffix(".html")
+    browser.get(page.as_uri())
+    assert _console_errors(browser) == []
+    sizes = browser.execute_script("return Array.from(document.images).map(i => i.naturalWidth)")
+    assert len(sizes) == 2 and all(w > 100 for w in sizes)  # distributions and score-vs-cost PNGs shown
+    assert browser.execute_script("return window.PWNED === undefined") is True
+    assert EVIL_TOKEN in browser.find_element("css selector", "tbody tr td:nth-child(3)").text

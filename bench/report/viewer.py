@@ -77,11 +77,12 @@ def _excerpt_pairs(result: UnitResult) -> list[dict[str, Any]]:
     return out
 
 
-def _train(run: RunFolder, key: str) -> dict[str, list[list[Token]]]:
+def _train(run: RunFolder, key: str) -> dict[str, Any]:
+    """The train excerpts (top; random too if a split ever gives the explainer some), shaded by activation."""
     item = run.train.get(key) or {}
     records = [*item.get("top", []), *item.get("random", [])]
     top = max((a for r in records for a in r["activations"]), default=0.0)
-    return {
+    return {"recorded": bool(item)} | {
         part: [
             [
                 Token(_visible(t), _shade(a, top), f"activation {a:.3f}")
