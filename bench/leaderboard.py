@@ -146,12 +146,14 @@ def differing_settings(runs: list[RunFolder]) -> list[str]:
     from bench.cli import NOT_DETERMINING, NOT_DETERMINING_ANYWHERE
 
     flat = [_flatten(r.config) for r in runs]
-    swapped = {
-        node
-        for node in WHOLE_NODES
-        if len({json.dumps((r.config.get(node) or {}).get("name"), default=str) for r in runs}) > 1
-        if all(isinstance(r.config.get(node), dict) for r in runs)
-    }
+
+    def name_of(run: RunFolder, node: str) -> str:
+        value = run.config.get(node)
+        if node == "scorer" and isinstance(value, dict):  # a multi-select group: its choice is the set of scorers
+            return json.dumps(sorted(value))
+        return json.dumps(value.get("name") if isinstance(value, dict) else value, default=str)
+
+    swapped = {node for node in WHOLE_NODES if len({name_of(r, node) for r in runs}) > 1}
     keys = sorted({k for f in flat for k in f})
     differing = []
     for key in keys:
@@ -202,14 +204,11 @@ def check_same_card(runs: list[RunFolder]) -> None:
     """Refuse (one line) to rank runs of different benchmark cards together."""
     from bench.cards import card_label
 
-    labels = {r.name: card_label(r.config) for r in runs}
-    if len(set(labels.values())) > 1:
-        (a, la), (b, lb) = next(
-            (x, y)
-            for x in labels.items()
-            for y in labels.items()
-            if x[1] != y[1]  # first differing pair
-        )
+    first = runs[0]
+    for other in runs[1:]:
+        a, la, b, lb = first.name, card_label(first.config), other.name, card_label(other.config)
+        if la == lb:
+            continue
         raise UserError(
             f"leaderboard: {a} ran card {la or '(none)'} but {b} ran card {lb or '(none)'}; a leaderboard "
             "ranks runs of one benchmark card: pass the run folders of one card"
