@@ -214,14 +214,17 @@ def apply(overrides: list[str], cards_dir: Path = CARDS_DIR) -> list[str]:
         return overrides
     if len(refs) > 1 or "," in refs[0]:
         raise UserError("card=: give one card per run (a sweep over cards mixes benchmarks)")
-    from bench.config import compose, expand_sweep
+    from bench.config import compose, expand_sweep, validate
 
     card = load_card(refs[0].removeprefix("card="), cards_dir)
     user = [o for o in overrides if o not in refs]
     combined = [*card["overrides"], *user]
     label = f"{card['name']}.v{card['version']}"
-    for combo in expand_sweep(combined):
-        got = definition(compose(combo))
+    fixed_fingerprint = card["definition"].get("excerpt_fingerprint")
+    for i, combo in enumerate(expand_sweep(combined)):
+        cfg = compose(combo)
+        _settings, parts = validate(cfg)
+        got = definition(cfg, parts)
         for key, fixed, new in differences(
             {k: v for k, v in card["definition"].items() if k != "excerpt_fingerprint"}, got
         ):
@@ -230,4 +233,12 @@ def apply(overrides: list[str], cards_dir: Path = CARDS_DIR) -> list[str]:
                 f"{json.dumps(new, default=str)}: drop the override (a card leaves only {', '.join(FREE_GROUPS)} free) "
                 "or create a new card with `neuronbench card create`"
             )
+        if i == 0 and fixed_fingerprint:  # the same corpus and tokenizer on this machine (one combo fixes both)
+            here = excerpt_fingerprint(cfg, parts)
+            if here != fixed_fingerprint:
+                raise UserError(
+                    f"card {label} was made on excerpts with fingerprint {fixed_fingerprint}, but this machine "
+                    f"builds {here} (the corpus files or the tokenizer differ): fix the corpus cache "
+                    "(NEURONBENCH_CACHE) or create a new card"
+                )
     return [*combined, f"+card.name={card['name']}", f"+card.version={card['version']}", f"+card.hash={card['hash']}"]

@@ -65,3 +65,13 @@ def test_leaderboard_refuses_runs_of_different_cards(tmp_path):
     make_run(tmp_path / "free", "c", [0.3, 0.4], [0.0, 0.1])
     with pytest.raises(UserError, match=r"card \(none\)"):
         read_rows([tmp_path / "a", tmp_path / "free" / "c"])
+
+
+def test_run_card_refuses_other_excerpts(cards_dir, monkeypatch):
+    monkeypatch.setattr(cards, "excerpt_fingerprint", lambda cfg, parts: "fp-made")
+    cards.create("tiny", BASE, cards_dir)
+    assert cards.load_card("tiny", cards_dir)["definition"]["excerpt_fingerprint"] == "fp-made"
+    assert "+card.name=tiny" in cards.apply(["card=tiny"])
+    monkeypatch.setattr(cards, "excerpt_fingerprint", lambda cfg, parts: "fp-elsewhere")
+    with pytest.raises(UserError, match="fingerprint fp-made, but this machine builds fp-elsewhere"):
+        cards.apply(["card=tiny", "explainer=token_list"])
