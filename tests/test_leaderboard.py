@@ -93,6 +93,7 @@ def test_every_format_and_plot_written_with_text_escaped(tmp_path):
     assert "<script>" not in md and "\\|=cmd" in md
     tex = (out / "leaderboard.tex").read_text()
     assert "\\textless{}script\\textgreater{}" in tex and "T \\& " in tex
+    assert tex.isascii()  # compiles with pdflatex as well
     table = list(csv.DictReader(io.StringIO((out / "leaderboard.csv").read_text())))
     assert table[0]["run"] == "a" and table[0]["control"] == "pass"
     assert table[0]["dollars_per_unit"] == "0.01" and float(table[1]["paired/diff_vs_best"]) < -0.09
