@@ -52,7 +52,7 @@ def test_prompt_variant_and_swept_settings_are_shown_in_full(tmp_path):
     assert rows["b"].settings == "explainer.top_n=3" and rows["a"].settings == "explainer.top_n=5"
     assert rows["a"].groups["simulator"] == "proxy_lexical · v1 · proxy/lexical"
     md = write_leaderboard(tmp_path, tmp_path / "out", "T").read_text()
-    assert "v1_no_examples · v1" in md and "explainer.top_n=3" in md
+    assert r"v1\_no\_examples · v1" in md and r"explainer.top\_n=3" in md  # markdown-escaped, shown in full
 
 
 @pytest.mark.parametrize(
