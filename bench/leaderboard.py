@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -342,11 +343,19 @@ def write_leaderboard(
         where = f"MLflow experiment {mlflow[1]!r} at {mlflow[0]} ({skipped} runs without run files skipped)"
     else:
         dirs, where = run_folders(runs_dir, selected), str(runs_dir)
-    if not dirs:
+    runs = []
+    for d in dirs:
+        try:
+            runs.append(read_run(d))
+        except UserError as err:
+            if selected:
+                raise  # a folder the user named: its problem is the answer
+            print(f"neuronbench: skipped {err}", file=sys.stderr)  # one damaged folder must not hide the others
+    if not runs:
         raise UserError(
             f"leaderboard: no finished runs in {where} (each needs summary.json); pass --runs DIR or run folders"
         )
-    board = build([read_run(d) for d in dirs], primary, pairing)
+    board = build(runs, primary, pairing)
     out_dir.mkdir(parents=True, exist_ok=True)
     figures: list[Path] = []
     if plots:

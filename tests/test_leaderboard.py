@@ -156,3 +156,15 @@ def test_runs_read_from_an_mlflow_experiment(tmp_path, mlflow_store):
     assert [r["run"].split("-")[0] for r in rows] == ["explainer=a", "explainer=b"]
     assert abs(rows[1]["paired"]["mean_diff"] + 0.1) < 1e-6
     assert main([*args[:3], "--experiment", "nope", "--out", str(out)]) == 2
+
+
+def test_a_damaged_run_folder_is_skipped_with_one_line_and_named_ones_are_refused(tmp_path, capsys):
+    make_run(tmp_path, "a", GOOD, CONTROL_LOW)
+    bad = make_run(tmp_path, "b", GOOD, CONTROL_LOW)
+    (bad / "summary.json").write_text('{"units/total": 5, "score/')  # torn by a crash
+    assert main(["leaderboard", "--runs", str(tmp_path), "--out", str(tmp_path / "o"), "--no-plots"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped" in err and "b is damaged" in err and len(err.strip().splitlines()) == 1
+    assert "| 1 | a |" in (tmp_path / "o" / "leaderboard.md").read_text()
+    assert main(["leaderboard", str(bad), "--out", str(tmp_path / "o2")]) == 2
+    assert "re-run that configuration" in capsys.readouterr().err

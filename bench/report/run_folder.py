@@ -63,21 +63,29 @@ def read_run(path: Path, command: str = "leaderboard") -> RunFolder:
                 f"{command}: {path} has no {name} (not a finished run folder; give runs/<name>-<hash> "
                 "after `neuronbench run` finished)"
             )
-    summary = {k: (math.nan if v is None else v) for k, v in json.loads((path / "summary.json").read_text()).items()}
-    train: dict[str, dict[str, Any]] = {}
-    train_path = path / TRAIN_EXCERPTS
-    if train_path.exists():
-        for line in train_path.read_text().splitlines():
-            if line.strip():
-                item = json.loads(line)
-                train[item["unit"]] = item
-    return RunFolder(
-        path=path,
-        config=json.loads((path / "config.json").read_text()),
-        summary=summary,
-        results=load_results(str(path)),
-        train=train,
-    )
+    try:
+        summary = {k: (math.nan if v is None else v) for k, v in _json(path / "summary.json").items()}
+        config = _json(path / "config.json")
+        train: dict[str, dict[str, Any]] = {}
+        train_path = path / TRAIN_EXCERPTS
+        if train_path.exists():
+            for line in train_path.read_text().splitlines():
+                if line.strip():
+                    item = json.loads(line)
+                    train[item["unit"]] = item
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise UserError(
+            f"{command}: {path} is damaged ({type(err).__name__}: {err}); re-run that configuration to rewrite "
+            "it (its finished units are kept)"
+        ) from None
+    return RunFolder(path=path, config=config, summary=summary, results=load_results(str(path)), train=train)
+
+
+def _json(path: Path) -> dict[str, Any]:
+    value = json.loads(path.read_text())
+    if not isinstance(value, dict):
+        raise ValueError(f"{path.name} holds {type(value).__name__}, not an object")
+    return value
 
 
 TRAIN_EXCERPTS = "train_excerpts.jsonl"
