@@ -15,8 +15,8 @@ unit sets or excerpts, because a paired test is meaningless there.
 from __future__ import annotations
 
 import json
+import logging
 import math
-import sys
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +25,8 @@ from typing import Any
 from bench.errors import UserError
 from bench.records import _nan_to_none
 from bench.report.run_folder import RunFolder, read_run, run_folders
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Leaderboard", "Row", "build", "read_rows", "run_folders", "write_leaderboard"]
 
@@ -350,7 +352,7 @@ def write_leaderboard(
         except UserError as err:
             if selected:
                 raise  # a folder the user named: its problem is the answer
-            print(f"neuronbench: skipped {err}", file=sys.stderr)  # one damaged folder must not hide the others
+            log.warning("skipped: %s", err)  # one damaged folder must not hide the others
     if not runs:
         raise UserError(
             f"leaderboard: no finished runs in {where} (each needs summary.json); pass --runs DIR or run folders"

@@ -1,6 +1,7 @@
 import csv
 import io
 import json
+import logging
 
 import pytest
 
@@ -158,13 +159,26 @@ def test_runs_read_from_an_mlflow_experiment(tmp_path, mlflow_store):
     assert main([*args[:3], "--experiment", "nope", "--out", str(out)]) == 2
 
 
-def test_a_damaged_run_folder_is_skipped_with_one_line_and_named_ones_are_refused(tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("file", "damage"),
+    [
+        ("summary.json", '{"units/total": 5, "score/'),  # torn by a crash
+        ("summary.json", "[1]"),
+        ("summary.json", '{"score/correlation/top_and_random/mean": "high"}'),
+        ("results.jsonl", "not json\n"),
+        ("results.jsonl", b"\xff\xfe\n"),
+    ],
+)
+def test_a_damaged_run_folder_is_skipped_with_one_line_and_named_ones_are_refused(
+    tmp_path, capsys, caplog, file, damage
+):
     make_run(tmp_path, "a", GOOD, CONTROL_LOW)
     bad = make_run(tmp_path, "b", GOOD, CONTROL_LOW)
-    (bad / "summary.json").write_text('{"units/total": 5, "score/')  # torn by a crash
-    assert main(["leaderboard", "--runs", str(tmp_path), "--out", str(tmp_path / "o"), "--no-plots"]) == 0
-    err = capsys.readouterr().err
-    assert "skipped" in err and "b is damaged" in err and len(err.strip().splitlines()) == 1
+    (bad / file).write_bytes(damage if isinstance(damage, bytes) else damage.encode())
+    with caplog.at_level(logging.WARNING, logger="bench.leaderboard"):
+        assert main(["leaderboard", "--runs", str(tmp_path), "--out", str(tmp_path / "o"), "--no-plots"]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and f"{bad} is damaged" in warnings[0] and "\n" not in warnings[0]
     assert "| 1 | a |" in (tmp_path / "o" / "leaderboard.md").read_text()
     assert main(["leaderboard", str(bad), "--out", str(tmp_path / "o2")]) == 2
     assert "re-run that configuration" in capsys.readouterr().err

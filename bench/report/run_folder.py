@@ -53,9 +53,8 @@ def run_folders(runs_dir: Path, selected: list[str] | None = None) -> list[Path]
 
 
 def read_run(path: Path, command: str = "leaderboard") -> RunFolder:
-    """Read one finished run folder; a folder that is not one is a one-line :class:`UserError`."""
-    from bench.compare import load_results
-
+    """Read one finished run folder; a folder that is not one, or a damaged one, is a one-line
+    :class:`UserError` naming the file and what to do."""
     path = Path(path)
     for name in ("summary.json", "config.json", "results.jsonl"):
         if not (path / name).exists():
@@ -64,8 +63,9 @@ def read_run(path: Path, command: str = "leaderboard") -> RunFolder:
                 "after `neuronbench run` finished)"
             )
     try:
-        summary = {k: (math.nan if v is None else v) for k, v in _json(path / "summary.json").items()}
+        summary = {k: _number(k, v) for k, v in _json(path / "summary.json").items()}
         config = _json(path / "config.json")
+        results = _results(path / "results.jsonl")
         train: dict[str, dict[str, Any]] = {}
         train_path = path / TRAIN_EXCERPTS
         if train_path.exists():
@@ -78,7 +78,37 @@ def read_run(path: Path, command: str = "leaderboard") -> RunFolder:
             f"{command}: {path} is damaged ({type(err).__name__}: {err}); re-run that configuration to rewrite "
             "it (its finished units are kept)"
         ) from None
-    return RunFolder(path=path, config=config, summary=summary, results=load_results(str(path)), train=train)
+    return RunFolder(path=path, config=config, summary=summary, results=results, train=train)
+
+
+def _number(key: str, value: Any) -> float:
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"summary.json: {key} is {value!r}, not a number")
+    return float(value)
+
+
+def _results(path: Path) -> list[UnitResult]:
+    """Unit results by unit (the last line of a unit wins, as on resume).  A line that is not JSON
+    means the file is damaged (a finished run has no torn line); a JSON line of another shape is
+    not a unit result and is left out, as :func:`bench.compare.load_results` does."""
+    from bench.records import unit_result_from_json
+
+    out: dict[str, UnitResult] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError as err:
+            raise ValueError(f"results.jsonl line {number}: {err}") from None
+        try:
+            result = unit_result_from_json(item)
+        except (KeyError, TypeError, AttributeError):
+            continue
+        out[result.unit.key] = result
+    return list(out.values())
 
 
 def _json(path: Path) -> dict[str, Any]:
