@@ -25,6 +25,9 @@ examples:
   neuronbench run -m explainer=smollm2,token_list   # a sweep: one MLflow run per combination
   neuronbench run --cfg job                         # print the composed config and exit
   neuronbench run --dry-run explainer=openai simulator=openai_all_at_once_logprobs   # calls, tokens, $ first
+  neuronbench leaderboard --runs runs               # md/csv/html/tex + plots in a new outputs/leaderboards/<time>/
+  neuronbench view runs/<name>-<hash>               # static HTML site of one run (RUN_DIR/viewer/index.html)
+  neuronbench card create my_bench units.count=20   # freeze a benchmark; then: neuronbench run card=my_bench
 
 Config groups live in conf/ (subject, dataset, units, explainer, prompt, simulator, scorer, tracking).
 Results: runs/<name>-<hash>/results.jsonl (resumable) and MLflow
@@ -80,11 +83,30 @@ def main(argv: list[str] | None = None) -> int:
     cmp_p.add_argument("run_b", help="run folder of run B")
     cmp_p.add_argument("--score", default="correlation/top_and_random", help="score to compare")
     cmp_p.add_argument("--json", action="store_true", help="print the comparison as JSON")
-    lb_p = sub.add_parser("leaderboard", help="write results/<name>/leaderboard.md from run folders")
+    lb_p = sub.add_parser("leaderboard", help="write leaderboard.{md,csv,html,tex} and plots from run folders")
     lb_p.add_argument("run_dirs", nargs="*", help="run folders to include (default: every run under --runs)")
     lb_p.add_argument("--runs", default="runs", help="folder holding run folders (default: runs)")
-    lb_p.add_argument("--out", default="results/offline_default", help="output folder")
+    lb_p.add_argument(
+        "--out", default=None, help="output folder (default: a new outputs/leaderboards/<UTC time>/ per call)"
+    )
     lb_p.add_argument("--title", default="neuronbench leaderboard", help="heading of the markdown file")
+    lb_p.add_argument("--score", default="correlation/top_and_random", help="score that ranks the runs")
+    lb_p.add_argument("--no-pairing", action="store_true", help="skip paired differences (runs over other units)")
+    lb_p.add_argument("--no-plots", action="store_true", help="write the tables only")
+    lb_p.add_argument("--mlflow-uri", default=None, help="read the runs of an MLflow store/server instead of --runs")
+    lb_p.add_argument("--experiment", default="neuronbench", help="MLflow experiment for --mlflow-uri")
+    view_p = sub.add_parser("view", help="write a static HTML site of one run (units, excerpts, scores)")
+    view_p.add_argument("run_dir", help="run folder (runs/<name>-<hash>)")
+    view_p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/viewer)")
+    card_p = sub.add_parser("card", help="benchmark cards: freeze a benchmark definition (results/cards/)")
+    card_sub = card_p.add_subparsers(dest="card_command", required=True)
+    create_p = card_sub.add_parser("create", help="write results/cards/NAME.vN.yaml from conf/ + overrides")
+    create_p.add_argument("name", help="card name (letters, digits, _ and -); run it with `neuronbench run card=NAME`")
+    create_p.add_argument("overrides", nargs="*", help="overrides that define the benchmark, e.g. units.count=20")
+    create_p.add_argument("--cards-dir", default="results/cards", help="folder of cards (default: results/cards)")
+    create_p.add_argument(
+        "--no-fingerprint", action="store_true", help="skip the excerpt fingerprint (it tokenizes the corpus)"
+    )
     args, extra = parser.parse_known_args(argv)
     from bench.tracking.redact import install_log_redaction, redacted_console
 
@@ -113,8 +135,27 @@ def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
         if args.command == "leaderboard":
             from bench.leaderboard import write_leaderboard
 
-            print(write_leaderboard(Path(args.runs), Path(args.out), args.title, args.run_dirs))
+            out = Path(args.out) if args.out else None
+            md = write_leaderboard(
+                Path(args.runs),
+                out,
+                args.title,
+                args.run_dirs,
+                args.score,
+                not args.no_pairing,
+                not args.no_plots,
+                (args.mlflow_uri, args.experiment) if args.mlflow_uri else None,
+            )
+            print(f"leaderboard: {md} (+ .csv .html .tex .json{'' if args.no_plots else ', plots/'})")
             return 0
+        if args.command == "card":
+            from bench.cards import create
+
+            path = create(args.name, args.overrides, Path(args.cards_dir), fingerprint=not args.no_fingerprint)
+            print(f"card: {path} (run it with: neuronbench run card={args.name})")
+            return 0
+        if args.command == "view":
+            return command_view(args.run_dir, args.out)
     except UserError as err:
         print(f"neuronbench: {err}", file=sys.stderr)
         return err.exit_code
@@ -155,6 +196,10 @@ def command_run(
 
     passthrough = [o for o in overrides if o.startswith("--")]
     plain = [o for o in overrides if not o.startswith("--")]
+    if any(o.startswith("card=") for o in plain):
+        from bench.cards import apply
+
+        plain = apply(plain)  # the card's overrides + the user's, refused if they change its definition
     combos = expand_sweep(plain)
     if not multirun and len(combos) > 1:
         raise UserError("the overrides contain a sweep (a,b or range(...)); add -m to run a sweep")
@@ -193,6 +238,19 @@ def command_compare(run_a: str, run_b: str, score: str, as_json: bool) -> int:
         f"paired permutation p = {c.p_value:.4g}) over {c.n_pairs} paired units "
         f"(A mean {c.mean_a:.4f}, B mean {c.mean_b:.4f}; {c.n_unpaired} units unpaired: missing, failed or NaN)"
     )
+    return 0
+
+
+def command_view(run_dir: str, out: str | None) -> int:
+    """Write the viewer site; mirror it to the run's MLflow run when it has one."""
+    from bench.report.viewer import write_site
+    from bench.tracking.mlflow_site import log_site
+
+    index = write_site(Path(run_dir), Path(out) if out else None)
+    print(f"viewer: {index.resolve().as_uri()}")
+    logged = log_site(Path(run_dir), index.parent)
+    if logged:
+        print(f"viewer: logged to MLflow run {logged} as artifacts viewer/")
     return 0
 
 

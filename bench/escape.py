@@ -42,3 +42,25 @@ def csv_cell(value: Any) -> Any:
 def html_text(value: Any) -> str:
     """``value`` as HTML text or a quoted attribute value."""
     return html.escape(str(value), quote=True)
+
+
+# LaTeX (leaderboard.tex): every special character literal.  Added by the leaderboard (h10b).
+_LATEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+}
+
+
+def latex_cell(value: Any) -> str:
+    """``value`` as literal LaTeX text (special characters escaped, line breaks as spaces)."""
+    return "".join(_LATEX.get(ch, ch) for ch in _LINE_BREAKS.sub(" ", str(value)))

@@ -24,6 +24,7 @@ from bench.failures import is_transient
 from bench.llm.spend import metering
 from bench.protocols import ScoringContext, Simulator, Sink
 from bench.records import Explanation, Score, UnitRecord, UnitResult, Usage
+from bench.report.run_folder import write_train_excerpts
 from bench.scorers import metrics
 from bench.scorers.calibration import CalibrationError, fit_calibration
 from bench.scorers.correlation import pooled
@@ -194,6 +195,7 @@ def run(
     scorers = list(parts["scorers"].values())
     run_dir.mkdir(parents=True, exist_ok=True)
     records, provenance = load_records(settings, subject, parts["dataset"])
+    write_train_excerpts(run_dir, records, settings.units.examples_per_split)  # what the explainer saw (viewer)
     explained = ExplanationStore(run_dir / "explanations.jsonl")
     explanations = explain_all(
         settings, parts["explainer"], simulator, records, run_dir, progress, retry_failed=retry_failed, store=explained
