@@ -67,9 +67,7 @@ class UnitsConfig:
             raise ValueError(f"kind: must be one of {', '.join(MINED_KINDS)}, got {self.kind!r}")
         if self.site is not None and self.kind != "mlp_neuron":
             raise ValueError(f"site: only for kind mlp_neuron ({self.kind} defines its own site); use null")
-        if self.kind == "sae_latent":
-            if not self.sae.path and not (self.sae.release and self.sae.sae_id):
-                raise ValueError("sae: give units.sae.path=<SAELens folder> (or units.sae.release= and sae_id=)")
+        if self.kind == "sae_latent":  # the SAE itself is read (and a missing path refused) before the run starts
             if self.layers is not None and len(self.layers) != 1:
                 raise ValueError("layers: an SAE reads one layer (its hook_name); use null or that one layer")
             return self._check_common()

@@ -296,9 +296,11 @@ def test_random_subject_baseline(tmp_path: Path, corpus: Path, mlflow_store: dic
 
 def test_units_config_refusals() -> None:
     from bench.config import compose, validate
+    from bench.pipeline import check_layers
 
-    with pytest.raises(ConfigError, match="units.sae") as info:
-        validate(compose(["units=sae_latent", "tracking=none", "explainer=token_list", "simulator=proxy_lexical"]))
+    settings, parts = validate(compose(["units=sae_latent", "tracking=none"]))  # composes; the run refuses:
+    with pytest.raises(UserError, match="units.sae.path=") as info:
+        check_layers(settings, None)
     assert "\n" not in str(info.value)
     with pytest.raises(ConfigError, match="units.site"):
         validate(compose(["units=attention_head", "units.site=resid.post", "tracking=none"]))
