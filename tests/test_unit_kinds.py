@@ -306,3 +306,13 @@ def test_units_config_refusals() -> None:
         validate(compose(["units=attention_head", "units.site=resid.post", "tracking=none"]))
     with pytest.raises(ConfigError, match="units.kind"):
         validate(compose(["units.kind=mlp_neurons", "tracking=none"]))
+
+
+def test_dtype_auto_is_float32_on_cpu_and_recorded(tmp_path: Path) -> None:
+    from bench.subject.transformers_subject import TransformersSubject
+
+    subject = TransformersSubject(model_id=str(save_tiny_subject("gpt2", tmp_path / "g")), dtype="auto", device="cpu")
+    assert subject.resolved_dtype == "float32" and subject.info.dtype == "float32"
+    assert next(subject.model.parameters()).dtype == torch.float32
+    with pytest.raises(ValueError, match="dtype"):
+        TransformersSubject(model_id=str(tmp_path / "g"), dtype="int8")

@@ -30,7 +30,7 @@ from bench.subject.architectures import Architecture, architecture_for, mlp_widt
 from bench.subject.hook_sites import HookSite
 
 OFFLINE_SMOLLM2 = "smollm2-135m-instruct"
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16", "auto")  # auto: bf16 (or fp16) on CUDA, float32 elsewhere
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 _LOCK = threading.RLock()
@@ -154,23 +154,36 @@ class TransformersSubject:
         return resolve_device(self.device)
 
     @property
+    def resolved_dtype(self) -> str:
+        """``dtype``, with ``auto`` resolved: bfloat16 on a CUDA device that supports it, else float16 there;
+        float32 on CPU and MPS (bf16 is fast on CPUs only with AMX, and changes which excerpts are top)."""
+        if self.dtype != "auto":
+            return self.dtype
+        if not self.resolved_device.startswith("cuda"):
+            return "float32"
+        import torch
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+
+    @property
     def model(self) -> Any:
         """The loaded torch model (eval mode, on :attr:`resolved_device`)."""
         randomized = self.randomize_seed if self.randomize else None
-        key = (self.source, self.revision, self.dtype, self.resolved_device, randomized)
+        key = (self.source, self.revision, self.resolved_dtype, self.resolved_device, randomized)
         with _LOCK:
             if key not in _MODELS:
                 import torch
                 from transformers import AutoModelForCausalLM
 
+                dtype = getattr(torch, self.resolved_dtype)
                 try:
                     if self.randomize:  # same architecture, seeded fresh weights (no trained weights loaded)
                         with torch.random.fork_rng(devices=[]):
                             torch.manual_seed(self.randomize_seed)
-                            model = AutoModelForCausalLM.from_config(self.config, dtype=getattr(torch, self.dtype))
+                            model = AutoModelForCausalLM.from_config(self.config, dtype=dtype)
                     else:
                         model = AutoModelForCausalLM.from_pretrained(
-                            self.source, dtype=getattr(torch, self.dtype), **self._load_kwargs()
+                            self.source, dtype=dtype, **self._load_kwargs()
                         )
                 except (OSError, ValueError) as err:
                     raise self._load_error("weights", err) from err
@@ -225,7 +238,7 @@ class TransformersSubject:
             model=self.model_id,
             revision=revision,
             weights_sha256=self._weights_sha256(),
-            dtype=self.dtype,
+            dtype=self.resolved_dtype,
             family=self.hook_site.family,
             hook_site=self.hook_site.describe,
             n_layers=n_layers(config),
