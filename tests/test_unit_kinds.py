@@ -316,3 +316,35 @@ def test_dtype_auto_is_float32_on_cpu_and_recorded(tmp_path: Path) -> None:
     assert next(subject.model.parameters()).dtype == torch.float32
     with pytest.raises(ValueError, match="dtype"):
         TransformersSubject(model_id=str(tmp_path / "g"), dtype="int8")
+
+
+def test_sharded_mining_resumes_after_an_interruption_and_matches_one_pass(tmp_path: Path, monkeypatch) -> None:
+    from bench.protocols import ExcerptSet
+    from bench.subject import record_cache
+    from bench.subject.transformers_subject import TransformersSubject
+
+    subject = TransformersSubject(model_id=str(save_tiny_subject("llama", tmp_path / "m")), batch_size=4,
+                                  progress=False)  # fmt: skip
+    excerpts = ExcerptSet(token_ids=random_token_ids(25, 8, seed=4), fingerprint="fp-shards")
+    sources = [NeuronSource.build(subject.architecture, 0), NeuronSource.build(subject.architecture, 1)]
+    real = TransformersSubject.mine_sources
+    calls: list[tuple[int, int | None]] = []
+
+    def flaky(self, excerpts, sources, top_k, random_k, seed, start=0, stop=None):
+        calls.append((start, stop))
+        if start == 10 and len(calls) == 2:
+            raise KeyboardInterrupt  # interrupted while mining the second shard
+        return real(self, excerpts, sources, top_k, random_k, seed, start, stop)
+
+    monkeypatch.setattr(TransformersSubject, "mine_sources", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        record_cache.load_or_mine_sources(subject, excerpts, sources, 5, 4, 0, tmp_path / "c", shard_excerpts=10)
+    got = record_cache.load_or_mine_sources(subject, excerpts, sources, 5, 4, 0, tmp_path / "c", shard_excerpts=10)
+    assert calls == [(0, 10), (10, 20), (10, 20), (20, 25)]  # the finished first shard was not mined again
+    assert len(list((tmp_path / "c" / "records").glob("*.npz"))) == 2  # shard files replaced by the two records
+    monkeypatch.setattr(TransformersSubject, "mine_sources", real)
+    whole = subject.mine_sources(excerpts, sources, 5, 4, 0)
+    for (mined, strings), one in zip(got, whole, strict=True):
+        np.testing.assert_array_equal(mined.top_indices, one.top_indices)
+        np.testing.assert_allclose(mined.random_acts, one.random_acts, atol=1e-6)
+        assert strings
