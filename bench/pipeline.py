@@ -220,6 +220,9 @@ def mine_records(settings: RunSettings, subject: Any, dataset: Any) -> tuple[dic
     info = subject.info
     excerpts = dataset.excerpts(subject.tokenizer, seed=settings.seed)
     check_layers(settings, info)
+    if units.kind == "mlp_neuron" and units.site is None:  # widths known from the config: refuse before mining
+        for layer in units.layers or []:
+            choose_units(layer, info.width, units.count, units.indices, units.seed)
     sae = load_sae(units.sae.path, units.sae.release, units.sae.sae_id, settings.cache_dir) if (
         units.kind == "sae_latent") else None  # fmt: skip
     sources = build_sources(subject, units.kind, units.layers or [], sae, units.site)
