@@ -206,10 +206,10 @@ class _Stream:
             slots = torch.tensor([s for _, s in hits], device=device)
             self.rand_acts[slots] = per_unit[rows]
 
-        # shifted power sums in float64
-        flat = acts.reshape(-1, units).to(self.stats_device, torch.float64)
+        # shifted power sums in float64 (float32 - float64 promotes without a float64 copy of the batch)
+        flat = acts.reshape(-1, units).to(self.stats_device)
         if self.shift is None:
-            self.shift = flat.mean(dim=0)
+            self.shift = flat.mean(dim=0, dtype=torch.float64)
             self.s1, self.s2, self.s3, self.s4 = (torch.zeros_like(self.shift) for _ in range(4))
         d = flat - self.shift
         d2 = d * d
