@@ -259,7 +259,7 @@ def _mine_records_per_layer(
     provenance = {"subject": asdict(info), "excerpts": excerpts.fingerprint}
     records: dict[str, UnitRecord] = {}
     check_layers(settings, info)
-    for layer in settings.units.layers:
+    for layer in settings.units.layers or []:
         chosen = choose_units(layer, info.width, settings.units.count, settings.units.indices, settings.units.seed)
         layer_records = load_or_mine(
             subject, excerpts, layer, settings.mining.top_k, settings.mining.random_k, settings.seed, settings.cache_dir

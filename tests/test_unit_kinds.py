@@ -348,3 +348,30 @@ def test_sharded_mining_resumes_after_an_interruption_and_matches_one_pass(tmp_p
         np.testing.assert_array_equal(mined.top_indices, one.top_indices)
         np.testing.assert_allclose(mined.random_acts, one.random_acts, atol=1e-6)
         assert strings
+
+
+def test_hub_release_goes_through_saelens_once_and_is_cached_as_a_folder(tmp_path: Path, monkeypatch) -> None:
+    import sys
+    from types import SimpleNamespace
+
+    from bench.subject.sae import load_sae
+
+    calls = []
+
+    class FakeSAE:  # SAELens' API: from_pretrained(release, sae_id, device) -> SAE with save_model(path)
+        @classmethod
+        def from_pretrained(cls, release, sae_id, device="cpu"):
+            calls.append((release, sae_id, device))
+            return cls()
+
+        def save_model(self, path):
+            write_sae(Path(path), 32, 16, "blocks.1.hook_resid_post")
+
+    monkeypatch.setitem(sys.modules, "sae_lens", None)  # not installed: one line naming the extra
+    with pytest.raises(UserError, match=r"neuronbench\[sae\]"):
+        load_sae(release="r", sae_id="blocks.1", cache_dir=str(tmp_path))
+    monkeypatch.setitem(sys.modules, "sae_lens", SimpleNamespace(SAE=FakeSAE))
+    first = load_sae(release="gpt2-small-res-jb", sae_id="blocks.1.hook_resid_post", cache_dir=str(tmp_path))
+    again = load_sae(release="gpt2-small-res-jb", sae_id="blocks.1.hook_resid_post", cache_dir=str(tmp_path))
+    assert calls == [("gpt2-small-res-jb", "blocks.1.hook_resid_post", "cpu")]
+    assert first.spec == again.spec and first.spec.d_sae == 16 and Path(first.spec.path).parent.name == "saes"
