@@ -12,7 +12,8 @@ top-k), interleaved, so a busy machine slows both:
   SAELens format; the encoder runs on the fly) / bare to layer 15's ``resid.post``; target <= 1.25.
 
 Peak memory: the process's maximum RSS after each stage (a high-water mark) and, on CUDA, the peak
-allocated GPU memory per stage.  Writes ``results/benchmarks/mining.json``; exit 1 when a target is missed.
+allocated GPU memory per stage (null on CPU).  Writes ``results/benchmarks/mining.json``; exit 1 when a
+target is missed.
 
     python benchmarks/bench_mining.py [--excerpts 1000] [--device auto] [--dtype float32] [--no-four-passes]
 """
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         mine_sources(model, sources, ids, 50, 50, 0, batch_size=args.batch_size, progress=False)
         sync()
-        peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
+        peak = round(torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else None
         return time.perf_counter() - started, peak
 
     with tempfile.TemporaryDirectory() as tmp:
