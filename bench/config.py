@@ -37,22 +37,46 @@ def conf_dir() -> Path:
 # ---------------------------------------------------------------------------------------------------
 # Structured schemas of the run-level nodes (component nodes are checked by building them).
 # ---------------------------------------------------------------------------------------------------
+# Unit kinds whose records are mined from the subject (bench/subject/units/).
+MINED_KINDS = ("mlp_neuron", "sae_latent", "attention_head")
+
+
+@dataclass
+class SaeConfig:
+    """The SAE (or transcoder) of ``units.kind=sae_latent``: a local SAELens folder or a hub release."""
+
+    path: str | None = None
+    release: str | None = None
+    sae_id: str | None = None
+
+
 @dataclass
 class UnitsConfig:
     version: int = 1
     kind: str = "mlp_neuron"
-    layers: list[int] = field(default_factory=lambda: [15])
+    layers: list[int] | None = field(default_factory=lambda: [15])
     count: int = 5
     indices: list[int] | None = None
     seed: int = 0
     examples_per_split: int = 5
+    site: str | None = None  # mlp_neuron only: read the coordinates of another site (resid.post, ...)
+    sae: SaeConfig = field(default_factory=SaeConfig)
 
     def __post_init__(self) -> None:
-        if self.kind != "mlp_neuron":
-            raise ValueError("kind: only 'mlp_neuron' is supported so far")
+        if self.kind not in MINED_KINDS:
+            raise ValueError(f"kind: must be one of {', '.join(MINED_KINDS)}, got {self.kind!r}")
+        if self.site is not None and self.kind != "mlp_neuron":
+            raise ValueError(f"site: only for kind mlp_neuron ({self.kind} defines its own site); use null")
+        if self.kind == "sae_latent":  # the SAE itself is read (and a missing path refused) before the run starts
+            if self.layers is not None and len(self.layers) != 1:
+                raise ValueError("layers: an SAE reads one layer (its hook_name); use null or that one layer")
+            return self._check_common()
         if not self.layers:
             raise ValueError("layers: give at least one layer, e.g. [15]")
-        if any(layer < 0 for layer in self.layers):
+        self._check_common()
+
+    def _check_common(self) -> None:
+        if any(layer < 0 for layer in self.layers or []):
             raise ValueError(f"layers: must be >= 0, got {list(self.layers)}")
         if self.count < 1:
             raise ValueError(f"count: must be >= 1, got {self.count}")
@@ -66,8 +90,11 @@ class UnitsConfig:
 class MiningConfig:
     top_k: int = 50
     random_k: int = 50
+    shard_excerpts: int = 0  # > 0: mine in shards of this many excerpts, each stored (resumable), merged exactly
 
     def __post_init__(self) -> None:
+        if self.shard_excerpts < 0:
+            raise ValueError(f"shard_excerpts: must be >= 0, got {self.shard_excerpts}")
         for name in ("top_k", "random_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
@@ -383,7 +410,13 @@ def build_parts(cfg: Any) -> dict[str, Any]:
 def _check_compatibility(run: RunSettings, parts: dict[str, Any]) -> None:
     """Capabilities are checked before any call: a simulator refuses a backend that cannot serve its
     estimator (the message names the estimators that backend can serve), an explainer one that
-    cannot generate text."""
+    cannot generate text; a scorer a unit kind does not define is refused."""
+    from bench.subject.units import UNDEFINED_SCORERS
+
+    for name, scorer in (parts.get("scorers") or {}).items():
+        why = UNDEFINED_SCORERS.get(run.units.kind, {}).get(getattr(scorer, "name", name))
+        if why:
+            raise ConfigError(f"scorer.{name}", f"{why}; drop it from scorer=[...] for units={run.units.kind}")
     simulator = parts["simulator"]
     needed = set(getattr(simulator, "required_capabilities", ()) or ())
     llm = getattr(simulator, "llm", None)

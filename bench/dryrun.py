@@ -92,7 +92,7 @@ def estimate_run(settings: RunSettings, parts: dict[str, Any]) -> list[StageEsti
     """Per-stage estimates for a validated configuration (see the module docstring)."""
     units = settings.units
     per_layer = len(dict.fromkeys(units.indices)) if units.indices is not None else units.count
-    n_units = per_layer * len(units.layers)
+    n_units = per_layer * len(units.layers or [0])  # an SAE (layers null) reads one layer
     n = units.examples_per_split
     length = int(getattr(parts["dataset"], "excerpt_len", 64))
     explainer, simulator = parts["explainer"], parts["simulator"]
@@ -135,7 +135,7 @@ def format_estimate(settings: RunSettings, parts: dict[str, Any], title: str = "
     stages = estimate_run(settings, parts)
     units = settings.units
     per_layer = len(dict.fromkeys(units.indices)) if units.indices is not None else units.count
-    n_units = per_layer * len(units.layers)
+    n_units = per_layer * len(units.layers or [0])  # an SAE (layers null) reads one layer
     length = int(getattr(parts["dataset"], "excerpt_len", 64))
     estimator = getattr(parts["simulator"], "estimator", "?")
     strategy = getattr(parts["simulator"], "recorded_estimator", estimator)

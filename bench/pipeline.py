@@ -266,8 +266,11 @@ def run(
 
 
 def check_layers(settings: RunSettings, info: Any) -> None:
-    """Every requested layer exists (the subject's config alone says so: no weights loaded)."""
-    for layer in settings.units.layers:
+    """Every requested layer exists (the subject's config alone says so: no weights loaded); an SAE's
+    folder is read and checked too (``cfg.json`` and the weights' hash: no model needed)."""
+    if settings.units.kind == "sae_latent":
+        sae_layer(settings)
+    for layer in settings.units.layers or []:
         if layer >= info.n_layers:
             raise UserError(
                 f"config error at 'units.layers': layer {layer} out of range; "
@@ -276,15 +279,82 @@ def check_layers(settings: RunSettings, info: Any) -> None:
 
 
 def load_records(settings: RunSettings, subject: Any, dataset: Any) -> tuple[dict[str, UnitRecord], dict[str, Any]]:
-    """The chosen units' records (one streaming pass per layer, cached on disk) and their provenance."""
+    """The chosen units' records and their provenance.
+
+    Dispatch point: record sources that need no mining plug in here by ``settings.units.kind``;
+    every kind read from the subject is mined by :func:`mine_records`.
+    """
+    return mine_records(settings, subject, dataset)
+
+
+def sae_layer(settings: RunSettings) -> int:
+    """The layer an SAE reads (from its cfg.json); one line if ``units.layers`` names another."""
+    from bench.subject.architectures import parse_site
+    from bench.subject.sae import load_sae
+
+    sae = settings.units.sae
+    spec = load_sae(sae.path, sae.release, sae.sae_id, settings.cache_dir).spec
+    _, layer = parse_site(spec.hook_name)
+    layers = settings.units.layers
+    if layer is None or (layers and list(layers) != [layer]):
+        raise UserError(
+            f"config error at 'units.layers': the SAE reads {spec.hook_name!r}; set units.layers=null (or [{layer}])"
+        )
+    return layer
+
+
+def mine_records(settings: RunSettings, subject: Any, dataset: Any) -> tuple[dict[str, UnitRecord], dict[str, Any]]:
+    """Every requested source mined in ONE streaming pass (cached on disk per source), then the chosen units."""
+    if not hasattr(subject, "mine_sources"):
+        return _mine_records_per_layer(settings, subject, dataset)
+    from bench.subject.record_cache import load_or_mine_sources
+    from bench.subject.sae import load_sae
+    from bench.subject.units import build_sources
+
+    units = settings.units
+    info = subject.info
+    excerpts = dataset.excerpts(subject.tokenizer, seed=settings.seed)
+    check_layers(settings, info)
+    if units.kind == "mlp_neuron" and units.site is None:  # widths known from the config: refuse before mining
+        for layer in units.layers or []:
+            choose_units(layer, info.width, units.count, units.indices, units.seed)
+    sae = load_sae(units.sae.path, units.sae.release, units.sae.sae_id, settings.cache_dir) if (
+        units.kind == "sae_latent") else None  # fmt: skip
+    sources = build_sources(subject, units.kind, units.layers or [], sae, units.site)
+    if hasattr(subject, "register_sources"):
+        subject.register_sources(sources)
+    provenance = {
+        "subject": asdict(info),
+        "excerpts": excerpts.fingerprint,
+        "units": {"kind": units.kind, "sources": [s.describe for s in sources]},
+    }
+    mined = load_or_mine_sources(
+        subject, excerpts, sources, settings.mining.top_k, settings.mining.random_k, settings.seed,
+        settings.cache_dir, settings.mining.shard_excerpts,
+    )  # fmt: skip
+    records: dict[str, UnitRecord] = {}
+    for source, (layer_mined, strings) in zip(sources, mined, strict=True):
+        layer_records = layer_mined.lazy_records(excerpts.token_ids, strings, kind=source.kind)
+        for index in choose_units(source.layer, len(layer_records), units.count, units.indices, units.seed):
+            rec = layer_records[index]
+            records[rec.unit.key] = rec
+    return records, provenance
+
+
+def _mine_records_per_layer(
+    settings: RunSettings, subject: Any, dataset: Any
+) -> tuple[dict[str, UnitRecord], dict[str, Any]]:
+    """A plugin subject without ``mine_sources``: MLP neurons, one pass per layer (``mine_layer`` / ``mine``)."""
     from bench.subject.record_cache import load_or_mine
 
+    if settings.units.kind != "mlp_neuron":
+        raise UserError(f"config error at 'units.kind': subject {type(subject).__name__} can only mine mlp_neuron")
     info = subject.info
     excerpts = dataset.excerpts(subject.tokenizer, seed=settings.seed)
     provenance = {"subject": asdict(info), "excerpts": excerpts.fingerprint}
     records: dict[str, UnitRecord] = {}
     check_layers(settings, info)
-    for layer in settings.units.layers:
+    for layer in settings.units.layers or []:
         chosen = choose_units(layer, info.width, settings.units.count, settings.units.indices, settings.units.seed)
         layer_records = load_or_mine(
             subject, excerpts, layer, settings.mining.top_k, settings.mining.random_k, settings.seed, settings.cache_dir

@@ -205,6 +205,7 @@ class SubjectInfo:
     hook_site: str  # e.g. "model.layers.{layer}.mlp.down_proj:input"
     n_layers: int
     width: int  # units per layer
+    randomize_seed: int | None = None  # set for the random-subject baseline (weights re-initialised)
 
 
 @dataclass(frozen=True)

@@ -217,9 +217,11 @@ def test_every_declared_family_resolves_on_a_tiny_model() -> None:
         "gemma": transformers.GemmaConfig,
         "gemma2": transformers.Gemma2Config,
         "gemma3_text": transformers.Gemma3TextConfig,
+        "phi3": transformers.Phi3Config,
+        "olmo2": transformers.Olmo2Config,
     }
     small = dict(vocab_size=64, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
-                 num_key_value_heads=2, head_dim=8, max_position_embeddings=32)  # fmt: skip
+                 num_key_value_heads=2, head_dim=8, max_position_embeddings=32, pad_token_id=0)  # fmt: skip
     configs = [tiny_config(f, 64) for f in FAMILIES] + [cls(**small) for cls in extra.values()]
     seen = set()
     for config in configs:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ import numpy as np
 
 from bench.model_lock import model_lock
 from bench.protocols import ScoringContext
-from bench.records import ActivationRecord, Score
+from bench.records import ActivationRecord, Score, UnitId
 
 DIVERGENCES = ("kl", "js", "loss")
 
@@ -45,44 +46,41 @@ def parse_hook_site(hook_site: str, layer: int) -> tuple[str, str]:
     return path.format(layer=layer), where
 
 
-def _override_hook(where: str, index: int, values: Any) -> tuple[str, Any]:
-    """A forward (pre-)hook that writes ``values`` (batch, tokens) into unit ``index``."""
+def source_for(subject: Any, unit: UnitId) -> Any:
+    """The unit's activation source: the subject's own (any kind), or an MLP neuron at ``info.hook_site``."""
+    find = getattr(subject, "source_for", None)
+    if callable(find):
+        return find(unit)
+    return neuron_source(subject.info.hook_site, unit.layer)
 
-    def replace(tensor: Any) -> Any:
-        tensor = tensor.clone()
-        tensor[..., index] = values.to(tensor.dtype)
-        return tensor
 
-    if where == "input":
+def neuron_source(hook_site: str, layer: int) -> Any:
+    from bench.subject.architectures import Site
+    from bench.subject.units.mlp_neuron import NeuronSource
 
-        def pre_hook(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
-            return (replace(args[0]), *args[1:])
+    return NeuronSource("mlp.post", Site.parse(hook_site), layer)
 
-        return "pre", pre_hook
 
-    def hook(module: Any, args: tuple[Any, ...], output: Any) -> Any:
-        return replace(output)
+def logprobs(model: Any, ids: Any, edit: AbstractContextManager[Any] | None = None) -> Any:
+    """Log-probabilities of the next token at every position, inside ``edit`` (a source's hook) if given."""
+    import torch
 
-    return "post", hook
+    from bench.subject import hooks
+
+    with edit if edit is not None else nullcontext():
+        logits = hooks.forward(model, ids, logits=True)
+    # float64: differences between passes can be near the model dtype's resolution (module docstring)
+    return torch.log_softmax(logits.double(), dim=-1)
 
 
 def next_token_logprobs(model: Any, ids: Any, site: tuple[str, str] | None, index: int, values: Any) -> Any:
-    """Log-probabilities of the next token at every position, optionally with the unit overridden."""
-    import torch
+    """Log-probabilities of the next token, optionally with neuron ``index`` at ``site`` overridden."""
+    if site is None:
+        return logprobs(model, ids)
+    from bench.subject import hooks
+    from bench.subject.architectures import Site
 
-    handle = None
-    if site is not None:
-        kind, hook = _override_hook(site[1], index, values)
-        module = model.get_submodule(site[0])
-        handle = module.register_forward_pre_hook(hook) if kind == "pre" else module.register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            logits = model(input_ids=ids).logits
-    finally:
-        if handle is not None:
-            handle.remove()
-    # float64: differences between passes can be near the model dtype's resolution (module docstring)
-    return torch.log_softmax(logits.double(), dim=-1)
+    return logprobs(model, ids, hooks.override(model, (Site(site[0], site[1]), 0), index, values))
 
 
 def divergences(base: Any, other: Any, ids: Any) -> dict[str, float]:
@@ -113,8 +111,13 @@ def ablation_scores(
     records: Sequence[ActivationRecord],
     simulated: Sequence[Sequence[float]],
     mean_activation: float,
+    source: Any = None,
 ) -> dict[str, float]:
-    """Raw divergences and ``1 - D(sim)/D(mean)`` per divergence, for one unit, batched over excerpts."""
+    """Raw divergences and ``1 - D(sim)/D(mean)`` per divergence, for one unit, batched over excerpts.
+
+    ``source`` (:mod:`bench.subject.units`) says how the unit is overridden; without it the unit is an
+    MLP neuron at ``hook_site``.
+    """
     import torch
 
     if any(r.token_ids is None for r in records):
@@ -122,12 +125,12 @@ def ablation_scores(
     device = next(model.parameters()).device
     ids = torch.tensor([r.token_ids for r in records], dtype=torch.long, device=device)
     sim = torch.tensor(np.asarray(simulated, dtype=np.float32), device=device)
-    site = parse_hook_site(hook_site, layer)
+    source = source if source is not None else neuron_source(hook_site, layer)
     with model_lock(model):  # no other thread's hook may touch these passes (parallel_units)
-        base = next_token_logprobs(model, ids, None, index, None)
-        with_sim = divergences(base, next_token_logprobs(model, ids, site, index, sim), ids)
+        base = logprobs(model, ids)
+        with_sim = divergences(base, logprobs(model, ids, source.replaced(model, index, sim)), ids)
         mean_values = torch.full_like(sim, float(mean_activation))
-        with_mean = divergences(base, next_token_logprobs(model, ids, site, index, mean_values), ids)
+        with_mean = divergences(base, logprobs(model, ids, source.replaced(model, index, mean_values)), ids)
     out: dict[str, float] = {}
     for name in DIVERGENCES:
         out[f"{name}/simulated"] = with_sim[name]
@@ -166,6 +169,7 @@ class AblationScorer:
             ctx.scoring_records,
             simulated,
             ctx.unit.stats.mean,
+            source=source_for(ctx.subject, unit),
         )
         out = {}
         for key, value in raw.items():

@@ -3,10 +3,10 @@ what the unit *promotes in the output*, beside what it reads in the input?
 
 Two views of the unit's effect on the next token, each a list of ``top_k`` promoted tokens:
 
-* **projection** ("vocabulary projection"): the unit's output direction -- its column of the MLP down
-  projection (``down_proj`` / GPT-2's ``c_proj`` / GPT-NeoX's ``dense_4h_to_h``, found from the
-  subject's hook site) -- multiplied by the unembedding matrix, norm-free (the final layer norm is
-  skipped); the tokens with the largest logits.
+* **projection** ("vocabulary projection"): the unit's output direction -- for a neuron its column of
+  the MLP down projection (``down_proj`` / GPT-2's ``c_proj`` / GPT-NeoX's ``dense_4h_to_h``, found from
+  the subject's hook site), for an SAE latent its decoder row -- multiplied by the unembedding matrix,
+  norm-free (the final layer norm is skipped); the tokens with the largest logits.
 * **boost** ("token change"): the subject runs on up to ``max_excerpts`` scoring excerpts twice,
   unchanged and with ``boost_multiple`` times the unit's maximum activation added to the unit at every
   token; the tokens whose next-token log-probability rises most on average over all positions.
@@ -30,7 +30,7 @@ from bench.embeddings import MODEL_NAME, get_encoder
 from bench.model_lock import model_lock
 from bench.protocols import ScoringContext
 from bench.records import ActivationRecord, Score
-from bench.scorers.ablation import next_token_logprobs, parse_hook_site
+from bench.scorers.ablation import logprobs, neuron_source, parse_hook_site, source_for
 from bench.simulators.proxy import parse_explanation, word_forms
 
 SIMILARITIES = ("both", "lexical", "embedding")
@@ -63,40 +63,40 @@ def output_direction(projection: Any, index: int) -> Any:
     raise ValueError(f"unsupported down projection {type(projection).__name__}")
 
 
-def projection_logits(model: Any, hook_site: str, layer: int, index: int) -> Any:
-    """Norm-free vocabulary projection of the unit's output direction: ``W_U @ w_out`` (vocab,)."""
-    direction = output_direction(down_projection(model, hook_site, layer), index)
+def projection_logits(model: Any, hook_site: str, layer: int, index: int, source: Any = None) -> Any:
+    """Norm-free vocabulary projection of the unit's output direction: ``W_U @ w_out`` (vocab,).
+
+    ``source`` (:mod:`bench.subject.units`) gives the direction of any kind (an SAE latent: its decoder
+    row); None when the kind has none.  Without it the unit is an MLP neuron at ``hook_site``.
+    """
+    if source is not None:
+        direction = source.output_direction(model, index)
+        if direction is None:
+            return None
+    else:
+        direction = output_direction(down_projection(model, hook_site, layer), index)
     unembed = model.get_output_embeddings().weight.detach().float()
     return unembed @ direction.to(unembed.device)
 
 
 def boost_logprob_change(
-    model: Any, hook_site: str, layer: int, index: int, records: Sequence[ActivationRecord], delta: float
+    model: Any,
+    hook_site: str,
+    layer: int,
+    index: int,
+    records: Sequence[ActivationRecord],
+    delta: float,
+    source: Any = None,
 ) -> Any:
     """Mean over all positions of ``log p_boosted - log p_unchanged`` per vocabulary token (vocab,)."""
     import torch
 
     device = next(model.parameters()).device
     ids = torch.tensor([r.token_ids for r in records], dtype=torch.long, device=device)
-    path, where = parse_hook_site(hook_site, layer)
-    module = model.get_submodule(path)
-
-    def add(tensor: Any) -> Any:
-        tensor = tensor.clone()
-        tensor[..., index] += delta
-        return tensor
-
+    source = source if source is not None else neuron_source(hook_site, layer)
     with model_lock(model):  # no other thread's hook may touch these passes (parallel_units)
-        base = next_token_logprobs(model, ids, None, index, None)
-        if where == "input":
-            handle = module.register_forward_pre_hook(lambda m, args: (add(args[0]), *args[1:]))
-        else:
-            handle = module.register_forward_hook(lambda m, args, output: add(output))
-        try:
-            with torch.no_grad():
-                boosted = torch.log_softmax(model(input_ids=ids).logits.float(), dim=-1)
-        finally:
-            handle.remove()
+        base = logprobs(model, ids)
+        boosted = logprobs(model, ids, source.boosted(model, index, delta))
     return (boosted - base).mean(dim=(0, 1))
 
 
@@ -183,11 +183,17 @@ class OutputCentricScorer:
             }
         model, tokenizer = ctx.subject.model, ctx.subject.tokenizer
         site = ctx.subject.info.hook_site
+        source = source_for(ctx.subject, unit)
         details: dict[str, Any] = {}
 
-        projection = top_tokens(projection_logits(model, site, unit.layer, unit.index), tokenizer, self.top_k)
-        details["projection"] = projection
-        out = self._compare("projection", explanation, [t for t, _ in projection], None)
+        logits = projection_logits(model, site, unit.layer, unit.index, source)
+        if logits is None:
+            why = f"a {unit.kind} has no single output direction in the residual stream"
+            out = self._compare("projection", explanation, None, why)
+        else:
+            projection = top_tokens(logits, tokenizer, self.top_k)
+            details["projection"] = projection
+            out = self._compare("projection", explanation, [t for t, _ in projection], None)
 
         records = [r for r in ctx.scoring_records if r.token_ids is not None][: self.max_excerpts]
         unit_max = ctx.unit.top[0].max_activation if ctx.unit.top else math.nan
@@ -198,7 +204,7 @@ class OutputCentricScorer:
             why = f"the unit's maximum activation is {unit_max:.4g}: nothing to boost by"
         else:
             delta = self.boost_multiple * unit_max
-            change = boost_logprob_change(model, site, unit.layer, unit.index, records, delta)
+            change = boost_logprob_change(model, site, unit.layer, unit.index, records, delta, source)
             boosted = top_tokens(change, tokenizer, self.top_k)
             details["boost"] = boosted
             details["boost_delta"] = delta

@@ -1,7 +1,9 @@
-"""Streaming top-k mining of every MLP neuron of one layer, in one pass (method.md section 1).
+"""Streaming top-k mining of every unit of every requested source, in one pass (method.md section 1).
 
-For each batch of excerpts the forward pass runs only up to the hooked module of the layer (a private
-exception raised from the hook stops it: no later layer, no LM head), and then, for all units at once:
+A *source* (:mod:`bench.subject.units`) reads one or more sites of one layer and encodes them into units
+(MLP neurons: as they are; SAE latents: the SAE encoder, applied on the fly; attention heads: output
+norms).  For each batch of excerpts the forward pass runs only up to the deepest captured site (the
+capture hook stops it: no later layer, no LM head), and then, per source, for all its units at once:
 
 * **top-k**: each excerpt's maximum per unit is merged with the running winners by a stable sort of
   ``(k + batch) × units`` values; the ``(k, units, excerpt_len)`` activations of the winners are kept.
@@ -26,14 +28,11 @@ from typing import Any
 import numpy as np
 
 from bench.records import ActivationRecord, UnitId, UnitRecord, UnitStats
-from bench.subject.hook_sites import HookSite, resolve_module
+from bench.subject import hooks
+from bench.subject.hook_sites import HookSite
 
 # Bump when a change here changes what mining returns for the same inputs (record cache key).
 MINING_VERSION = 1
-
-
-class _StopForward(Exception):
-    """Raised by the capture hook to end the forward pass right after the hooked module."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +55,8 @@ class MinedLayer:
     variance: np.ndarray
     skewness: np.ndarray
     kurtosis: np.ndarray  # excess kurtosis (0 for a normal distribution)
+    start: int = 0  # the excerpts [start, stop) this pass saw (a shard of the corpus); stop None = all
+    stop: int | None = None
 
     @property
     def n_units(self) -> int:
@@ -149,42 +150,179 @@ def token_strings(tokenizer: Any, ids: np.ndarray | Sequence[int]) -> dict[int, 
 
 
 def capture_activations(model: Any, site: HookSite, layer: int, input_ids: Any, stop: bool = True) -> Any:
-    """Activations ``(batch, tokens, units)`` at the hook site of ``layer`` for ``input_ids``.
+    """Activations ``(batch, tokens, units)`` at the neuron hook site of ``layer`` for ``input_ids``.
 
     With ``stop`` the forward pass ends at the hooked module; without it the whole model runs (the
     reference the early stop is tested against).
     """
+    point = (site.site, layer)
+    with hooks.capture(model, [point], stop=stop) as captured:
+        hooks.forward(model, input_ids)
+    if point not in captured:
+        raise RuntimeError(f"hook {site.module_name(layer)} did not fire")
+    return captured[point]
+
+
+class _Stream:
+    """The streaming state of one source: top-k winners, the shared random sample, shifted power sums."""
+
+    def __init__(self, k: int, length: int, random_slot: dict[int, int], n_random: int, device: Any) -> None:
+        import torch
+
+        self.k, self.length, self.random_slot, self.n_random = k, length, random_slot, n_random
+        self.device = device
+        self.stats_device = device if device.type != "mps" else torch.device("cpu")  # no float64 on MPS
+        self.top_vals = self.top_idx = self.top_acts = self.rand_acts = None
+        self.shift = self.s1 = self.s2 = self.s3 = self.s4 = None
+        self.seen = 0
+
+    def update(self, acts: Any, start: int) -> None:
+        """Merge a batch ``(B, L, U)`` (float32) of excerpts ``start ..`` into the state."""
+        import torch
+
+        b, _, units = acts.shape
+        device = acts.device
+        # top-k by excerpt maximum; stable sort keeps the lower excerpt index first on ties
+        maxes = torch.nan_to_num(acts.amax(dim=1), nan=-math.inf)  # (B, U)
+        idx = torch.arange(start, start + b, device=device).unsqueeze(1).expand(b, units)
+        per_unit = acts.permute(0, 2, 1)  # (B, U, L)
+        if self.top_vals is None:
+            cand_vals, cand_idx, cand_acts = maxes, idx, per_unit
+        else:
+            cand_vals = torch.cat([self.top_vals, maxes])
+            cand_idx = torch.cat([self.top_idx, idx])
+            cand_acts = torch.cat([self.top_acts, per_unit])
+        order = torch.sort(cand_vals, dim=0, descending=True, stable=True).indices[: self.k]
+        self.top_vals = torch.gather(cand_vals, 0, order)
+        self.top_idx = torch.gather(cand_idx, 0, order)
+        self.top_acts = torch.gather(cand_acts, 0, order.unsqueeze(-1).expand(-1, -1, self.length)).contiguous()
+
+        # shared random sample
+        if self.rand_acts is None:
+            self.rand_acts = torch.zeros((self.n_random, units, self.length), dtype=torch.float32, device=device)
+        hits = [(i, self.random_slot[start + i]) for i in range(b) if start + i in self.random_slot]
+        if hits:
+            rows = torch.tensor([i for i, _ in hits], device=device)
+            slots = torch.tensor([s for _, s in hits], device=device)
+            self.rand_acts[slots] = per_unit[rows]
+
+        # shifted power sums in float64 (float32 - float64 promotes without a float64 copy of the batch)
+        flat = acts.reshape(-1, units).to(self.stats_device)
+        if self.shift is None:
+            self.shift = flat.mean(dim=0, dtype=torch.float64)
+            self.s1, self.s2, self.s3, self.s4 = (torch.zeros_like(self.shift) for _ in range(4))
+        d = flat - self.shift
+        d2 = d * d
+        self.s1 += d.sum(dim=0)
+        self.s2 += d2.sum(dim=0)
+        self.s3 += (d2 * d).sum(dim=0)
+        self.s4 += (d2 * d2).sum(dim=0)
+        self.seen += b
+
+    def finish(self, layer: int, random_indices: np.ndarray, start: int, stop: int | None) -> MinedLayer:
+        import torch
+
+        count = self.seen * self.length
+        m1 = self.s1 / count
+        e2, e3, e4 = self.s2 / count, self.s3 / count, self.s4 / count
+        mu2 = (e2 - m1**2).clamp_min(0.0)
+        mu3 = e3 - 3 * m1 * e2 + 2 * m1**3
+        mu4 = e4 - 4 * m1 * e3 + 6 * m1**2 * e2 - 3 * m1**4
+        positive = mu2 > 0
+        nan = torch.full_like(mu2, math.nan)
+        skew = torch.where(positive, mu3 / mu2.clamp_min(1e-300) ** 1.5, nan)
+        kurt = torch.where(positive, mu4 / mu2.clamp_min(1e-300) ** 2 - 3.0, nan)
+
+        def cpu(t: Any) -> np.ndarray:
+            return t.detach().to("cpu").numpy()
+
+        return MinedLayer(
+            layer=layer,
+            top_indices=cpu(self.top_idx).astype(np.int64),
+            top_max=cpu(self.top_vals).astype(np.float32),
+            top_acts=cpu(self.top_acts).astype(np.float32),
+            random_indices=random_indices,
+            random_acts=cpu(self.rand_acts).astype(np.float32),
+            count=count,
+            mean=cpu(self.shift + m1).astype(np.float64),
+            variance=cpu(mu2).astype(np.float64),
+            skewness=cpu(skew).astype(np.float64),
+            kurtosis=cpu(kurt).astype(np.float64),
+            start=start,
+            stop=stop,
+        )
+
+
+def random_sample(n: int, random_k: int, seed: int) -> np.ndarray:
+    """The shared random sample of excerpt indices: one seeded choice over the whole corpus (all shards)."""
+    return np.random.default_rng(seed).choice(n, size=min(random_k, n), replace=False).astype(np.int64)
+
+
+def mine_sources(
+    model: Any,
+    sources: Sequence[Any],
+    token_ids: np.ndarray,
+    top_k: int,
+    random_k: int,
+    seed: int,
+    batch_size: int = 32,
+    progress: bool = True,
+    on_batch: Callable[[int], None] | None = None,
+    start: int = 0,
+    stop: int | None = None,
+) -> list[MinedLayer]:
+    """One streaming pass over excerpts ``[start, stop)`` of ``token_ids`` for every source at once.
+
+    All sources' points are captured in the same forward pass, which ends right after the deepest one;
+    each source encodes its captures (an SAE on the fly) and updates its own streaming state.  Indices
+    are global (``start`` offsets them) and the random sample is drawn over the whole corpus, so shards
+    mined separately merge exactly (:func:`merge_mined`).
+    """
     import torch
+    from tqdm.auto import tqdm
 
-    module = resolve_module(model, site, layer)
-    captured: list[Any] = []
+    from bench.subject.units import iter_points
 
-    if site.io == "input":
-
-        def pre_hook(_module: Any, args: tuple[Any, ...]) -> None:
-            captured.append(args[0].detach())
-            if stop:
-                raise _StopForward
-
-        handle = module.register_forward_pre_hook(pre_hook)
-    else:
-
-        def hook(_module: Any, _args: tuple[Any, ...], output: Any) -> None:
-            captured.append(output.detach())
-            if stop:
-                raise _StopForward
-
-        handle = module.register_forward_hook(hook)
+    token_ids = np.asarray(token_ids, dtype=np.int64)
+    if token_ids.ndim != 2 or token_ids.shape[0] == 0:
+        raise ValueError(f"token_ids must be a non-empty (n_excerpts, excerpt_len) array, got {token_ids.shape}")
+    if top_k < 1 or random_k < 0 or batch_size < 1:
+        raise ValueError(f"need top_k >= 1, random_k >= 0, batch_size >= 1 (got {top_k}, {random_k}, {batch_size})")
+    if not sources:
+        raise ValueError("no sources to mine")
+    n, length = token_ids.shape
+    end = n if stop is None else min(stop, n)
+    if not 0 <= start < end:
+        raise ValueError(f"empty shard [{start}, {end}) of {n} excerpts")
+    k = min(top_k, n)
+    random_indices = random_sample(n, random_k, seed)
+    random_slot = {int(i): s for s, i in enumerate(random_indices)}
+    device = next(model.parameters()).device
+    streams = [_Stream(k, length, random_slot, len(random_indices), device) for _ in sources]
+    points = list(dict.fromkeys(iter_points(sources)))
+    layers = sorted({s.layer for s in sources})
+    desc = f"mining layer{'s' if len(layers) > 1 else ''} {','.join(map(str, layers))}"
+    bar = tqdm(total=end - start, desc=desc, unit="excerpt", disable=not progress, leave=False)
     try:
-        with torch.inference_mode():
-            model(input_ids=input_ids, use_cache=False)
-    except _StopForward:
-        pass
+        with hooks.capture(model, points, stop=True) as captured:
+            for first in range(start, end, batch_size):
+                batch = torch.from_numpy(token_ids[first : min(first + batch_size, end)]).to(device)
+                captured.clear()
+                hooks.forward(model, batch)
+                missing = [p for p in points if p not in captured]
+                if missing:
+                    raise RuntimeError(f"hooks {[p[0].module_name(p[1]) for p in missing]} did not fire")
+                for source, stream in zip(sources, streams, strict=True):
+                    stream.update(source.encode(captured).float(), first)
+                bar.update(batch.shape[0])
+                if on_batch is not None:
+                    on_batch(batch.shape[0])
     finally:
-        handle.remove()
-    if len(captured) != 1:
-        raise RuntimeError(f"hook {site.module_name(layer)} fired {len(captured)} times, expected once")
-    return captured[0]
+        bar.close()
+    return [
+        stream.finish(source.layer, random_indices, start, None if stop is None and start == 0 else end)
+        for source, stream in zip(sources, streams, strict=True)
+    ]
 
 
 def mine_layer(
@@ -199,99 +337,69 @@ def mine_layer(
     progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
 ) -> MinedLayer:
-    """One streaming pass over ``token_ids`` (``(n_excerpts, excerpt_len)``); see the module docstring."""
-    import torch
-    from tqdm.auto import tqdm
+    """One streaming pass over ``token_ids`` for the neurons of one layer (see :func:`mine_sources`)."""
+    from bench.subject.units.mlp_neuron import NeuronSource
 
-    token_ids = np.asarray(token_ids, dtype=np.int64)
-    if token_ids.ndim != 2 or token_ids.shape[0] == 0:
-        raise ValueError(f"token_ids must be a non-empty (n_excerpts, excerpt_len) array, got {token_ids.shape}")
-    if top_k < 1 or random_k < 0 or batch_size < 1:
-        raise ValueError(f"need top_k >= 1, random_k >= 0, batch_size >= 1 (got {top_k}, {random_k}, {batch_size})")
-    n, length = token_ids.shape
-    k = min(top_k, n)
-    random_indices = np.random.default_rng(seed).choice(n, size=min(random_k, n), replace=False).astype(np.int64)
-    random_slot = {int(i): s for s, i in enumerate(random_indices)}
+    source = NeuronSource("mlp.post", site.site, layer)
+    return mine_sources(model, [source], token_ids, top_k, random_k, seed, batch_size, progress, on_batch)[0]
 
-    device = next(model.parameters()).device
-    stats_device = device if device.type != "mps" else torch.device("cpu")  # no float64 on MPS
-    top_vals = top_idx = top_acts = None
-    rand_acts = None
-    shift = s1 = s2 = s3 = s4 = None
 
-    bar = tqdm(total=n, desc=f"mining layer {layer}", unit="excerpt", disable=not progress, leave=False)
-    try:
-        for start in range(0, n, batch_size):
-            batch = torch.from_numpy(token_ids[start : start + batch_size]).to(device)
-            acts = capture_activations(model, site, layer, batch).float()  # (B, L, U)
-            b, _, units = acts.shape
+def _central_sums(m: MinedLayer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n, var = m.count, m.variance
+    ok = var > 0
+    m2 = var * n
+    m3 = np.where(ok, np.nan_to_num(m.skewness) * np.power(np.where(ok, var, 1.0), 1.5) * n, 0.0)
+    m4 = np.where(ok, (np.nan_to_num(m.kurtosis) + 3.0) * np.where(ok, var, 1.0) ** 2 * n, 0.0)
+    return m2, m3, m4
 
-            # top-k by excerpt maximum; stable sort keeps the lower excerpt index first on ties
-            maxes = torch.nan_to_num(acts.amax(dim=1), nan=-math.inf)  # (B, U)
-            idx = torch.arange(start, start + b, device=device).unsqueeze(1).expand(b, units)
-            per_unit = acts.permute(0, 2, 1)  # (B, U, L)
-            if top_vals is None:
-                cand_vals, cand_idx, cand_acts = maxes, idx, per_unit
-            else:
-                cand_vals = torch.cat([top_vals, maxes])
-                cand_idx = torch.cat([top_idx, idx])
-                cand_acts = torch.cat([top_acts, per_unit])
-            order = torch.sort(cand_vals, dim=0, descending=True, stable=True).indices[:k]
-            top_vals = torch.gather(cand_vals, 0, order)
-            top_idx = torch.gather(cand_idx, 0, order)
-            top_acts = torch.gather(cand_acts, 0, order.unsqueeze(-1).expand(-1, -1, length)).contiguous()
 
-            # shared random sample
-            hits = [(i, random_slot[start + i]) for i in range(b) if start + i in random_slot]
-            if rand_acts is None:
-                rand_acts = torch.zeros((len(random_indices), units, length), dtype=torch.float32, device=device)
-            if hits:
-                rows = torch.tensor([i for i, _ in hits], device=device)
-                slots = torch.tensor([s for _, s in hits], device=device)
-                rand_acts[slots] = per_unit[rows]
+def merge_mined(a: MinedLayer, b: MinedLayer) -> MinedLayer:
+    """Two passes over disjoint shards of one corpus -> the pass over both (exact for top-k and samples).
 
-            # shifted power sums in float64
-            flat = acts.reshape(-1, units).to(stats_device, torch.float64)
-            if shift is None:
-                shift = flat.mean(dim=0)
-                s1, s2, s3, s4 = (torch.zeros(units, dtype=torch.float64, device=stats_device) for _ in range(4))
-            d = flat - shift
-            d2 = d * d
-            s1 += d.sum(dim=0)
-            s2 += d2.sum(dim=0)
-            s3 += (d2 * d).sum(dim=0)
-            s4 += (d2 * d2).sum(dim=0)
+    Top-k: the union of both winners sorted by maximum (descending), ties by lower excerpt index --
+    the order a single pass produces.  Random sample: each shard filled the slots of the shared sample
+    whose excerpts it saw.  Moments: the pairwise update of central moments (Pebay 2008).
+    """
+    if a.layer != b.layer or not np.array_equal(a.random_indices, b.random_indices):
+        raise ValueError("merge_mined needs shards of the same layer, corpus and seed")
+    k = a.top_indices.shape[0] if a.stop is None else max(a.top_indices.shape[0], b.top_indices.shape[0])
+    vals = np.concatenate([a.top_max, b.top_max])
+    idx = np.concatenate([a.top_indices, b.top_indices])
+    acts = np.concatenate([a.top_acts, b.top_acts])
+    sort_vals = np.nan_to_num(vals.astype(np.float64), nan=-np.inf)
+    order = np.lexsort((idx, -sort_vals), axis=0)[:k]
+    top_max = np.take_along_axis(vals, order, 0)
+    top_idx = np.take_along_axis(idx, order, 0)
+    top_acts = np.take_along_axis(acts, order[..., None], 0)
+    b_stop = b.stop if b.stop is not None else np.iinfo(np.int64).max
+    in_b = (a.random_indices >= b.start) & (a.random_indices < b_stop)
+    random_acts = np.where(in_b[:, None, None], b.random_acts, a.random_acts)
 
-            bar.update(b)
-            if on_batch is not None:
-                on_batch(b)
-    finally:
-        bar.close()
-
-    count = n * length
-    m1 = s1 / count
-    e2, e3, e4 = s2 / count, s3 / count, s4 / count
-    mu2 = (e2 - m1**2).clamp_min(0.0)
-    mu3 = e3 - 3 * m1 * e2 + 2 * m1**3
-    mu4 = e4 - 4 * m1 * e3 + 6 * m1**2 * e2 - 3 * m1**4
-    positive = mu2 > 0
-    nan = torch.full_like(mu2, math.nan)
-    skew = torch.where(positive, mu3 / mu2.clamp_min(1e-300) ** 1.5, nan)
-    kurt = torch.where(positive, mu4 / mu2.clamp_min(1e-300) ** 2 - 3.0, nan)
-
-    def cpu(t: Any) -> np.ndarray:
-        return t.detach().to("cpu").numpy()
-
+    na, nb = float(a.count), float(b.count)
+    n = na + nb
+    delta = b.mean - a.mean
+    a2, a3, a4 = _central_sums(a)
+    b2, b3, b4 = _central_sums(b)
+    m2 = a2 + b2 + delta**2 * na * nb / n
+    m3 = a3 + b3 + delta**3 * na * nb * (na - nb) / n**2 + 3 * delta * (na * b2 - nb * a2) / n
+    m4 = (a4 + b4 + delta**4 * na * nb * (na**2 - na * nb + nb**2) / n**3
+          + 6 * delta**2 * (na**2 * b2 + nb**2 * a2) / n**2 + 4 * delta * (na * b3 - nb * a3) / n)  # fmt: skip
+    var = m2 / n
+    ok = var > 0
+    safe = np.where(ok, var, 1.0)
+    start, stop = min(a.start, b.start), None if a.stop is None or b.stop is None else max(a.stop, b.stop)
     return MinedLayer(
-        layer=layer,
-        top_indices=cpu(top_idx).astype(np.int64),
-        top_max=cpu(top_vals).astype(np.float32),
-        top_acts=cpu(top_acts).astype(np.float32),
-        random_indices=random_indices,
-        random_acts=cpu(rand_acts).astype(np.float32),
-        count=count,
-        mean=cpu(shift + m1).astype(np.float64),
-        variance=cpu(mu2).astype(np.float64),
-        skewness=cpu(skew).astype(np.float64),
-        kurtosis=cpu(kurt).astype(np.float64),
+        layer=a.layer,
+        top_indices=top_idx,
+        top_max=top_max,
+        top_acts=top_acts,
+        random_indices=a.random_indices,
+        random_acts=random_acts,
+        count=int(n),
+        mean=a.mean + delta * nb / n,
+        variance=var,
+        skewness=np.where(ok, (m3 / n) / safe**1.5, np.nan),
+        kurtosis=np.where(ok, (m4 / n) / safe**2 - 3.0, np.nan),
+        start=start,
+        stop=stop,
     )

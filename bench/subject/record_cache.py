@@ -33,12 +33,22 @@ RECORD_CACHE_VERSION = 1
 
 
 def record_cache_key(
-    info: SubjectInfo, excerpts_fingerprint: str, layer: int, top_k: int, random_k: int, seed: int
+    info: SubjectInfo,
+    excerpts_fingerprint: str,
+    layer: int,
+    top_k: int,
+    random_k: int,
+    seed: int,
+    source: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything that determines a layer's records (see the module docstring)."""
+    """Everything that determines a layer's records (see the module docstring).
+
+    ``source`` is the activation source's ``describe`` (site, encoder and the SAE weights' sha256) for
+    any unit other than an MLP neuron at ``mlp.post`` (whose key stays what it was before unit kinds).
+    """
     from bench.subject.mining import MINING_VERSION
 
-    return {
+    key = {
         "subject": {
             "model": info.model,
             "revision": info.revision,
@@ -55,6 +65,126 @@ def record_cache_key(
         "mining_version": MINING_VERSION,
         "cache_version": RECORD_CACHE_VERSION,
     }
+    if source is not None:
+        key["source"] = source
+    if getattr(info, "randomize_seed", None) is not None:
+        key["subject"]["randomize_seed"] = info.randomize_seed
+    return key
+
+
+def source_key_part(source: Any) -> dict[str, Any] | None:
+    """What of a source goes into the key (None for the neurons at ``mlp.post``: the historical key)."""
+    describe = dict(source.describe)
+    if describe.get("kind") == "mlp_neuron" and describe.get("site") == "mlp.post":
+        return None
+    return describe
+
+
+def load_or_mine_sources(
+    subject: Any,
+    excerpts: ExcerptSet,
+    sources: Sequence[Any],
+    top_k: int,
+    random_k: int,
+    seed: int,
+    cache_dir: str | Path | None = None,
+    shard_excerpts: int = 0,
+) -> list[tuple[Any, dict[int, str]]]:
+    """``(MinedLayer, token strings)`` per source: cached ones read, all others mined in ONE pass.
+
+    With ``shard_excerpts`` the corpus is mined in shards of that many excerpts, each shard's result
+    stored as it finishes (an interrupted mining resumes at the first missing shard) and the shards
+    merged exactly (:func:`bench.subject.mining.merge_mined`).
+    """
+    from bench.assets import file_lock
+
+    keys = [
+        record_cache_key(subject.info, excerpts.fingerprint, s.layer, top_k, random_k, seed, source_key_part(s))
+        for s in sources
+    ]
+    paths = [record_cache_path(k, cache_dir) for k in keys]
+    found: list[Any] = [_load(p, k) for p, k in zip(paths, keys, strict=True)]
+    missing = [i for i, f in enumerate(found) if f is None]
+    if not missing:
+        return found
+    with file_lock(paths[missing[0]]):
+        found = [f if f is not None else _load(p, k) for f, p, k in zip(found, paths, keys, strict=True)]
+        missing = [i for i, f in enumerate(found) if f is None]
+        if not missing:
+            return found
+        started = time.perf_counter()
+        mined = _mine_shards(subject, excerpts, [sources[i] for i in missing], [keys[i] for i in missing],
+                             top_k, random_k, seed, cache_dir, shard_excerpts)  # fmt: skip
+        seconds = time.perf_counter() - started
+        kept = np.unique(np.concatenate([np.concatenate([m.top_indices.ravel(), m.random_indices]) for m in mined]))
+        strings = subject.token_strings(excerpts.token_ids[kept])
+        for i, m in zip(missing, mined, strict=True):
+            used = np.unique(np.concatenate([m.top_indices.ravel(), m.random_indices]))
+            needed = {int(t) for t in np.unique(excerpts.token_ids[used])}
+            own = {t: s for t, s in strings.items() if t in needed}
+            _save(paths[i], m, _meta(keys[i], own, seconds, subject, excerpts, len(missing)))
+            _drop_shards(keys[i], int(excerpts.token_ids.shape[0]), shard_excerpts, cache_dir)
+            found[i] = (m, own)
+        log.info("mined %d source(s) in one pass in %.1f s", len(missing), seconds)
+    return found
+
+
+def _meta(key: dict[str, Any], strings: dict[int, str], seconds: float, subject: Any, excerpts: ExcerptSet,
+          together: int = 1) -> dict[str, Any]:  # fmt: skip
+    return {
+        "key": key,
+        "token_strings": {str(k): v for k, v in strings.items()},
+        "mined": {
+            "seconds": round(seconds, 3),
+            "sources_in_pass": together,
+            "batch_size": getattr(subject, "batch_size", None),
+            "device": getattr(subject, "resolved_device", None),
+            "n_excerpts": int(excerpts.token_ids.shape[0]),
+            "excerpt_len": int(excerpts.token_ids.shape[1]),
+        },
+    }
+
+
+def _mine_shards(
+    subject: Any,
+    excerpts: ExcerptSet,
+    sources: list[Any],
+    keys: list[dict[str, Any]],
+    top_k: int,
+    random_k: int,
+    seed: int,
+    cache_dir: str | Path | None,
+    shard_excerpts: int,
+) -> list[Any]:
+    """Mine ``sources`` over the whole corpus, shard by shard (each shard stored), and merge."""
+    from bench.subject.mining import merge_mined
+
+    n = int(excerpts.token_ids.shape[0])
+    if shard_excerpts <= 0 or shard_excerpts >= n:
+        return subject.mine_sources(excerpts, sources, top_k, random_k, seed)
+    merged: list[Any] = [None] * len(sources)
+    for start in range(0, n, shard_excerpts):
+        stop = min(start + shard_excerpts, n)
+        shard_keys = [{**k, "shard": [start, stop]} for k in keys]
+        shard_paths = [record_cache_path(k, cache_dir) for k in shard_keys]
+        parts = [_load(p, k) for p, k in zip(shard_paths, shard_keys, strict=True)]
+        todo = [i for i, part in enumerate(parts) if part is None]
+        if todo:
+            fresh = subject.mine_sources(excerpts, [sources[i] for i in todo], top_k, random_k, seed, start, stop)
+            for i, m in zip(todo, fresh, strict=True):
+                _save(shard_paths[i], m, {"key": shard_keys[i], "token_strings": {}})
+                parts[i] = (m, {})
+        for i, (m, _) in enumerate(parts):
+            merged[i] = m if merged[i] is None else merge_mined(merged[i], m)
+    return merged
+
+
+def _drop_shards(key: dict[str, Any], n: int, shard_excerpts: int, cache_dir: str | Path | None) -> None:
+    """Delete a source's shard files once its merged record is stored."""
+    if 0 < shard_excerpts < n:
+        for start in range(0, n, shard_excerpts):
+            shard = {**key, "shard": [start, min(start + shard_excerpts, n)]}
+            record_cache_path(shard, cache_dir).unlink(missing_ok=True)
 
 
 def record_cache_path(key: dict[str, Any], cache_dir: str | Path | None = None) -> Path:
@@ -142,7 +272,8 @@ def _save(path: Path, mined: Any, meta: dict[str, Any]) -> None:
 
     buf = io.BytesIO()
     arrays = {name: getattr(mined, name) for name in _ARRAYS}
-    meta = {**meta, "layer": int(mined.layer), "count": int(mined.count)}
+    meta = {**meta, "layer": int(mined.layer), "count": int(mined.count), "start": int(mined.start),
+            "stop": None if mined.stop is None else int(mined.stop)}  # fmt: skip
     np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
     atomic_write_bytes(path, buf.getvalue())
 
@@ -162,6 +293,7 @@ def _load(path: Path, key: dict[str, Any]) -> tuple[Any, dict[int, str]] | None:
     except NPZ_READ_ERRORS as err:  # truncated, emptied or overwritten: it is a cache, so mine again
         log.warning("unreadable record cache %s (%s); mining again", path, err)
         return None
-    mined = MinedLayer(layer=int(meta["layer"]), count=int(meta["count"]), **arrays)
+    mined = MinedLayer(layer=int(meta["layer"]), count=int(meta["count"]), start=int(meta.get("start", 0)),
+                       stop=meta.get("stop"), **arrays)  # fmt: skip
     strings = {int(k): v for k, v in meta["token_strings"].items()}
     return mined, strings

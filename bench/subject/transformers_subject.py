@@ -26,10 +26,11 @@ import numpy as np
 from bench.errors import UserError
 from bench.protocols import ExcerptSet, SubjectInfo
 from bench.records import UnitRecord
-from bench.subject.hook_sites import HookSite, hook_site_for, mlp_width, n_layers
+from bench.subject.architectures import Architecture, architecture_for, mlp_width, n_layers
+from bench.subject.hook_sites import HookSite
 
 OFFLINE_SMOLLM2 = "smollm2-135m-instruct"
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16", "auto")  # auto: bf16 (or fp16) on CUDA, float32 elsewhere
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 _LOCK = threading.RLock()
@@ -68,6 +69,11 @@ class TransformersSubject:
     cache_dir: str | None = None
     progress: bool = True
     version: int = 1
+    # canonical site -> "module.{layer}.path:input|output": adds or overrides sites (any family)
+    sites: dict[str, str] | None = None
+    # random-subject baseline: the same architecture, weights re-initialised with this seed
+    randomize: bool = False
+    randomize_seed: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_id, str) or not self.model_id.strip():
@@ -86,6 +92,14 @@ class TransformersSubject:
             raise ValueError(f"device: must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size: must be an integer >= 1, got {self.batch_size!r}")
+        if self.sites is not None:
+            from bench.subject.architectures import Site
+
+            for name, text in self.sites.items():
+                try:
+                    Site.parse(text)
+                except ValueError as err:
+                    raise ValueError(f"sites: {name}: {err}") from None
 
     # ------------------------------------------------------------------------------------------------
     # Lazy resources
@@ -140,18 +154,37 @@ class TransformersSubject:
         return resolve_device(self.device)
 
     @property
+    def resolved_dtype(self) -> str:
+        """``dtype``, with ``auto`` resolved: bfloat16 on a CUDA device that supports it, else float16 there;
+        float32 on CPU and MPS (bf16 is fast on CPUs only with AMX, and changes which excerpts are top)."""
+        if self.dtype != "auto":
+            return self.dtype
+        if not self.resolved_device.startswith("cuda"):
+            return "float32"
+        import torch
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+
+    @property
     def model(self) -> Any:
         """The loaded torch model (eval mode, on :attr:`resolved_device`)."""
-        key = (self.source, self.revision, self.dtype, self.resolved_device)
+        randomized = self.randomize_seed if self.randomize else None
+        key = (self.source, self.revision, self.resolved_dtype, self.resolved_device, randomized)
         with _LOCK:
             if key not in _MODELS:
                 import torch
                 from transformers import AutoModelForCausalLM
 
+                dtype = getattr(torch, self.resolved_dtype)
                 try:
-                    model = AutoModelForCausalLM.from_pretrained(
-                        self.source, dtype=getattr(torch, self.dtype), **self._load_kwargs()
-                    )
+                    if self.randomize:  # same architecture, seeded fresh weights (no trained weights loaded)
+                        with torch.random.fork_rng(devices=[]):
+                            torch.manual_seed(self.randomize_seed)
+                            model = AutoModelForCausalLM.from_config(self.config, dtype=dtype)
+                    else:
+                        model = AutoModelForCausalLM.from_pretrained(
+                            self.source, dtype=dtype, **self._load_kwargs()
+                        )
                 except (OSError, ValueError) as err:
                     raise self._load_error("weights", err) from err
                 model.to(self.resolved_device)
@@ -165,8 +198,35 @@ class TransformersSubject:
         return self.model
 
     @cached_property
+    def architecture(self) -> Architecture:
+        """Canonical sites of this model (its family's adapter plus ``sites`` overrides)."""
+        return architecture_for(self.config, self.sites)
+
+    @cached_property
     def hook_site(self) -> HookSite:
-        return hook_site_for(self.config)
+        arch = self.architecture
+        site = arch.site("mlp.post")
+        return HookSite(arch.family, site.module, site.io, arch.layers)
+
+    @cached_property
+    def _sources(self) -> dict[tuple[str, int], Any]:
+        return {}
+
+    def register_sources(self, sources: list[Any]) -> None:
+        """Remember the sources a run mines, so scorers find a unit's source (:meth:`source_for`)."""
+        for source in sources:
+            self._sources[(source.kind, source.layer)] = source
+
+    def source_for(self, unit: Any) -> Any:
+        """The activation source of ``unit`` (an MLP neuron at ``mlp.post`` unless registered otherwise)."""
+        found = self._sources.get((unit.kind, unit.layer))
+        if found is not None:
+            return found
+        if unit.kind != "mlp_neuron":
+            raise ValueError(f"no activation source registered for {unit.key}")
+        from bench.subject.units.mlp_neuron import NeuronSource
+
+        return NeuronSource.build(self.architecture, unit.layer)
 
     @cached_property
     def info(self) -> SubjectInfo:
@@ -178,11 +238,12 @@ class TransformersSubject:
             model=self.model_id,
             revision=revision,
             weights_sha256=self._weights_sha256(),
-            dtype=self.dtype,
+            dtype=self.resolved_dtype,
             family=self.hook_site.family,
             hook_site=self.hook_site.describe,
             n_layers=n_layers(config),
             width=mlp_width(config),
+            randomize_seed=self.randomize_seed if self.randomize else None,
         )
 
     def _weights_sha256(self) -> str | None:
@@ -211,6 +272,24 @@ class TransformersSubject:
             batch_size=self.batch_size,
             progress=self.progress,
         )
+
+    def mine_sources(
+        self,
+        excerpts: ExcerptSet,
+        sources: list[Any],
+        top_k: int,
+        random_k: int,
+        seed: int,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> list[Any]:
+        """One pass for every source at once over excerpts ``[start, stop)`` (one ``MinedLayer`` each)."""
+        from bench.subject.mining import mine_sources
+
+        return mine_sources(
+            self.model, sources, excerpts.token_ids, top_k, random_k, seed,
+            batch_size=self.batch_size, progress=self.progress, start=start, stop=stop,
+        )  # fmt: skip
 
     def token_strings(self, ids: np.ndarray) -> dict[int, str]:
         from bench.subject.mining import token_strings
