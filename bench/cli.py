@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -106,7 +107,48 @@ def command_run(overrides: list[str], multirun: bool, progress: bool, dry_run: b
         return 0
     for _combo, (_settings, parts) in validated:
         check_ready(parts)  # API keys set, caches writable: one line before any job starts
-    return _launch_hydra(plain, passthrough, multirun, progress)
+    if not multirun:
+        return _launch_hydra(plain, passthrough, multirun, progress)
+    return _launch_sweep(plain, passthrough, progress, [settings for _combo, (settings, _parts) in validated])
+
+
+def _launch_sweep(plain: list[str], passthrough: list[str], progress: bool, settings: list[Any]) -> int:
+    """A ``-m`` sweep: one MLflow parent run (when every job tracks to the same experiment), whose id and
+    swept keys reach the jobs through the environment (so launchers in other processes see them too)."""
+    import os
+
+    from bench.tracking.mlflow_sink import close_sweep_parent, open_sweep_parent
+
+    trackings = {(s.tracking.uri, s.tracking.experiment, s.tracking.artifact_location) for s in settings}
+    tracking = settings[0].tracking
+    if not tracking.enabled or len(trackings) != 1:
+        return _launch_hydra(plain, passthrough, True, progress)
+    swept = swept_keys(plain)
+    parent = open_sweep_parent(tracking, plain, swept)
+    saved = os.environ.get(SWEEP_ENV)
+    os.environ[SWEEP_ENV] = json.dumps({"parent_run_id": parent, "swept": swept})
+    code = 1
+    try:
+        code = _launch_hydra(plain, passthrough, True, progress)
+    finally:
+        if saved is None:
+            os.environ.pop(SWEEP_ENV, None)
+        else:
+            os.environ[SWEEP_ENV] = saved
+        url = close_sweep_parent(tracking, parent, failed=code != 0)
+        print(f"MLflow sweep: {url}")
+    return code
+
+
+SWEEP_ENV = "NEURONBENCH_MLFLOW_SWEEP"
+
+
+def swept_keys(overrides: list[str]) -> list[str]:
+    """The keys an override list sweeps (``explainer=a,b`` or ``range(...)``), in command-line order."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
 
 
 def command_compare(run_a: str, run_b: str, score: str, as_json: bool) -> int:
@@ -180,8 +222,10 @@ def run_identity(cfg: Any, choices: dict[str, str]) -> tuple[str, str]:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name), digest
 
 
-def run_job(cfg: Any, progress: bool = True) -> Any:
-    """One job: validate, build parts, run the pipeline with its sinks, print the summary."""
+def run_job(cfg: Any, progress: bool = True, choices: dict[str, str] | None = None) -> Any:
+    """One job: validate, build parts, run the pipeline with its sinks, print the summary.
+
+    ``choices`` are the config group choices when no Hydra job is running (the Python API)."""
     from omegaconf import OmegaConf
 
     from bench import pipeline
@@ -195,7 +239,7 @@ def run_job(cfg: Any, progress: bool = True) -> Any:
     settings, parts = validate(cfg)
     check_ready(parts)  # a missing API key stops here, before mining
     pipeline.check_layers(settings, parts["subject"].info)  # before any run folder or MLflow run exists
-    choices = _hydra_choices()
+    choices = _hydra_choices() or dict(choices or {})
     name, digest = run_identity(cfg, choices)
     run_dir = Path(settings.output_dir) / f"{name}-{digest}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -203,6 +247,7 @@ def run_job(cfg: Any, progress: bool = True) -> Any:
     config = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"}
     (run_dir / "config.json").write_text(json.dumps(_redacted(config), indent=2, default=str))
     mirrors = []
+    tracked = None
     if settings.tracking.enabled:
         from bench.tracking.mlflow_sink import MlflowSink
 
@@ -215,16 +260,24 @@ def run_job(cfg: Any, progress: bool = True) -> Any:
             **_sweep_tags(),
             **{f"version/{k}": v for k, v in package_versions().items()},
         }
-        mirrors.append(MlflowSink(settings.tracking, run_dir, name, config, tags))
+        sweep = json.loads(os.environ.get(SWEEP_ENV) or "{}")
+        label = _child_name(sweep.get("swept", [])) or name
+        tracked = MlflowSink(settings.tracking, run_dir, label, config, tags, choices, sweep.get("parent_run_id"))
+        mirrors.append(tracked)
     try:
         outcome = pipeline.run(settings, parts, store, mirrors, run_dir, progress=progress)
     except BaseException:
         for mirror in mirrors:
             getattr(mirror, "abort", lambda: None)()
         raise
+    if tracked is not None:
+        tracked.describe(outcome.warnings)
     for sink in (store, *mirrors):
         sink.close(outcome.summary, outcome.results)
     print_summary(name, run_dir, outcome)
+    if tracked is not None:
+        print(f"MLflow run: {tracked.url}" + (" (already complete: nothing logged again)" if tracked.finished else ""))
+    outcome.run_dir = run_dir
     return outcome
 
 
@@ -245,6 +298,21 @@ def _sweep_tags() -> dict[str, str]:
     if str(hc.mode) != "RunMode.MULTIRUN":
         return {}
     return {"sweep": str(hc.sweep.dir), "sweep_job": str(hc.job.num), "sweep_overrides": " ".join(hc.overrides.task)}
+
+
+def _child_name(swept: list[str]) -> str | None:
+    """A sweep job's MLflow name from its swept choices (``explainer=openai,prompt=v1_no_examples``)."""
+    if not swept:
+        return None
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        task = list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return None
+    from bench.tracking.mlflow_sink import child_name
+
+    return child_name(task, swept)
 
 
 def _hydra_choices() -> dict[str, str]:
