@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     lb_p.add_argument("--runs", default="runs", help="folder holding run folders (default: runs)")
     lb_p.add_argument("--out", default="results/offline_default", help="output folder")
     lb_p.add_argument("--title", default="neuronbench leaderboard", help="heading of the markdown file")
+    list_p = sub.add_parser("list", help="the options of each config group, with what each one is")
+    list_p.add_argument("group", nargs="?", help="one group (subject, explainer, prompt, simulator ...)")
     args, extra = parser.parse_known_args(argv)
     try:
         if args.command == "run":
@@ -76,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"{args.command}: unexpected arguments {' '.join(extra)}")
         if args.command == "compare":
             return command_compare(args.run_a, args.run_b, args.score, args.json)
+        if args.command == "list":
+            from bench.options import format_options, options
+
+            print(format_options(options(args.group)))
+            return 0
         if args.command == "leaderboard":
             from bench.leaderboard import write_leaderboard
 
