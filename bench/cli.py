@@ -161,15 +161,18 @@ def swept_keys(overrides: list[str]) -> list[str]:
 def command_compare(run_a: str, run_b: str, score: str, as_json: bool) -> int:
     from dataclasses import asdict
 
-    from bench.compare import compare, load_results
+    from bench.compare import check_comparable, compare, load_config, load_results, run_definition
 
-    c = compare(load_results(run_a), load_results(run_b), score)
+    results_a, results_b = load_results(run_a), load_results(run_b)
+    check_comparable(run_definition(results_a, load_config(run_a)), run_definition(results_b, load_config(run_b)))
+    c = compare(results_a, results_b, score)
     if as_json:
         print(json.dumps(asdict(c)))
         return 0
+    kind = "exact" if c.p_exact else "Monte Carlo"
     print(
         f"{score}: A - B = {c.mean_diff:+.4f} (95% CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}], "
-        f"paired permutation p = {c.p_value:.4g}) over {c.n_pairs} paired units "
+        f"paired permutation p = {c.p_value:.4g}, {kind}) over {c.n_pairs} paired units "
         f"(A mean {c.mean_a:.4f}, B mean {c.mean_b:.4f}; {c.n_unpaired} units unpaired: missing, failed or NaN)"
     )
     return 0
