@@ -23,9 +23,10 @@ HELP = """\
 examples:
   neuronbench run                                   # offline default: SmolLM2 explains + simulates 5 neurons
   neuronbench run explainer=token_list units.count=3
-  neuronbench run -m explainer=smollm2,token_list   # a sweep: one MLflow run per combination
+  neuronbench run -m explainer=smollm2,token_list   # a sweep: one MLflow parent run, a child per combination
   neuronbench run --cfg job                         # print the composed config and exit
   neuronbench run --dry-run explainer=openai simulator=openai_all_at_once_logprobs   # calls, tokens, $ first
+  neuronbench list [GROUP]                          # the options of each config group
 
 Config groups live in conf/ (subject, dataset, units, explainer, prompt, simulator, scorer, tracking).
 Results: runs/<name>-<hash>/results.jsonl (resumable) and MLflow
