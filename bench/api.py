@@ -24,15 +24,12 @@ def evaluate(overrides: Sequence[str] = (), progress: bool = False) -> RunOutcom
     """Run one configuration (Hydra overrides, as on the command line); a sweep is refused (use the CLI's
     ``-m``).  Config mistakes raise :class:`~bench.errors.UserError` before any model loads."""
     from bench.cli import run_job
-    from bench.config import check_ready, compose, expand_sweep, validate
+    from bench.config import compose, expand_sweep
 
     overrides = list(overrides)
     if len(expand_sweep(overrides)) > 1:
         raise UserError("evaluate: the overrides contain a sweep (a,b or range(...)); call evaluate once per value")
-    cfg = compose(overrides)
-    _settings, parts = validate(cfg)
-    check_ready(parts)
-    return run_job(cfg, progress=progress, choices=_choices(overrides))
+    return run_job(compose(overrides), progress=progress, choices=_choices(overrides))  # validates first
 
 
 def _choices(overrides: list[str]) -> dict[str, str]:

@@ -135,16 +135,16 @@ def _launch_sweep(plain: list[str], passthrough: list[str], progress: bool, sett
     parent = open_sweep_parent(tracking, plain, swept)
     saved = os.environ.get(SWEEP_ENV)
     os.environ[SWEEP_ENV] = json.dumps({"parent_run_id": parent, "swept": swept})
-    code = 1
+    status = "KILLED"  # interrupted or crashed: re-running the same sweep resumes this parent
     try:
         code = _launch_hydra(plain, passthrough, True, progress)
+        status = "FINISHED" if code == 0 else "FAILED"
     finally:
         if saved is None:
             os.environ.pop(SWEEP_ENV, None)
         else:
             os.environ[SWEEP_ENV] = saved
-        url = close_sweep_parent(tracking, parent, failed=code != 0)
-        print(f"MLflow sweep: {url}")
+        print(f"MLflow sweep: {close_sweep_parent(tracking, parent, status)}")
     return code
 
 

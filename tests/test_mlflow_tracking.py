@@ -248,6 +248,8 @@ def test_a_2x2_sweep_is_one_parent_with_four_named_children(tmp_path, corpus, ml
     children = [r for r in runs if PARENT_TAG in r.data.tags]
     assert len(parents) == 1 and len(children) == 4
     assert parents[0].info.status == "FINISHED"
+    table = mlflow.artifacts.load_text(f"{parents[0].info.artifact_uri}/children.csv").splitlines()
+    assert len(table) == 5 and "score/correlation/top_and_random/mean" in table[0]  # the sweep at a glance
     assert {c.data.tags[PARENT_TAG] for c in children} == {parents[0].info.run_id}
     assert {c.info.run_name for c in children} == {
         f"explainer.top_n={n},prompt={p}" for n in (2, 4) for p in ("v1", "v1_no_examples")

@@ -291,11 +291,30 @@ def open_sweep_parent(tracking: TrackingConfig, overrides: Sequence[str], swept:
     return run.info.run_id
 
 
-def close_sweep_parent(tracking: TrackingConfig, run_id: str, failed: bool) -> str:
-    """End the parent run; return its UI address."""
+def close_sweep_parent(tracking: TrackingConfig, run_id: str, status: str = "FINISHED") -> str:
+    """End the parent run (FINISHED, FAILED or KILLED); return its UI address."""
     client = client_for(tracking)
-    client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
-    return ui_url(tracking.uri, client.get_run(run_id).info.experiment_id, run_id)
+    experiment_id = client.get_run(run_id).info.experiment_id
+    children = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{run_id}'", max_results=1000)
+    if children:
+        client.log_text(run_id, children_csv(children), "children.csv")
+    client.set_terminated(run_id, status=status)
+    return ui_url(tracking.uri, experiment_id, run_id)
+
+
+def children_csv(children: Sequence[Any]) -> str:
+    """The sweep at a glance: one row per child run (name, status, its headline metrics)."""
+    import csv
+    import io
+
+    metrics = sorted({k for c in children for k in c.data.metrics})
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["run", "status", "run_id", *metrics])
+    for c in sorted(children, key=lambda c: c.info.run_name or ""):
+        values = [c.data.metrics.get(k, "") for k in metrics]
+        writer.writerow([c.info.run_name, c.info.status, c.info.run_id, *values])
+    return buf.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------------
