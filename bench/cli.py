@@ -123,8 +123,6 @@ def command_run(overrides: list[str], multirun: bool, progress: bool, dry_run: b
 def _launch_sweep(plain: list[str], passthrough: list[str], progress: bool, settings: list[Any]) -> int:
     """A ``-m`` sweep: one MLflow parent run (when every job tracks to the same experiment), whose id and
     swept keys reach the jobs through the environment (so launchers in other processes see them too)."""
-    import os
-
     from bench.tracking.mlflow_sink import close_sweep_parent, open_sweep_parent
 
     trackings = {(s.tracking.uri, s.tracking.experiment, s.tracking.artifact_location) for s in settings}
