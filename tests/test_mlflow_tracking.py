@@ -58,9 +58,11 @@ def test_reader_params_name_every_group_choice_with_its_version_and_stay_few():
     params = reader_params(CONFIG, CHOICES)
     assert len(params) <= MAX_PARAMS
     assert params["prompt"] == "v1_no_examples (v2)"  # the variant's full name, never cut to "v1"
-    assert params["explainer"] == "openai (v1)" and params["explainer.llm"] == "openai_gpt4o_mini (v3)"
+    assert params["explainer"] == "openai (v1)" and params["explainer.llm"] == "gpt-4o-mini (openai_gpt4o_mini v3)"
     assert params["scorer"] == "correlation (v1), ablation (v4)"
-    assert params["explainer.model"] == "gpt-4o-mini" and params["simulator.estimator"] == "prompt_logprobs"
+    assert params["simulator.llm"] == "m (smollm2 v1)" and params["simulator.estimator"] == "prompt_logprobs"
+    # a sweep over explainer x prompt: its two groups are among the first three differing params (sorted)
+    assert sorted(params).index("prompt") - sorted(params).index("explainer") == 2
     assert params["units.count"] == "5" and params["units.layers"] == "[15]"
     assert not any("cache" in k or "tracking" in k or "system" in k for k in params)  # no internals
     assert "long text" not in json.dumps(params)

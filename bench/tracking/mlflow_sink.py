@@ -36,12 +36,14 @@ from bench.unit_table import units_csv
 MAX_PARAMS = 25
 MAX_METRICS = 15
 MAX_PARAM_CHARS = 500
-# The UI opens an experiment on its runs (not the GenAI traces page) when it is tagged as model development.
+# The UI opens an experiment on its runs (not the GenAI traces page) when it is tagged as model development
+# (MLflow 3.17's UI also has a GenAI / model-training switch: the printed addresses set it, see UI_VIEW).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
 SWEEP_KEY_TAG = "neuronbench.sweep_key"
 PARENT_TAG = "mlflow.parentRunId"
 UI_PORT = 5000
+UI_VIEW = "?workflowType=machine_learning"
 
 # Headline metrics in priority order; the first MAX_METRICS present are logged.  Names are the
 # summary's own keys, so the leaderboard and the UI agree.
@@ -138,18 +140,23 @@ def reader_params(config: Mapping[str, Any], choices: Mapping[str, str]) -> dict
             continue
         choice = choices.get(group) or (node.get("name") if isinstance(node, dict) else None) or "?"
         params[group] = _versioned(str(choice), node)
-    for key, choice in choices.items():  # presets pulled into a package: llm@explainer.llm -> explainer.llm
-        if "@" in key and not key.startswith("hydra/"):
-            package = key.split("@", 1)[1]
+    # One param per role's LLM, model and preset together ("gpt-4o-mini (openai_gpt4o_mini v1)"): named so it
+    # sorts right after its role, and a sweep's group params stay among the first the compare view plots.
+    for role in ("explainer", "simulator"):
+        llm = _llm_node(config.get(role))
+        if llm is not None:
+            model = llm.get("model") or llm.get("model_id") or "?"
+            choice = choices.get(f"llm@{role}.llm")
+            version = f" v{llm['version']}" if llm.get("version") is not None else ""
+            params[f"{role}.llm"] = f"{model} ({choice}{version})" if choice else str(model)
+    for key, choice in choices.items():  # other presets pulled into a package (a judge's llm ...)
+        package = key.split("@", 1)[1] if "@" in key else None
+        if package and package not in params and not key.startswith("hydra/"):
             head, _, tail = package.partition(".")
             node = config.get(head, {}).get(tail) if isinstance(config.get(head), dict) else None
             params[package] = _versioned(str(choice), node)
     subject = config.get("subject") or {}
     params["subject.model"] = subject.get("model_id") or subject.get("model")
-    for role in ("explainer", "simulator"):
-        llm = _llm_node(config.get(role))
-        if llm is not None:
-            params[f"{role}.model"] = llm.get("model") or llm.get("model_id")
     simulator = config.get("simulator") or {}
     params["simulator.estimator"] = simulator.get("estimator")
     units = config.get("units") or {}
@@ -246,7 +253,8 @@ def ui_url(tracking_uri: str | None, experiment_id: str, run_id: str | None = No
     """Where the MLflow UI shows an experiment (or one run): the server itself, or a local ``mlflow ui``."""
     base = tracking_uri.rstrip("/") if tracking_uri and tracking_uri.startswith("http") else None
     address = base or f"http://127.0.0.1:{UI_PORT}"
-    url = f"{address}/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    # MLflow 3's UI picks GenAI (traces) or model-training pages from this switch, not the experiment tag
+    url = f"{address}/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "") + UI_VIEW
     if base:
         return url
     return f"{url}  (start the UI first: mlflow ui --backend-store-uri {tracking_uri} --port {UI_PORT})"
