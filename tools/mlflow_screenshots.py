@@ -66,6 +66,18 @@ def browser(profile: str):  # noqa: ANN201 - selenium is a tool dependency, impo
     return webdriver.Chrome(options=opts, service=Service("/usr/bin/chromedriver"))
 
 
+def expand_parents(driver) -> None:  # noqa: ANN001
+    """Open the parent rows of the runs table so its children show."""
+    from selenium.webdriver.common.by import By
+
+    for button in driver.find_elements(By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']"):
+        try:
+            button.click()
+        except Exception:  # noqa: BLE001, S112 - a hidden or stale element: the screenshot still helps
+            continue
+    time.sleep(3)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path)
@@ -113,6 +125,8 @@ def main() -> None:
                 for name, url in pages.items():
                     driver.get(url)
                     time.sleep(args.wait)
+                    if name == "mlflow_runs.png":
+                        expand_parents(driver)
                     driver.save_screenshot(str(args.out / name))
                     print(f"{args.out / name}: {url}")
             finally:
