@@ -24,6 +24,7 @@ from bench.tracking.mlflow_sink import (
     child_name,
     ensure_experiment,
     headline_metrics,
+    log_artifacts_to_run,
     reader_params,
 )
 
@@ -157,6 +158,11 @@ def test_sink_logs_description_with_warnings_units_csv_and_nothing_twice(tmp_pat
     again.close(summary, results)
     history = client.get_metric_history(sink.run_id, "score/correlation/top_and_random/mean")
     assert len(history) == 1
+    # a command working on the finished run folder later (the viewer) can still add a site to its run
+    (site / "page.html").write_text("<p>later sk-very-secret-value</p>")
+    assert log_artifacts_to_run(tmp_path, site, "viewer") == sink.run_id
+    later = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/viewer/page.html")
+    assert later.startswith("<p>later") and "sk-very-secret-value" not in later
     assert "experiments/" in again.url and sink.run_id in again.url
 
 

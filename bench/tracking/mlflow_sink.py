@@ -390,20 +390,9 @@ class MlflowSink:
         self.warnings = list(warnings)
 
     def log_artifacts(self, local_dir: Path, artifact_path: str | None = None) -> None:
-        """Log a folder (e.g. a viewer site) under the run, every text file redacted on the way."""
-        if self.finished:
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            for src in Path(local_dir).rglob("*"):
-                if not src.is_file():
-                    continue
-                dst = Path(tmp) / src.relative_to(local_dir)
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    dst.write_text(redact(src.read_text()))
-                except UnicodeDecodeError:
-                    dst.write_bytes(src.read_bytes())
-            self.client.log_artifacts(self.run_id, tmp, artifact_path)
+        """Log a folder (e.g. a viewer site) under the run, every text file redacted on the way.  Also on a
+        finished run: an artifact written again replaces the old copy, nothing accumulates."""
+        _log_redacted_dir(self.client, self.run_id, Path(local_dir), artifact_path)
 
     def abort(self) -> None:
         """An interrupted or crashed run: mark it KILLED; re-running the command resumes it."""
@@ -431,6 +420,35 @@ class MlflowSink:
                 self.client.log_text(self.run_id, redact(path.read_text()), name)
         self.client.log_text(self.run_id, redact(units_csv(results)), "units.csv")
         self.client.set_terminated(self.run_id, status="FINISHED")
+
+
+def log_artifacts_to_run(run_dir: Path, local_dir: Path, artifact_path: str | None = None) -> str | None:
+    """Log a folder into the MLflow run of a finished run folder (its ``mlflow_run.json``), redacted; for
+    commands that work on a run after it ended (a viewer site ...).  The run's id, or None when the run
+    folder was not tracked."""
+    from mlflow import MlflowClient
+
+    id_file = Path(run_dir) / "mlflow_run.json"
+    if not id_file.exists():
+        return None
+    ids = json.loads(id_file.read_text())
+    client = MlflowClient(tracking_uri=ids.get("tracking_uri"))
+    _log_redacted_dir(client, ids["run_id"], Path(local_dir), artifact_path)
+    return ids["run_id"]
+
+
+def _log_redacted_dir(client: Any, run_id: str, local_dir: Path, artifact_path: str | None) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        for src in local_dir.rglob("*"):
+            if not src.is_file():
+                continue
+            dst = Path(tmp) / src.relative_to(local_dir)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                dst.write_text(redact(src.read_text()))
+            except UnicodeDecodeError:
+                dst.write_bytes(src.read_bytes())
+        client.log_artifacts(run_id, tmp, artifact_path)
 
 
 def description(summary: Mapping[str, float], warnings: Sequence[str], run_dir: Path) -> str:
