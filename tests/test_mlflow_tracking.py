@@ -275,3 +275,20 @@ def test_a_2x2_sweep_is_one_parent_with_four_named_children(tmp_path, corpus, ml
     assert {r.info.run_id for r in runs_again} == {r.info.run_id for r in runs}
     for child in children:
         assert len(client.get_metric_history(child.info.run_id, "units/failure_rate")) == 1
+
+
+def test_ui_addresses_open_the_model_training_view_and_sweeps_know_their_swept_keys():
+    from bench.cli import swept_keys
+    from bench.tracking.mlflow_sink import ui_url
+
+    assert ui_url("http://mlflow.lab:5000/", "3", "abc") == (
+        "http://mlflow.lab:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
+    )
+    local = ui_url("sqlite:///mlruns/mlflow.db", "1")
+    assert local.startswith("http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning")
+    assert "mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db" in local
+    assert swept_keys(["explainer=a,b", "units.count=3", "prompt=v1,v1_no_examples", "seed=range(0,2)"]) == [
+        "explainer",
+        "prompt",
+        "seed",
+    ]
