@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -22,12 +23,13 @@ HELP = """\
 examples:
   neuronbench run                                   # offline default: SmolLM2 explains + simulates 5 neurons
   neuronbench run explainer=token_list units.count=3
-  neuronbench run -m explainer=smollm2,token_list   # a sweep: one MLflow run per combination
+  neuronbench run -m explainer=smollm2,token_list   # a sweep: one MLflow parent run, a child per combination
   neuronbench run --cfg job                         # print the composed config and exit
   neuronbench run --dry-run explainer=openai simulator=openai_all_at_once_logprobs   # calls, tokens, $ first
   neuronbench leaderboard --runs runs               # md/csv/html/tex + plots in a new outputs/leaderboards/<time>/
   neuronbench view runs/<name>-<hash>               # static HTML site of one run (RUN_DIR/viewer/index.html)
   neuronbench card create my_bench units.count=20   # freeze a benchmark; then: neuronbench run card=my_bench
+  neuronbench list [GROUP]                          # the options of each config group
 
 Config groups live in conf/ (subject, dataset, units, explainer, prompt, simulator, scorer, tracking).
 Results: runs/<name>-<hash>/results.jsonl (resumable) and MLflow
@@ -107,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     create_p.add_argument(
         "--no-fingerprint", action="store_true", help="skip the excerpt fingerprint (it tokenizes the corpus)"
     )
+    list_p = sub.add_parser("list", help="the options of each config group, with what each one is")
+    list_p.add_argument("group", nargs="?", help="one group (subject, explainer, prompt, simulator ...)")
     args, extra = parser.parse_known_args(argv)
     from bench.tracking.redact import install_log_redaction, redacted_console
 
@@ -132,6 +136,11 @@ def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
             raise UserError(f"{args.command}: unexpected arguments {' '.join(extra)}")
         if args.command == "compare":
             return command_compare(args.run_a, args.run_b, args.score, args.json)
+        if args.command == "list":
+            from bench.options import format_options, options
+
+            print(format_options(options(args.group)))
+            return 0
         if args.command == "leaderboard":
             from bench.leaderboard import write_leaderboard
 
@@ -216,26 +225,72 @@ def command_run(
             print(format_estimate(settings, parts, " ".join(combo)))
         return 0
     hydra_flags = list(hydra_flags or [])
-    if "--cfg" not in hydra_flags:
-        for _combo, (_settings, parts) in validated:
-            check_ready(parts)  # API keys set, caches writable: one line before any job starts
-    return _launch_hydra(
-        plain, [*hydra_flags, *passthrough], multirun, progress, log_level=log_level, retry_failed=retry_failed
-    )
+    if "--cfg" in hydra_flags:  # Hydra prints the config and runs nothing: no keys to check, no MLflow parent
+        return _launch_hydra(plain, [*hydra_flags, *passthrough], multirun, progress, log_level=log_level)
+    for _combo, (_settings, parts) in validated:
+        check_ready(parts)  # API keys set, caches writable: one line before any job starts
+    launch = dict(log_level=log_level, retry_failed=retry_failed)
+    if not multirun:
+        return _launch_hydra(plain, passthrough, multirun, progress, **launch)
+    return _launch_sweep(plain, passthrough, progress, [settings for _combo, (settings, _parts) in validated], launch)
+
+
+def _launch_sweep(
+    plain: list[str], passthrough: list[str], progress: bool, settings: list[Any], launch: dict[str, Any]
+) -> int:
+    """A ``-m`` sweep: one MLflow parent run (when every job tracks to the same experiment), whose id and
+    swept keys reach the jobs through the environment (so launchers in other processes see them too)."""
+    from bench.run_lock import store_setup_lock
+    from bench.tracking.mlflow_sink import close_sweep_parent, open_sweep_parent
+
+    trackings = {(s.tracking.uri, s.tracking.experiment, s.tracking.artifact_location) for s in settings}
+    tracking = settings[0].tracking
+    if not tracking.enabled or len(trackings) != 1:
+        return _launch_hydra(plain, passthrough, True, progress, **launch)
+    swept = swept_keys(plain)
+    with store_setup_lock(tracking.uri):  # a fresh sqlite store: one process migrates it
+        parent = open_sweep_parent(tracking, plain, swept)
+    saved = os.environ.get(SWEEP_ENV)
+    os.environ[SWEEP_ENV] = json.dumps({"parent_run_id": parent, "swept": swept})
+    status = "KILLED"  # interrupted or crashed: re-running the same sweep resumes this parent
+    try:
+        code = _launch_hydra(plain, passthrough, True, progress, **launch)
+        status = "FINISHED" if code == 0 else "FAILED"
+    finally:
+        if saved is None:
+            os.environ.pop(SWEEP_ENV, None)
+        else:
+            os.environ[SWEEP_ENV] = saved
+        print(f"MLflow sweep: {close_sweep_parent(tracking, parent, status)}")
+    return code
+
+
+SWEEP_ENV = "NEURONBENCH_MLFLOW_SWEEP"
+
+
+def swept_keys(overrides: list[str]) -> list[str]:
+    """The keys an override list sweeps (``explainer=a,b`` or ``range(...)``), in command-line order."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
 
 
 def command_compare(run_a: str, run_b: str, score: str, as_json: bool) -> int:
     from dataclasses import asdict
 
-    from bench.compare import compare, load_results
+    from bench.compare import check_comparable, compare, load_config, load_results, run_definition
 
-    c = compare(load_results(run_a), load_results(run_b), score)
+    results_a, results_b = load_results(run_a), load_results(run_b)
+    check_comparable(run_definition(results_a, load_config(run_a)), run_definition(results_b, load_config(run_b)))
+    c = compare(results_a, results_b, score)
     if as_json:
         print(json.dumps(asdict(c)))
         return 0
+    kind = "exact" if c.p_exact else "Monte Carlo"
     print(
         f"{score}: A - B = {c.mean_diff:+.4f} (95% CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}], "
-        f"paired permutation p = {c.p_value:.4g}) over {c.n_pairs} paired units "
+        f"paired permutation p = {c.p_value:.4g}, {kind}) over {c.n_pairs} paired units "
         f"(A mean {c.mean_a:.4f}, B mean {c.mean_b:.4f}; {c.n_unpaired} units unpaired: missing, failed or NaN)"
     )
     return 0
@@ -327,8 +382,12 @@ def run_identity(cfg: Any, choices: dict[str, str]) -> tuple[str, str]:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name), digest
 
 
-def run_job(cfg: Any, progress: bool = True, retry_failed: bool = False) -> Any:
-    """One job: validate, build parts, run the pipeline with its sinks, print the summary."""
+def run_job(
+    cfg: Any, progress: bool = True, retry_failed: bool = False, choices: dict[str, str] | None = None
+) -> Any:
+    """One job: validate, build parts, run the pipeline with its sinks, print the summary.
+
+    ``choices`` are the config group choices when no Hydra job is running (the Python API)."""
     from omegaconf import OmegaConf
 
     from bench import pipeline
@@ -347,7 +406,7 @@ def run_job(cfg: Any, progress: bool = True, retry_failed: bool = False) -> Any:
     check_ready(parts)  # a missing API key stops here, before mining
     pipeline.check_layers(settings, parts["subject"].info)  # before any run folder or MLflow run exists
     check_writable_dirs(settings)
-    choices = _hydra_choices()
+    choices = _hydra_choices() or dict(choices or {})
     name, digest = run_identity(cfg, choices)
     run_dir = Path(settings.output_dir) / f"{name}-{digest}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -356,6 +415,7 @@ def run_job(cfg: Any, progress: bool = True, retry_failed: bool = False) -> Any:
     config = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"}
     (run_dir / "config.json").write_text(json.dumps(_redacted(config), indent=2, default=str))
     mirrors = []
+    tracked = None
     if settings.tracking.enabled:
         from bench.tracking.mlflow_sink import MlflowSink
 
@@ -368,8 +428,11 @@ def run_job(cfg: Any, progress: bool = True, retry_failed: bool = False) -> Any:
             **_sweep_tags(),
             **{f"version/{k}": v for k, v in package_versions().items()},
         }
+        sweep = json.loads(os.environ.get(SWEEP_ENV) or "{}")
+        label = _child_name(sweep.get("swept", [])) or name
         with store_setup_lock(settings.tracking.uri):  # a fresh sqlite store: one process migrates it
-            mirrors.append(MlflowSink(settings.tracking, run_dir, name, config, tags))
+            tracked = MlflowSink(settings.tracking, run_dir, label, config, tags, choices, sweep.get("parent_run_id"))
+        mirrors.append(tracked)
     try:
         outcome = pipeline.run(settings, parts, store, mirrors, run_dir, progress=progress, retry_failed=retry_failed)
     except BaseException:
@@ -377,10 +440,15 @@ def run_job(cfg: Any, progress: bool = True, retry_failed: bool = False) -> Any:
             getattr(mirror, "abort", lambda: None)()
         folder_lock.release()
         raise
+    if tracked is not None:
+        tracked.describe(outcome.warnings)
     for sink in (store, *mirrors):
         sink.close(outcome.summary, outcome.results)
     folder_lock.release()
     print_summary(name, run_dir, outcome)
+    if tracked is not None:
+        print(f"MLflow run: {tracked.url}" + (" (already complete: nothing logged again)" if tracked.finished else ""))
+    outcome.run_dir = run_dir
     pipeline.check_failure_rate(outcome.summary, settings)  # all units failed: exit 1, results kept
     return outcome
 
@@ -428,6 +496,21 @@ def _sweep_tags() -> dict[str, str]:
     if str(hc.mode) != "RunMode.MULTIRUN":
         return {}
     return {"sweep": str(hc.sweep.dir), "sweep_job": str(hc.job.num), "sweep_overrides": " ".join(hc.overrides.task)}
+
+
+def _child_name(swept: list[str]) -> str | None:
+    """A sweep job's MLflow name from its swept choices (``explainer=openai,prompt=v1_no_examples``)."""
+    if not swept:
+        return None
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        task = list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return None
+    from bench.tracking.mlflow_sink import child_name
+
+    return child_name(task, swept)
 
 
 def _hydra_choices() -> dict[str, str]:

@@ -7,9 +7,11 @@ left out of the pairing, never filled in.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +32,10 @@ class PairedComparison:
     ci_low: float
     ci_high: float
     p_value: float
+    p_exact: bool = True  # every sign flip enumerated (n <= EXACT_MAX_N); else a seeded Monte Carlo estimate
+
+
+EXACT_MAX_N = 16  # 2^16 sign patterns: exact and still instant
 
 
 def load_results(run: str) -> list[UnitResult]:
@@ -46,7 +52,7 @@ def permutation_p_value(diffs: np.ndarray, resamples: int, seed: int) -> float:
     """Two-sided paired sign-flip permutation test of mean(diffs) == 0 (exact when 2^n is small)."""
     n = diffs.size
     observed = abs(diffs.mean())
-    if n <= 16:
+    if n <= EXACT_MAX_N:
         signs = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1) * 2 - 1
     else:
         signs = np.random.default_rng(seed).choice([-1, 1], size=(resamples, n))
@@ -86,4 +92,46 @@ def compare(
         ci_low=low,
         ci_high=high,
         p_value=permutation_p_value(diffs, resamples, seed) if diffs.size > 1 else math.nan,
+        p_exact=diffs.size <= EXACT_MAX_N,
     )
+
+
+def run_definition(results: list[UnitResult], config: dict[str, Any]) -> dict[str, Any]:
+    """What two runs must share for their units to pair: subject (model, revision, weights, hook site),
+    excerpts (fingerprint), which excerpts are scored (split, examples per split) and the unit set.
+    Parts a run folder does not record (older runs, hand-made results) are left out of the check."""
+    provenance = next((r.extras["provenance"] for r in results if r.extras.get("provenance")), {})
+    subject = provenance.get("subject") or {}
+    return {
+        "subject": subject.get("model"),
+        "subject revision": subject.get("revision"),
+        "subject weights": subject.get("weights_sha256"),
+        "hook site": subject.get("hook_site"),
+        "excerpts (fingerprint)": provenance.get("excerpts"),
+        "scoring split": (config.get("scoring") or {}).get("split"),
+        "examples per split": (config.get("units") or {}).get("examples_per_split"),
+        "units": sorted(r.unit.key for r in results),
+    }
+
+
+def check_comparable(a: dict[str, Any], b: dict[str, Any]) -> None:
+    """Refuse, in one line, two runs whose units cannot be paired (see :func:`run_definition`)."""
+    for key in a:
+        va, vb = a.get(key), b.get(key)
+        if va is None or vb is None or va == vb:
+            continue
+        if key == "units":
+            shared = len(set(va) & set(vb))
+            detail = f"A has {len(va)} units, B {len(vb)}, {shared} shared"
+        else:
+            detail = f"A {va}, B {vb}"
+        raise UserError(
+            f"compare: the runs differ in {key} ({detail}); pair runs over the same subject, excerpts and units"
+        )
+
+
+def load_config(run: str) -> dict[str, Any]:
+    """A run folder's config.json (``{}`` when given a bare results.jsonl)."""
+    path = Path(run)
+    path = path / "config.json" if path.is_dir() else path.with_name("config.json")
+    return json.loads(path.read_text()) if path.exists() else {}

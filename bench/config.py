@@ -29,9 +29,14 @@ SPLITS = ("calibration", "valid", "test")
 
 
 def conf_dir() -> Path:
-    """The config folder: ``$NEURONBENCH_CONF`` or the repository's ``conf/``."""
+    """The config folder: ``$NEURONBENCH_CONF``, else the one shipped inside the package (``bench/conf``:
+    a link to the repository's top-level ``conf/`` in a checkout, a copy in an installed wheel), else the
+    repository's ``conf/`` (a checkout whose file system kept the link as a plain file)."""
     env = os.environ.get("NEURONBENCH_CONF")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "conf"
+    if env:
+        return Path(env)
+    packaged = Path(__file__).resolve().parent / "conf"
+    return packaged if (packaged / "config.yaml").is_file() else Path(__file__).resolve().parents[1] / "conf"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ class RunOutcome:
     results: list[UnitResult]
     summary: dict[str, float]
     warnings: list[str] = field(default_factory=list)
+    run_dir: Path | None = None  # the run folder (results.jsonl ...); set by the CLI / Python API
 
 
 def choose_units(layer: int, width: int, count: int, indices: Sequence[int] | None, seed: int) -> list[int]:

@@ -45,8 +45,10 @@ def test_offline_default_end_to_end(tmp_path, mlflow_store):
     mlflow.set_tracking_uri(mlflow_store["uri"])
     run = mlflow.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.metrics["units/total"] == 2
-    assert "score/correlation/top_and_random/n" in run.data.metrics
-    assert run.data.params["subject.model_id"] == "smollm2-135m-instruct"
+    summary = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/summary.json")
+    assert summary["units/total"] == 2 and "score/correlation/top_and_random/n" in summary
+    assert "score/correlation/top_and_random/mean" in run.data.metrics and len(run.data.metrics) <= 15
+    assert run.data.params["subject.model"] == "smollm2-135m-instruct"
+    assert run.data.params["explainer"] == "smollm2 (v1)" and len(run.data.params) <= 25
     names = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "units")}
     assert len(names) == 2

@@ -46,7 +46,9 @@ def test_leaderboard_rows_keep_their_cells_with_hostile_names(tmp_path: Path) ->
         "simulator": {"name": "sim`", "version": 1},
     }
     (run / "config.json").write_text(json.dumps(config))
-    (run / "summary.json").write_text(json.dumps({"units/total": 1, "units/failed": 0}))
+    summary = {"units/total": 1, "units/failed": 0, "score/correlation/top_and_random/mean": 0.5}
+    (run / "summary.json").write_text(json.dumps(summary))
+    (run / "results.jsonl").write_text("")
     md = write_leaderboard(tmp_path / "runs", tmp_path / "out", "Title <b>|").read_text()
     assert "<script>" not in md and "<b>" not in md
     table = [line for line in md.splitlines() if line.startswith("|")]

@@ -26,8 +26,10 @@ def test_configured_key_variable_and_url_userinfo_are_masked_everywhere(monkeypa
     assert "https://***@h/v1" in clean
     # results data under names that merely contain "token" is kept
     result = {"tokens": ["a", " b"], "max_tokens": 60, "token_ids": [1, 2], "hf_token": "hf_abcdefgh"}
+    result["meta"] = {"tokens": [{"token": " the", "count": 2}]}  # the token-list explainer's evidence
     out = redact(result)
     assert out["tokens"] == ["a", " b"] and out["token_ids"] == [1, 2] and out["hf_token"] == MASK
+    assert out["meta"]["tokens"] == [{"token": " the", "count": 2}]
 
 
 def test_log_records_and_console_writes_are_redacted(monkeypatch, capsys):

@@ -31,8 +31,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 # a key whose value is itself a secret: api_key, hf_token, db_password -- not api_key_env (a variable's
-# NAME), not tokens / max_tokens / token_ids (results data)
-SECRET_KEY = re.compile(r"^(.*[_-])?(api[_-]?key|secret([_-]?key)?|password|passwd|token|auth)$", re.IGNORECASE)
+# NAME), not token / tokens / max_tokens / token_ids (results data: a bare "token" is a vocabulary item)
+SECRET_KEY = re.compile(
+    r"^((.*[_-])?(api[_-]?key|secret([_-]?key)?|password|passwd|auth)|.+[_-]token)$", re.IGNORECASE
+)
 SECRET_ENV = re.compile(r"(API_KEY|SECRET|TOKEN|PASSWORD)", re.IGNORECASE)
 # scheme://userinfo@ -- userinfo stops at the first '/', whitespace, quote or '@' (RFC 3986 authority)
 URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/\s@'\"<>]+)@")
