@@ -375,3 +375,12 @@ def test_hub_release_goes_through_saelens_once_and_is_cached_as_a_folder(tmp_pat
     again = load_sae(release="gpt2-small-res-jb", sae_id="blocks.1.hook_resid_post", cache_dir=str(tmp_path))
     assert calls == [("gpt2-small-res-jb", "blocks.1.hook_resid_post", "cpu")]
     assert first.spec == again.spec and first.spec.d_sae == 16 and Path(first.spec.path).parent.name == "saes"
+
+
+def test_neurons_at_another_site_via_a_transformerlens_name() -> None:
+    model = tiny_model("gpt2")
+    source = NeuronSource.build(architecture_for(model.config), 0, "blocks.1.hook_resid_post")
+    assert (source.site_name, source.layer) == ("resid.post", 1)  # the alias carries its own layer
+    mined = mine_sources(model, [source], random_token_ids(6, 5, seed=3), 2, 2, 0, progress=False)[0]
+    assert mined.n_units == model.config.n_embd and mined.layer == 1
+    assert source.output_direction(model, 0) is None  # only mlp.post neurons have a down-projection column
