@@ -194,7 +194,8 @@ def run_job(cfg: Any, progress: bool = True) -> Any:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     settings, parts = validate(cfg)
     check_ready(parts)  # a missing API key stops here, before mining
-    pipeline.check_layers(settings, parts["subject"].info)  # before any run folder or MLflow run exists
+    # before any run folder or MLflow run exists
+    pipeline.check_layers(settings, parts["subject"].info, parts["dataset"])
     choices = _hydra_choices()
     name, digest = run_identity(cfg, choices)
     run_dir = Path(settings.output_dir) / f"{name}-{digest}"

@@ -46,10 +46,17 @@ class UnitsConfig:
     indices: list[int] | None = None
     seed: int = 0
     examples_per_split: int = 5
+    rules: list[dict[str, Any]] | None = None  # kind: synthetic only (bench.subject.synthetic)
 
     def __post_init__(self) -> None:
-        if self.kind != "mlp_neuron":
-            raise ValueError("kind: only 'mlp_neuron' is supported so far")
+        if self.kind not in ("mlp_neuron", "synthetic"):
+            raise ValueError("kind: only 'mlp_neuron' and 'synthetic' are supported so far")
+        if self.kind == "synthetic":
+            from bench.subject.synthetic import check_units
+
+            check_units(self)
+        elif self.rules is not None:
+            raise ValueError(f"rules: only for kind: synthetic (units=synthetic), not {self.kind!r}")
         if not self.layers:
             raise ValueError("layers: give at least one layer, e.g. [15]")
         if any(layer < 0 for layer in self.layers):
@@ -356,6 +363,7 @@ def _check_compatibility(run: RunSettings, parts: dict[str, Any]) -> None:
                     f"backend {name!r} does not offer; estimators it can serve: {can}"
                 )
             raise ConfigError("simulator.estimator", str(problem))
+    _check_record_source(run, parts)
     for key, explainer in _explainers(parts.get("explainer")):
         needed = set(getattr(explainer, "required_capabilities", ()) or ())
         llm = getattr(explainer, "llm", None)
@@ -367,6 +375,20 @@ def _check_compatibility(run: RunSettings, parts: dict[str, Any]) -> None:
                     f"the explainer needs {', '.join(sorted(map(str, missing)))}, which backend "
                     f"{getattr(llm, 'name', type(llm).__name__)!r} does not offer",
                 )
+
+
+def _check_record_source(run: RunSettings, parts: dict[str, Any]) -> None:
+    """Units the subject model does not compute -- synthetic rules, published records read from files --
+    have no ablation or output-centric score: refused here with one line, before any work."""
+    from bench.subject.synthetic import check_scorers
+
+    reads_records = getattr(parts.get("dataset"), "provides_records", False)
+    if run.units.kind == "synthetic":
+        if reads_records:
+            raise ConfigError("dataset", "units=synthetic needs a text corpus (e.g. dataset=offline_default)")
+        check_scorers("units=synthetic", parts["scorers"], "the unit is a rule over tokens, not part of the subject")
+    elif reads_records:
+        check_scorers("dataset=reference_records", parts["scorers"], "published records carry no subject token ids")
 
 
 def _explainers(explainer: Any, key: str = "explainer") -> list[tuple[str, Any]]:

@@ -170,8 +170,10 @@ def run(
     return RunOutcome(results=results, summary=summary, warnings=warnings)
 
 
-def check_layers(settings: RunSettings, info: Any) -> None:
+def check_layers(settings: RunSettings, info: Any, dataset: Any = None) -> None:
     """Every requested layer exists (the subject's config alone says so: no weights loaded)."""
+    if getattr(dataset, "provides_records", False):
+        return  # published records read from files: their layers are the files' (e.g. GPT-2 XL's 48)
     for layer in settings.units.layers:
         if layer >= info.n_layers:
             raise UserError(
@@ -184,6 +186,12 @@ def load_records(settings: RunSettings, subject: Any, dataset: Any) -> tuple[dic
     """The chosen units' records (one streaming pass per layer, cached on disk) and their provenance."""
     from bench.subject.record_cache import load_or_mine
 
+    if settings.units.kind == "synthetic":  # rules over the corpus's tokens: no forward pass
+        from bench.subject.synthetic import load_synthetic_records
+
+        return load_synthetic_records(settings, subject, dataset)
+    if getattr(dataset, "provides_records", False):  # published records read from files: no mining
+        return dataset.unit_records(settings.units)
     info = subject.info
     excerpts = dataset.excerpts(subject.tokenizer, seed=settings.seed)
     provenance = {"subject": asdict(info), "excerpts": excerpts.fingerprint}
