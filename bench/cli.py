@@ -25,6 +25,7 @@ examples:
   neuronbench run -m explainer=smollm2,token_list   # a sweep: one MLflow run per combination
   neuronbench run --cfg job                         # print the composed config and exit
   neuronbench run --dry-run explainer=openai simulator=openai_all_at_once_logprobs   # calls, tokens, $ first
+  neuronbench judge-check simulator=proxy_lexical   # does the simulator separate true/shuffled/empty explanations?
 
 Config groups live in conf/ (subject, dataset, units, explainer, prompt, simulator, scorer, tracking).
 Results: runs/<name>-<hash>/results.jsonl (resumable) and MLflow
@@ -55,6 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         help="print the LLM calls, estimated tokens and dollars per stage, then exit (loads and calls nothing)",
     )
     run_p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. explainer=token_list units.count=3")
+    jc_p = sub.add_parser(
+        "judge-check",
+        help="score a simulator on synthetic units with true, shuffled and empty explanations (does it separate them?)",
+    )
+    jc_p.add_argument("--explainer", action="store_true", help="also score the configured explainer's explanations")
+    jc_p.add_argument("--out", default=None, help="JSON report path (default: <output_dir>/judge_check/<name>.json)")
+    jc_p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    jc_p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. simulator=proxy_lexical units.count=6")
     cmp_p = sub.add_parser("compare", help="paired comparison of two runs on the same units")
     cmp_p.add_argument("run_a", help="run folder (runs/<name>-<hash>) of run A")
     cmp_p.add_argument("run_b", help="run folder of run B")
@@ -71,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             return command_run(
                 args.overrides + extra, multirun=args.multirun, progress=not args.no_progress, dry_run=args.dry_run
             )
+        if args.command == "judge-check":
+            return command_judge_check(args.overrides + extra, args.explainer, args.out, not args.no_progress)
         if extra:
             raise UserError(f"{args.command}: unexpected arguments {' '.join(extra)}")
         if args.command == "compare":
@@ -107,6 +118,33 @@ def command_run(overrides: list[str], multirun: bool, progress: bool, dry_run: b
     for _combo, (_settings, parts) in validated:
         check_ready(parts)  # API keys set, caches writable: one line before any job starts
     return _launch_hydra(plain, passthrough, multirun, progress)
+
+
+# judge-check's defaults; an override of the same key replaces them.
+JUDGE_CHECK_DEFAULTS = ("units=synthetic", "scorer=[correlation]", "tracking=none")
+
+
+def command_judge_check(overrides: list[str], explain: bool, out: str | None, progress: bool) -> int:
+    from bench.config import check_ready, compose, expand_sweep, validate
+    from bench.judge_check import format_report, judge_check, write_json
+
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    combo = [d for d in JUDGE_CHECK_DEFAULTS if d.split("=", 1)[0] not in given] + overrides
+    if len(expand_sweep(combo)) > 1:
+        raise UserError("judge-check runs one configuration; drop the sweep (a,b) from the overrides")
+    cfg = compose(combo)
+    settings, parts = validate(cfg)
+    check_ready(parts)
+    for noisy in ("transformers", "mlflow", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    check = judge_check(settings, parts, explain=explain, progress=progress)
+    print(format_report(check))
+    if out is None:
+        digest = hashlib.sha256(json.dumps(combo).encode()).hexdigest()[:10]
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", check.simulator)
+        out = str(Path(settings.output_dir) / "judge_check" / f"{name}-{digest}.json")
+    print(f"report: {write_json(check, Path(out))}")
+    return 0
 
 
 def command_compare(run_a: str, run_b: str, score: str, as_json: bool) -> int:

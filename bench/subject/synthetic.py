@@ -125,9 +125,7 @@ def check_scorers(kind: str, scorers: Mapping[str, Any], why: str) -> None:
     for name, scorer in scorers.items():
         if name in SUBJECT_SCORERS or getattr(scorer, "needs_subject", False):
             keep = [n for n in scorers if n not in SUBJECT_SCORERS] or ["correlation"]
-            raise ConfigError(
-                f"scorer.{name}", f"undefined for {kind}: {why}; use scorer=[{','.join(keep)}]"
-            )
+            raise ConfigError(f"scorer.{name}", f"undefined for {kind}: {why}; use scorer=[{','.join(keep)}]")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -206,9 +204,7 @@ def select(acts: Any, layer: int, top_k: int, random_k: int, seed: int) -> Any:
     )
 
 
-def load_synthetic_records(
-    settings: Any, subject: Any, dataset: Any
-) -> tuple[dict[str, UnitRecord], dict[str, Any]]:
+def load_synthetic_records(settings: Any, subject: Any, dataset: Any) -> tuple[dict[str, UnitRecord], dict[str, Any]]:
     """The chosen synthetic units' records and their provenance (the rules, the excerpts, the tokenizer)."""
     import numpy as np
 
