@@ -195,7 +195,7 @@ def summarize(rows: list[dict[str, Any]], conditions: Sequence[str], simulator: 
     separation = _difference(sep, resamples, confidence, seed)
     return JudgeCheck(
         simulator=getattr(simulator, "name", type(simulator).__name__),
-        estimator=getattr(simulator, "estimator", "?"),
+        estimator=getattr(simulator, "recorded_estimator", None) or getattr(simulator, "estimator", "?"),
         score=SCORE,
         confidence=confidence,
         n_units=len(rows),
