@@ -172,8 +172,9 @@ def run(
 
 def check_layers(settings: RunSettings, info: Any, dataset: Any = None) -> None:
     """Every requested layer exists (the subject's config alone says so: no weights loaded)."""
-    if getattr(dataset, "provides_records", False):
-        return  # published records read from files: their layers are the files' (e.g. GPT-2 XL's 48)
+    if getattr(dataset, "provides_records", False):  # published records: the files' layers (GPT-2 XL: 48)
+        dataset.check_units(settings.units)
+        return
     for layer in settings.units.layers:
         if layer >= info.n_layers:
             raise UserError(

@@ -79,12 +79,15 @@ class ReferenceRecords:
             )
         return record, hashlib.sha256(blob).hexdigest()
 
-    def unit_records(self, units: Any) -> tuple[dict[str, UnitRecord], dict[str, Any]]:
-        """The chosen units' published records and their provenance (the folder and files read)."""
+    def check_units(self, units: Any) -> None:
+        """Every requested layer, index and count has files (one line naming the key; no file is read)."""
+        self.chosen(units)
+
+    def chosen(self, units: Any) -> dict[int, list[int]]:
+        """Layer -> the neurons to read: ``units.indices``, or ``units.count`` sampled among the files."""
         from bench.pipeline import choose_units
 
-        records: dict[str, UnitRecord] = {}
-        files: dict[str, str] = {}
+        out: dict[int, list[int]] = {}
         for layer in units.layers:
             available = self.neurons(layer)
             if not available:
@@ -108,6 +111,14 @@ class ReferenceRecords:
                     )
                 picks = choose_units(layer, len(available), units.count, None, units.seed)
                 chosen = [available[p] for p in picks]
+            out[layer] = chosen
+        return out
+
+    def unit_records(self, units: Any) -> tuple[dict[str, UnitRecord], dict[str, Any]]:
+        """The chosen units' published records and their provenance (the folder and files' sha256)."""
+        records: dict[str, UnitRecord] = {}
+        files: dict[str, str] = {}
+        for layer, chosen in self.chosen(units).items():
             for neuron in chosen:
                 rec, sha = self.read(layer, neuron)
                 records[rec.unit.key] = rec
