@@ -234,3 +234,17 @@ def test_judge_check_refuses_units_that_are_not_synthetic(capsys):
     assert main(["judge-check", "units=default"]) == 2
     err = capsys.readouterr().err
     assert "units=synthetic" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.e2e
+def test_judge_check_with_the_real_offline_default_simulator(tmp_path, capsys):
+    """The offline default's judge (real SmolLM2-135M, prompt logprobs) on two synthetic units."""
+    out = tmp_path / "smollm2.json"
+    args = ["units.indices=[0,2]", "units.examples_per_split=2", "dataset.n_excerpts=320", f"output_dir={tmp_path}"]
+    assert main(["judge-check", "--no-progress", "--out", str(out), *args]) == 0
+    report = json.loads(out.read_text())
+    assert report["simulator"] == "smollm2_all_at_once" and report["estimator"] == "all_at_once/prompt_logprobs"
+    for condition in ("true", "shuffled", "empty"):
+        c = report["conditions"][condition]
+        assert c["n"] + c["n_failed"] == 2  # every simulation is a score or a counted failure
+    assert "verdict:" in capsys.readouterr().out
