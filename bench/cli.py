@@ -143,7 +143,7 @@ def command_judge_check(overrides: list[str], explain: bool, out: str | None, pr
         digest = hashlib.sha256(json.dumps(combo).encode()).hexdigest()[:10]
         name = re.sub(r"[^A-Za-z0-9_.-]+", "-", check.simulator)
         out = str(Path(settings.output_dir) / "judge_check" / f"{name}-{digest}.json")
-    print(f"report: {write_json(check, Path(out))}")
+    print(f"report: {write_json(check, Path(out), combo)}")
     return 0
 
 

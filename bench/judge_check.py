@@ -242,7 +242,8 @@ def format_report(check: JudgeCheck) -> str:
     return "\n".join(lines)
 
 
-def write_json(check: JudgeCheck, path: Path) -> Path:
+def write_json(check: JudgeCheck, path: Path, overrides: Sequence[str] = ()) -> Path:
+    """The report as JSON, with the overrides that reproduce it (``neuronbench judge-check <overrides>``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(check.to_json(), indent=2))
+    path.write_text(json.dumps({"overrides": list(overrides), **check.to_json()}, indent=2))
     return path

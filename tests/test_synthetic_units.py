@@ -176,6 +176,7 @@ def test_judge_check_separates_true_from_shuffled_and_empty_with_the_lexical_pro
     assert "separation" in printed and "verdict: separates" in printed
     report = json.loads(out.read_text())
     assert report["simulator"] == "proxy_lexical" and report["n_units"] == 3
+    assert "units=synthetic" in report["overrides"]
     assert report["conditions"]["empty"]["n_constant"] == 3  # no words: a constant simulation, counted
     assert report["separation"]["ci_low"] > 0.3  # quoted words are matched exactly (r ~ 0.9)
     assert report["true_vs_shuffled"]["mean"] > 0.3 and report["win_rate"] == 1.0
