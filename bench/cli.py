@@ -30,6 +30,7 @@ examples:
   neuronbench view runs/<name>-<hash>               # static HTML site of one run (RUN_DIR/viewer/index.html)
   neuronbench card create my_bench units.count=20   # freeze a benchmark; then: neuronbench run card=my_bench
   neuronbench list [GROUP]                          # the options of each config group
+  neuronbench judge-check simulator=proxy_lexical   # does the simulator separate true/shuffled/empty explanations?
 
 Config groups live in conf/ (subject, dataset, units, explainer, prompt, simulator, scorer, tracking).
 Results: runs/<name>-<hash>/results.jsonl (resumable) and MLflow
@@ -80,6 +81,14 @@ def main(argv: list[str] | None = None) -> int:
         help="log level of neuronbench and Hydra's job log (default INFO; -q means WARNING)",
     )
     run_p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. explainer=token_list units.count=3")
+    jc_p = sub.add_parser(
+        "judge-check",
+        help="score a simulator on synthetic units with true, shuffled and empty explanations (does it separate them?)",
+    )
+    jc_p.add_argument("--explainer", action="store_true", help="also score the configured explainer's explanations")
+    jc_p.add_argument("--out", default=None, help="JSON report path (default: <output_dir>/judge_check/<name>.json)")
+    jc_p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    jc_p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. simulator=proxy_lexical units.count=6")
     cmp_p = sub.add_parser("compare", help="paired comparison of two runs on the same units")
     cmp_p.add_argument("run_a", help="run folder (runs/<name>-<hash>) of run A")
     cmp_p.add_argument("run_b", help="run folder of run B")
@@ -132,6 +141,8 @@ def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
                 log_level=args.log_level or ("WARNING" if args.quiet else None),
                 retry_failed=args.retry_failed,
             )
+        if args.command == "judge-check":
+            return command_judge_check(args.overrides + extra, args.explainer, args.out, not args.no_progress)
         if extra:
             raise UserError(f"{args.command}: unexpected arguments {' '.join(extra)}")
         if args.command == "compare":
@@ -276,6 +287,33 @@ def swept_keys(overrides: list[str]) -> list[str]:
     return [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
 
 
+# judge-check's defaults; an override of the same key replaces them.
+JUDGE_CHECK_DEFAULTS = ("units=synthetic", "scorer=[correlation]", "tracking=none")
+
+
+def command_judge_check(overrides: list[str], explain: bool, out: str | None, progress: bool) -> int:
+    from bench.config import check_ready, compose, expand_sweep, validate
+    from bench.judge_check import format_report, judge_check, write_json
+
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    combo = [d for d in JUDGE_CHECK_DEFAULTS if d.split("=", 1)[0] not in given] + overrides
+    if len(expand_sweep(combo)) > 1:
+        raise UserError("judge-check runs one configuration; drop the sweep (a,b) from the overrides")
+    cfg = compose(combo)
+    settings, parts = validate(cfg)
+    check_ready(parts)
+    for noisy in ("transformers", "mlflow", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    check = judge_check(settings, parts, explain=explain, progress=progress)
+    print(format_report(check))
+    if out is None:
+        digest = hashlib.sha256(json.dumps(combo).encode()).hexdigest()[:10]
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", check.simulator)
+        out = str(Path(settings.output_dir) / "judge_check" / f"{name}-{digest}.json")
+    print(f"report: {write_json(check, Path(out), combo)}")
+    return 0
+
+
 def command_compare(run_a: str, run_b: str, score: str, as_json: bool) -> int:
     from dataclasses import asdict
 
@@ -404,7 +442,8 @@ def run_job(
     install_log_redaction()
     settings, parts = validate(cfg)
     check_ready(parts)  # a missing API key stops here, before mining
-    pipeline.check_layers(settings, parts["subject"].info)  # before any run folder or MLflow run exists
+    # before any run folder or MLflow run exists
+    pipeline.check_layers(settings, parts["subject"].info, parts["dataset"])
     check_writable_dirs(settings)
     choices = _hydra_choices() or dict(choices or {})
     name, digest = run_identity(cfg, choices)

@@ -66,12 +66,20 @@ class UnitsConfig:
     examples_per_split: int = 5
     site: str | None = None  # mlp_neuron only: read the coordinates of another site (resid.post, ...)
     sae: SaeConfig = field(default_factory=SaeConfig)
+    rules: list[dict[str, Any]] | None = None  # kind: synthetic only (bench.subject.synthetic)
 
     def __post_init__(self) -> None:
-        if self.kind not in MINED_KINDS:
-            raise ValueError(f"kind: must be one of {', '.join(MINED_KINDS)}, got {self.kind!r}")
+        kinds = (*MINED_KINDS, "synthetic")
+        if self.kind not in kinds:
+            raise ValueError(f"kind: must be one of {', '.join(kinds)}, got {self.kind!r}")
         if self.site is not None and self.kind != "mlp_neuron":
             raise ValueError(f"site: only for kind mlp_neuron ({self.kind} defines its own site); use null")
+        if self.rules is not None and self.kind != "synthetic":
+            raise ValueError(f"rules: only for kind: synthetic (units=synthetic), not {self.kind!r}")
+        if self.kind == "synthetic":
+            from bench.subject.synthetic import check_units
+
+            check_units(self)
         if self.kind == "sae_latent":  # the SAE itself is read (and a missing path refused) before the run starts
             if self.layers is not None and len(self.layers) != 1:
                 raise ValueError("layers: an SAE reads one layer (its hook_name); use null or that one layer")
@@ -442,6 +450,7 @@ def _check_compatibility(run: RunSettings, parts: dict[str, Any]) -> None:
                     f"backend {name!r} does not offer; estimators it can serve: {can}"
                 )
             raise ConfigError("simulator.estimator", str(problem))
+    _check_record_source(run, parts)
     for key, explainer in _explainers(parts.get("explainer")):
         needed = set(getattr(explainer, "required_capabilities", ()) or ())
         llm = getattr(explainer, "llm", None)
@@ -474,6 +483,20 @@ def _check_temperatures(parts: dict[str, Any]) -> None:
                 f"{key}.temperature",
                 f"{value} is outside {allowed[0]:g}..{allowed[1]:g}, the range backend {backend!r} accepts",
             )
+
+
+def _check_record_source(run: RunSettings, parts: dict[str, Any]) -> None:
+    """Units the subject model does not compute -- synthetic rules, published records read from files --
+    have no ablation or output-centric score: refused here with one line, before any work."""
+    from bench.subject.synthetic import check_scorers
+
+    reads_records = getattr(parts.get("dataset"), "provides_records", False)
+    if run.units.kind == "synthetic":
+        if reads_records:
+            raise ConfigError("dataset", "units=synthetic needs a text corpus (e.g. dataset=offline_default)")
+        check_scorers("units=synthetic", parts["scorers"], "the unit is a rule over tokens, not part of the subject")
+    elif reads_records:
+        check_scorers("dataset=reference_records", parts["scorers"], "published records carry no subject token ids")
 
 
 def _explainers(explainer: Any, key: str = "explainer") -> list[tuple[str, Any]]:

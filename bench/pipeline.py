@@ -266,9 +266,12 @@ def run(
     return RunOutcome(results=results, summary=summary, warnings=warnings)
 
 
-def check_layers(settings: RunSettings, info: Any) -> None:
+def check_layers(settings: RunSettings, info: Any, dataset: Any = None) -> None:
     """Every requested layer exists (the subject's config alone says so: no weights loaded); an SAE's
     folder is read and checked too (``cfg.json`` and the weights' hash: no model needed)."""
+    if getattr(dataset, "provides_records", False):  # published records: the files' layers (GPT-2 XL: 48)
+        dataset.check_units(settings.units)
+        return
     if settings.units.kind == "sae_latent":
         sae_layer(settings)
     for layer in settings.units.layers or []:
@@ -285,6 +288,12 @@ def load_records(settings: RunSettings, subject: Any, dataset: Any) -> tuple[dic
     Dispatch point: record sources that need no mining plug in here by ``settings.units.kind``;
     every kind read from the subject is mined by :func:`mine_records`.
     """
+    if settings.units.kind == "synthetic":  # rules over the corpus's tokens: no forward pass
+        from bench.subject.synthetic import load_synthetic_records
+
+        return load_synthetic_records(settings, subject, dataset)
+    if getattr(dataset, "provides_records", False):  # published records read from files: no mining
+        return dataset.unit_records(settings.units)
     return mine_records(settings, subject, dataset)
 
 

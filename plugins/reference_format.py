@@ -5,7 +5,8 @@ An optional extra, built on ``bench``'s public API only (records, protocols, err
 * :class:`ReferenceFileExplainer` -- score *published* explanations (one
   ``explanations/{layer}/{neuron}.jsonl`` per neuron) with any neuronbench simulator and scorer:
   ``neuronbench run explainer=reference_files explainer.root=/data/explanations``.
-* :func:`unit_record_to_reference` / :func:`unit_record_from_reference` -- ``NeuronRecord`` JSON.
+* :func:`unit_record_to_reference` / :func:`unit_record_from_reference` -- ``NeuronRecord`` JSON
+  (defined in :mod:`bench.reference_format`, which ``dataset=reference_records`` reads with).
 * :func:`unit_result_to_reference` -- ``NeuronSimulationResults`` JSON of a scored unit.
 
 Objects carry a ``"dataclass_name"`` key and NaN is written as ``null``, as in the published files.
@@ -14,70 +15,21 @@ Objects carry a ``"dataclass_name"`` key and NaN is written as ``null``, as in t
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.records import ActivationRecord, Explanation, UnitId, UnitRecord, UnitResult, UnitStats
+from bench.records import ActivationRecord, Explanation, UnitId, UnitResult
+from bench.reference_format import nan_to_null as _num
+from bench.reference_format import unit_record_from_reference, unit_record_to_reference
 
-
-def _num(value: float) -> float | None:
-    return None if value is None or math.isnan(value) else value
-
-
-def _activation_record(record: ActivationRecord) -> dict[str, Any]:
-    return {
-        "dataclass_name": "ActivationRecord",
-        "tokens": list(record.tokens),
-        "activations": list(record.activations),
-    }
-
-
-def unit_record_to_reference(record: UnitRecord) -> dict[str, Any]:
-    """A ``NeuronRecord`` (quantile samples are not mined here: written as null)."""
-    return {
-        "dataclass_name": "NeuronRecord",
-        "neuron_id": {
-            "dataclass_name": "NeuronId",
-            "layer_index": record.unit.layer,
-            "neuron_index": record.unit.index,
-        },
-        "random_sample": [_activation_record(r) for r in record.random],
-        "random_sample_by_quantile": None,
-        "quantile_boundaries": None,
-        "mean": _num(record.stats.mean),
-        "variance": _num(record.stats.variance),
-        "skewness": _num(record.stats.skewness),
-        "kurtosis": _num(record.stats.kurtosis),
-        "most_positive_activation_records": [_activation_record(r) for r in record.top],
-    }
-
-
-def unit_record_from_reference(data: dict[str, Any]) -> UnitRecord:
-    """Read a published ``NeuronRecord`` (e.g. ``collated-activations/{layer}/{neuron}.json``)."""
-
-    def records(items: Sequence[dict[str, Any]]) -> list[ActivationRecord]:
-        return [
-            ActivationRecord(tokens=list(i["tokens"]), activations=[float(a) for a in i["activations"]]) for i in items
-        ]
-
-    nan = lambda v: math.nan if v is None else float(v)  # noqa: E731
-    nid = data["neuron_id"]
-    top = sorted(records(data["most_positive_activation_records"]), key=lambda r: -r.max_activation)
-    return UnitRecord(
-        unit=UnitId(layer=int(nid["layer_index"]), index=int(nid["neuron_index"])),
-        top=top,
-        random=records(data["random_sample"]),
-        stats=UnitStats(
-            count=0,
-            mean=nan(data.get("mean")),
-            variance=nan(data.get("variance")),
-            skewness=nan(data.get("skewness")),
-            kurtosis=nan(data.get("kurtosis")),
-        ),
-    )
+__all__ = [
+    "ReferenceFileExplainer",
+    "unit_record_from_reference",
+    "unit_record_to_reference",
+    "unit_result_to_reference",
+]
 
 
 def unit_result_to_reference(result: UnitResult) -> dict[str, Any]:

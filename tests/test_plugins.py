@@ -28,7 +28,7 @@ from plugins.reference_format import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-PUBLIC = {"bench.records", "bench.protocols", "bench.errors", "bench.normalize"}
+PUBLIC = {"bench.records", "bench.protocols", "bench.errors", "bench.normalize", "bench.reference_format"}
 
 
 def imported_modules(path: Path) -> set[str]:

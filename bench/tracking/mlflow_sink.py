@@ -168,6 +168,7 @@ def reader_params(config: Mapping[str, Any], choices: Mapping[str, str]) -> dict
     simulator = config.get("simulator") or {}
     params["simulator.estimator"] = simulator.get("estimator")
     units = config.get("units") or {}
+    params["units.kind"] = units.get("kind")  # neurons, SAE latents, heads, synthetic: never compared blindly
     params["units.layers"] = units.get("layers")
     if units.get("indices") is not None:
         params["units.indices"] = units.get("indices")
