@@ -12,6 +12,12 @@ re-running the same requests makes no HTTP call.  Errors are never cached.
 A damaged cache (``cache.db`` overwritten or truncated, an entry that is not ``{"result": ..., "usage":
 {...}}``) must not fail the units that use it: the entry -- or, when sqlite cannot read the database,
 the whole cache for this process -- counts as a miss, and one warning names the folder and the fix.
+
+**Several processes** (joblib or Ray sweep jobs, shards of one run) share one cache folder: sqlite in WAL
+mode makes their reads and writes safe, and :meth:`ResponseCache.claim` makes them pay once for a request
+they all miss -- the first process to claim a key sends it while the others wait on that key's lock file
+(``inflight/<2 hex>/<key>.lock``, ``filelock``), then find its answer in the cache.  The lock is the
+kernel's (``flock``): a process that dies mid-request releases it, and the next claimant sends again.
 """
 
 from __future__ import annotations
@@ -21,11 +27,13 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 FORMAT = 1
+INFLIGHT_DIR = "inflight"  # per-key lock files of requests being sent (see ResponseCache.claim)
 REPAIR = "delete that folder to rebuild the cache (answers are requested again)"
 _log = logging.getLogger(__name__)
 
@@ -157,6 +165,42 @@ class ResponseCache:
             if self._cache is not None:
                 self._cache.close()
                 self._cache = None
+
+    def lock_path(self, key: str) -> Path:
+        """The lock file of ``key`` in :meth:`claim` (two-level, as git objects: no folder holds too many)."""
+        assert self.directory is not None
+        return self.directory / INFLIGHT_DIR / key[:2] / f"{key}.lock"
+
+    @asynccontextmanager
+    async def claim(self, key: str) -> AsyncIterator[None]:
+        """Hold ``key``'s inter-process lock while checking the cache and sending the request.
+
+        Callers re-check the cache inside: whoever waited for another process finds that process's answer
+        there instead of paying again.  The same holds for two coroutines of one process (each lock object
+        opens its own descriptor, and ``flock`` locks exclude each other per descriptor).  Waiting runs in
+        filelock's executor, off the event loop.  The lock file is removed while still held once the
+        answer is cached -- a late waiter then re-checks and hits; after a failure it stays, so the next
+        claimant still waits its turn.  A disabled or damaged cache claims nothing (there is nothing to share).
+        """
+        if self.directory is None or self._damaged:
+            yield
+            return
+        from filelock import AsyncFileLock
+
+        path = self.lock_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = AsyncFileLock(str(path))
+        await lock.acquire()
+        try:
+            yield
+        finally:
+            try:
+                if key in self:
+                    path.unlink(missing_ok=True)
+            except Exception as err:  # noqa: BLE001 - tidying lock files must never fail a request
+                self._warn_once("lock files", f"{type(err).__name__}: {err}")
+            finally:
+                await lock.release()
 
     def check_writable(self) -> None:
         """Raise ``OSError`` if the cache folder cannot be created or written."""

@@ -1,0 +1,208 @@
+"""The shared caches under several processes at once (sweep jobs, shards, Ray workers on one machine).
+
+Every test starts REAL processes ('spawn') on one cache folder and makes them overlap for certain: the
+processes leave marker files at the point where each has missed the cache, and whoever does the work
+(answers the request, mines the layer) waits for all of them first -- so without the inter-process locks
+the work would be done once per process, and the assertions (work done exactly once, every process
+gets the same answer) would fail.  No sleeps, no timing assumptions: waits are for files, with a
+generous deadline that only matters when something is broken.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_servers import FakeLLMServer
+
+KEY = "sk-concurrency-test-0123456789"
+DEADLINE_S = 60.0
+N_PROCS = 2
+
+
+def wait_for(folder: Path, count: int, pattern: str = "*") -> bool:
+    """Wait until ``folder`` holds ``count`` files matching ``pattern`` (the deadline only catches a bug)."""
+    end = time.monotonic() + DEADLINE_S
+    while time.monotonic() < end:
+        if len(list(folder.glob(pattern))) >= count:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def spawn(target: Any, *args: Any) -> list[Any]:
+    """Run ``target(tag, *args)`` in N_PROCS spawned processes; all must exit cleanly."""
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=target, args=(f"p{i}", *args)) for i in range(N_PROCS)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    codes = [p.exitcode for p in procs]
+    assert codes == [0] * N_PROCS, f"worker exit codes {codes}"
+    return procs
+
+
+# ---------------------------------------------------------------------------------------------------
+# The response cache: in-flight requests are claimed across processes
+# ---------------------------------------------------------------------------------------------------
+def _llm_worker(tag: str, base_url: str, cache: str, markers: str, out: str, n: int, reverse: bool) -> None:
+    os.environ["OPENAI_API_KEY"] = KEY
+    from bench.llm._http import Engine
+    from bench.llm.openai_backend import OpenAIChatModel
+    from bench.protocols import ChatMessage, GenerationRequest
+
+    original = Engine._send_all
+
+    async def send_all(self: Any, jobs: Any, batch: Any) -> Any:
+        Path(markers, tag).write_text(str(len(jobs)))  # this process missed the cache for these jobs
+        return await original(self, jobs, batch)
+
+    Engine._send_all = send_all  # type: ignore[method-assign]
+    model = OpenAIChatModel(model="gpt-4o-mini", base_url=base_url, cache_dir=cache, concurrency=2 * n)
+    order = range(n - 1, -1, -1) if reverse else range(n)
+    gens = model.generate(
+        [GenerationRequest(messages=(ChatMessage("user", f"REPLY: answer {i}"),), max_tokens=8) for i in order]
+    )
+    stats = model.stats
+    result = {
+        "texts": {str(i): g.text for i, g in zip(order, gens, strict=True)},
+        "calls": stats.calls,
+        "cache_hits": stats.cache_hits,
+    }
+    Path(out, f"{tag}.json").write_text(json.dumps(result))
+
+
+@pytest.fixture
+def server() -> Iterator[FakeLLMServer]:
+    with FakeLLMServer(api_key=KEY) as srv:
+        yield srv
+
+
+def test_two_processes_asking_the_same_requests_pay_once(server: FakeLLMServer, tmp_path: Path) -> None:
+    """Two processes x the same N uncached requests -> exactly N requests reach the server; the process
+    that waited reads the other's answers from the cache (counted as hits, not calls)."""
+    n = 6
+    markers, out = tmp_path / "markers", tmp_path / "out"
+    markers.mkdir()
+    out.mkdir()
+    held: list[bool] = []
+
+    def responder(body: dict[str, Any]) -> str:
+        held.append(wait_for(markers, N_PROCS))  # both processes missed the cache before any answer exists
+        return body["messages"][-1]["content"].removeprefix("REPLY: ")
+
+    server.responder = responder
+    spawn(_llm_worker, server.base_url, str(tmp_path / "cache"), str(markers), str(out), n, True)
+    results = [json.loads((out / f"p{i}.json").read_text()) for i in range(N_PROCS)]
+    assert server.count("/v1/chat/completions") == n and len(held) == n and all(held)
+    assert all(r["texts"] == {str(i): f"answer {i}" for i in range(n)} for r in results)
+    assert sum(r["calls"] for r in results) == n  # paid once in all
+    assert sum(r["cache_hits"] for r in results) == n  # the other process's answers, read from the cache
+    assert not list((tmp_path / "cache" / "inflight").rglob("*.lock"))  # answered: no lock file left behind
+
+
+def test_twin_jobs_in_one_call_are_sent_once(server: FakeLLMServer, tmp_path: Path, monkeypatch) -> None:
+    """The same claim de-duplicates two identical requests of one process (one is a cache hit)."""
+    from bench.llm.openai_backend import OpenAIChatModel
+    from bench.protocols import ChatMessage, GenerationRequest
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    model = OpenAIChatModel(model="gpt-4o-mini", base_url=server.base_url, cache_dir=str(tmp_path))
+    request = GenerationRequest(messages=(ChatMessage("user", "REPLY: same"),), max_tokens=8)
+    gens = model.generate([request, request])
+    assert [g.text for g in gens] == ["same", "same"]
+    assert server.count("/v1/chat/completions") == 1
+    assert model.stats.calls == 1 and model.stats.cache_hits == 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# The record cache: one process mines a layer, the others wait and load it
+# ---------------------------------------------------------------------------------------------------
+class EmbeddingSubject:
+    """A tiny in-process "model" in numpy (activations = a seeded embedding of each token), so the
+    spawned processes need not import torch: the cache's locking does not depend on the model."""
+
+    width, vocab = 16, 50
+
+    def __init__(self, markers: str, tag: str) -> None:
+        from bench.protocols import SubjectInfo
+
+        self.info = SubjectInfo("embedding-toy", None, None, "float32", "toy", "embedding", 2, self.width)
+        self.markers, self.tag = Path(markers), tag
+
+    def mine_layer(self, excerpts: Any, layer: int, top_k: int, random_k: int, seed: int) -> Any:
+        import numpy as np
+
+        from bench.subject.mining import MinedLayer
+
+        (self.markers / f"mined-{self.tag}").touch()
+        wait_for(self.markers, N_PROCS, "missed-*")  # every process missed the cache before anything is saved
+        emb = np.random.default_rng([seed, layer]).standard_normal((self.vocab, self.width)).astype(np.float32)
+        acts = emb[excerpts.token_ids]  # (n, L, units)
+        top = np.argsort(-acts.max(axis=1), axis=0, kind="stable")[:top_k]  # (k, units)
+        chosen = np.random.default_rng(seed).choice(len(acts), size=random_k, replace=False)
+        flat = acts.reshape(-1, self.width).astype(np.float64)
+        return MinedLayer(
+            layer=layer,
+            top_indices=top.astype(np.int64),
+            top_max=np.take_along_axis(acts.max(axis=1), top, axis=0),
+            top_acts=np.stack([acts[top[:, u], :, u] for u in range(self.width)], axis=1),
+            random_indices=chosen.astype(np.int64),
+            random_acts=acts[chosen].transpose(0, 2, 1),
+            count=flat.shape[0],
+            mean=flat.mean(axis=0),
+            variance=flat.var(axis=0),
+            skewness=np.zeros(self.width),
+            kurtosis=np.zeros(self.width),
+        )
+
+    def token_strings(self, ids: Any) -> dict[int, str]:
+        return {int(t): f"tok{int(t)}" for t in set(ids.ravel().tolist())}
+
+
+def _mine_worker(tag: str, cache: str, markers: str, out: str) -> None:
+    import numpy as np
+
+    from bench.protocols import ExcerptSet
+    from bench.subject import record_cache
+
+    real_load = record_cache._load
+
+    def load(path: Path, key: Any) -> Any:
+        found = real_load(path, key)
+        if found is None:
+            Path(markers, f"missed-{tag}").touch(exist_ok=True)
+        return found
+
+    record_cache._load = load
+    ids = np.random.default_rng(12).integers(0, EmbeddingSubject.vocab, size=(10, 8))
+    excerpts = ExcerptSet(token_ids=ids, fingerprint="fp-concurrent")
+    mined, strings = record_cache.load_or_mine_layer(EmbeddingSubject(markers, tag), excerpts, 1, 4, 3, 0, cache)
+    np.savez(Path(out, f"{tag}.npz"), top_indices=mined.top_indices, top_acts=mined.top_acts)
+    Path(out, f"{tag}.json").write_text(json.dumps(strings))
+
+
+def test_two_processes_mine_one_layer_once(tmp_path: Path) -> None:
+    """Both processes miss the record cache; one mines, the other waits on the entry's lock and loads
+    the file (identical arrays); no temporary file is left beside it."""
+    import numpy as np
+
+    markers, out, cache = tmp_path / "markers", tmp_path / "out", tmp_path / "cache"
+    markers.mkdir()
+    out.mkdir()
+    spawn(_mine_worker, str(cache), str(markers), str(out))
+    assert len(list(markers.glob("missed-*"))) == N_PROCS  # both looked before either had saved
+    assert len(list(markers.glob("mined-*"))) == 1  # ... and the layer was mined once
+    a, b = (np.load(out / f"p{i}.npz") for i in range(N_PROCS))
+    assert a["top_indices"].shape == (4, EmbeddingSubject.width)
+    assert np.array_equal(a["top_indices"], b["top_indices"]) and np.array_equal(a["top_acts"], b["top_acts"])
+    assert (out / "p0.json").read_text() == (out / "p1.json").read_text()
+    files = [f for f in (cache / "records").iterdir() if not f.name.endswith(".lock")]
+    assert [f.suffix for f in files] == [".npz"]  # no torn temporary left
