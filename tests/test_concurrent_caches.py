@@ -54,17 +54,17 @@ def spawn(target: Any, *args: Any) -> list[Any]:
 # ---------------------------------------------------------------------------------------------------
 def _llm_worker(tag: str, base_url: str, cache: str, markers: str, out: str, n: int, reverse: bool) -> None:
     os.environ["OPENAI_API_KEY"] = KEY
-    from bench.llm._http import Engine
+    from bench.llm.cache import ResponseCache
     from bench.llm.openai_backend import OpenAIChatModel
     from bench.protocols import ChatMessage, GenerationRequest
 
-    original = Engine._send_all
+    real_claim = ResponseCache.claim
 
-    async def send_all(self: Any, jobs: Any, batch: Any) -> Any:
-        Path(markers, tag).write_text(str(len(jobs)))  # this process missed the cache for these jobs
-        return await original(self, jobs, batch)
+    def claim(self: Any, key: str) -> Any:
+        Path(markers, f"{tag}-{key}").touch()  # this process missed the cache and is about to claim the key
+        return real_claim(self, key)
 
-    Engine._send_all = send_all  # type: ignore[method-assign]
+    ResponseCache.claim = claim  # type: ignore[method-assign]
     model = OpenAIChatModel(model="gpt-4o-mini", base_url=base_url, cache_dir=cache, concurrency=2 * n)
     order = range(n - 1, -1, -1) if reverse else range(n)
     gens = model.generate(
@@ -95,7 +95,7 @@ def test_two_processes_asking_the_same_requests_pay_once(server: FakeLLMServer, 
     held: list[bool] = []
 
     def responder(body: dict[str, Any]) -> str:
-        held.append(wait_for(markers, N_PROCS))  # both processes missed the cache before any answer exists
+        held.append(wait_for(markers, N_PROCS * n))  # both processes claim every key before any answer exists
         return body["messages"][-1]["content"].removeprefix("REPLY: ")
 
     server.responder = responder
