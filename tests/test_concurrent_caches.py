@@ -206,3 +206,61 @@ def test_two_processes_mine_one_layer_once(tmp_path: Path) -> None:
     assert (out / "p0.json").read_text() == (out / "p1.json").read_text()
     files = [f for f in (cache / "records").iterdir() if not f.name.endswith(".lock")]
     assert [f.suffix for f in files] == [".npz"]  # no torn temporary left
+
+
+# ---------------------------------------------------------------------------------------------------
+# Batch state: one process submits a batch and one collects it; the other claims it and reads the cache
+# ---------------------------------------------------------------------------------------------------
+def _batch_worker(tag: str, base_url: str, cache: str, markers: str, out: str, n: int) -> None:
+    os.environ["OPENAI_API_KEY"] = KEY
+    from bench.llm.batch import PendingStore
+    from bench.llm.openai_backend import OpenAIChatModel
+    from bench.protocols import ChatMessage, GenerationRequest
+
+    real_lock, real_batch_lock = PendingStore.lock, PendingStore.batch_lock
+
+    def lock(self: Any) -> Any:
+        Path(markers, f"submit-{tag}").touch()  # about to claim saved batches or submit new ones
+        return real_lock(self)
+
+    def batch_lock(self: Any, pending: Any) -> Any:
+        Path(markers, f"collect-{tag}").touch()  # about to poll and collect a batch
+        return real_batch_lock(self, pending)
+
+    PendingStore.lock, PendingStore.batch_lock = lock, batch_lock  # type: ignore[method-assign]
+    model = OpenAIChatModel(model="gpt-4o-mini", base_url=base_url, cache_dir=cache, batch=True, batch_poll_s=0.01)
+    gens = model.generate(
+        [GenerationRequest(messages=(ChatMessage("user", f"REPLY: answer {i}"),), max_tokens=8) for i in range(n)]
+    )
+    stats = model.stats
+    result = {"texts": [g.text for g in gens], "batches": stats.batches, "calls": stats.calls}
+    Path(out, f"{tag}.json").write_text(json.dumps(result))
+
+
+def test_two_processes_in_batch_mode_submit_and_collect_one_batch(server: FakeLLMServer, tmp_path: Path) -> None:
+    """Both processes miss the same requests: one batch goes up (the second process claims the first's
+    saved state instead of submitting), one process downloads its results, both get every answer."""
+    n = 4
+    markers, out, cache = tmp_path / "markers", tmp_path / "out", tmp_path / "cache"
+    markers.mkdir()
+    out.mkdir()
+    held: list[bool] = []
+
+    def fault_fn(_n: int, path: str, body: dict[str, Any]) -> None:
+        if path == "/v1/batches":  # creating: both processes are about to submit
+            held.append(wait_for(markers, N_PROCS, "submit-*"))
+        elif path.startswith("/v1/batches/"):  # polling: both processes are about to collect
+            held.append(wait_for(markers, N_PROCS, "collect-*"))
+        return None
+
+    server.fault_fn = fault_fn
+    spawn(_batch_worker, server.base_url, str(cache), str(markers), str(out), n)
+    results = [json.loads((out / f"p{i}.json").read_text()) for i in range(N_PROCS)]
+    assert all(held) and len(held) >= 2
+    assert server.count("/v1/batches", "POST") == 1  # submitted once
+    downloads = [e for e in server.log if e["path"].startswith("/v1/files/") and e["path"].endswith("/content")]
+    assert len(downloads) == 1  # collected by one process
+    assert sum(1 for e in server.log if e["path"].endswith("/chat/completions")) == 0
+    assert all(r["texts"] == [f"answer {i}" for i in range(n)] for r in results)
+    assert sum(r["batches"] for r in results) == 1 and sum(r["calls"] for r in results) == n  # paid once
+    assert not list((cache / "batches").glob("*.json"))  # collected: no state left to resume
