@@ -36,6 +36,19 @@ def wait_for(folder: Path, count: int, pattern: str = "*") -> bool:
     return False
 
 
+def is_locked(path: Path) -> bool:
+    """Whether another process holds the ``filelock`` lock on ``path`` right now."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
 def spawn(target: Any, *args: Any) -> list[Any]:
     """Run ``target(tag, *args)`` in N_PROCS spawned processes; all must exit cleanly."""
     ctx = multiprocessing.get_context("spawn")
@@ -245,10 +258,14 @@ def test_two_processes_in_batch_mode_submit_and_collect_one_batch(server: FakeLL
     markers.mkdir()
     out.mkdir()
     held: list[bool] = []
+    locked: list[bool] = []
 
     def fault_fn(_n: int, path: str, body: dict[str, Any]) -> None:
         if path == "/v1/batches":  # creating: both processes are about to submit
             held.append(wait_for(markers, N_PROCS, "submit-*"))
+            # ... and the submitting one holds the provider's lock (the other cannot load the saved
+            # batches until this one's state file is written)
+            locked.append(is_locked(cache / "batches" / "openai.lock"))
         elif path.startswith("/v1/batches/"):  # polling: both processes are about to collect
             held.append(wait_for(markers, N_PROCS, "collect-*"))
         return None
@@ -256,7 +273,7 @@ def test_two_processes_in_batch_mode_submit_and_collect_one_batch(server: FakeLL
     server.fault_fn = fault_fn
     spawn(_batch_worker, server.base_url, str(cache), str(markers), str(out), n)
     results = [json.loads((out / f"p{i}.json").read_text()) for i in range(N_PROCS)]
-    assert all(held) and len(held) >= 2
+    assert all(held) and len(held) >= 2 and locked == [True]
     assert server.count("/v1/batches", "POST") == 1  # submitted once
     downloads = [e for e in server.log if e["path"].startswith("/v1/files/") and e["path"].endswith("/content")]
     assert len(downloads) == 1  # collected by one process
