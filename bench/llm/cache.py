@@ -22,6 +22,7 @@ kernel's (``flock``): a process that dies mid-request releases it, and the next 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -195,12 +196,17 @@ class ResponseCache:
             yield
         finally:
             try:
-                if key in self:
-                    path.unlink(missing_ok=True)
-            except Exception as err:  # noqa: BLE001 - tidying lock files must never fail a request
-                self._warn_once("lock files", f"{type(err).__name__}: {err}")
+                await asyncio.to_thread(self._tidy, key, path)
             finally:
                 await lock.release()
+
+    def _tidy(self, key: str, path: Path) -> None:
+        """Remove ``key``'s lock file once its answer is cached (called while the lock is held)."""
+        try:
+            if self.get(key) is not None:  # get() turns a damaged database into a miss, never raises
+                path.unlink(missing_ok=True)
+        except OSError as err:  # tidying lock files must never fail a request
+            self._warn_once("lock files", f"{type(err).__name__}: {err}")
 
     def check_writable(self) -> None:
         """Raise ``OSError`` if the cache folder cannot be created or written."""
