@@ -281,3 +281,66 @@ def test_two_processes_in_batch_mode_submit_and_collect_one_batch(server: FakeLL
     assert all(r["texts"] == [f"answer {i}" for i in range(n)] for r in results)
     assert sum(r["batches"] for r in results) == 1 and sum(r["calls"] for r in results) == n  # paid once
     assert not list((cache / "batches").glob("*.json"))  # collected: no state left to resume
+
+
+# ---------------------------------------------------------------------------------------------------
+# The excerpt cache: one process reads and tokenizes a corpus, the others wait and load it
+# ---------------------------------------------------------------------------------------------------
+class CharTokenizer:
+    """A character-level toy tokenizer with the call shape make_excerpt_set uses (no transformers)."""
+
+    def __len__(self) -> int:
+        return 128
+
+    def get_vocab(self) -> dict[str, int]:
+        return {chr(i): i for i in range(128)}
+
+    def __call__(self, texts: list[str], add_special_tokens: bool = False) -> dict[str, list[list[int]]]:
+        return {"input_ids": [[ord(c) % 128 for c in text] for text in texts]}
+
+
+def _excerpt_worker(tag: str, cache: str, markers: str, out: str) -> None:
+    import numpy as np
+
+    from bench.data import windows
+
+    real_load = windows._load_corpus
+
+    def load(path: Path) -> Any:
+        found = real_load(path)
+        if found is None:
+            Path(markers, f"missed-{tag}").touch(exist_ok=True)
+        return found
+
+    def documents() -> Any:
+        Path(markers, f"read-{tag}").touch()
+        wait_for(Path(markers), N_PROCS, "missed-*")  # every process missed the corpus cache before it is saved
+        return [(f"toy/{i}", f"document number {i} " * 20) for i in range(12)]
+
+    windows._load_corpus = load
+    excerpts = windows.make_excerpt_set(
+        name="toy",
+        documents=documents,
+        dataset_key={"name": "toy"},
+        tokenizer=CharTokenizer(),
+        n_excerpts=20,
+        excerpt_len=16,
+        seed=0,
+        max_windows_per_document=None,
+        cache_dir=cache,
+    )
+    np.save(Path(out, f"{tag}.npy"), excerpts.token_ids)
+
+
+def test_two_processes_tokenize_one_corpus_once(tmp_path: Path) -> None:
+    import numpy as np
+
+    markers, out, cache = tmp_path / "markers", tmp_path / "out", tmp_path / "cache"
+    markers.mkdir()
+    out.mkdir()
+    spawn(_excerpt_worker, str(cache), str(markers), str(out))
+    assert len(list(markers.glob("missed-*"))) == N_PROCS  # both looked before either had saved
+    assert len(list(markers.glob("read-*"))) == 1  # ... and the corpus was read and tokenized once
+    a, b = (np.load(out / f"p{i}.npy") for i in range(N_PROCS))
+    assert a.shape == (20, 16) and np.array_equal(a, b)
+    assert not list((cache / "excerpts").glob("*.tmp"))  # no torn temporary left
