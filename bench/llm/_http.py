@@ -424,12 +424,10 @@ class Engine:
 
     async def _one(self, job: Job) -> Outcome:
         """One job, sent at most once across the processes sharing the cache (:meth:`ResponseCache.claim`)."""
-        async with self.cache.claim(job.key):
-            if self.cache.enabled:  # another process (or a twin job here) may have answered it while we waited
-                hit = await asyncio.to_thread(self.cache.get, job.key)
-                if hit is not None:
-                    self.counters.add(cache_hits=1)
-                    return Outcome(hit, cached=True)
+        async with self.cache.claim(job.key) as hit:
+            if hit is not None:  # another process (or a twin job here) answered it while we waited
+                self.counters.add(cache_hits=1)
+                return Outcome(hit, cached=True)
             return await self._send(job)
 
     async def _send(self, job: Job) -> Outcome:

@@ -35,6 +35,7 @@ from typing import Any
 
 FORMAT = 1
 INFLIGHT_DIR = "inflight"  # per-key lock files of requests being sent (see ResponseCache.claim)
+CLAIM_POLL_S = 0.05  # how often a process waiting for another's request tries its lock again
 REPAIR = "delete that folder to rebuild the cache (answers are requested again)"
 _log = logging.getLogger(__name__)
 
@@ -173,40 +174,56 @@ class ResponseCache:
         return self.directory / INFLIGHT_DIR / key[:2] / f"{key}.lock"
 
     @asynccontextmanager
-    async def claim(self, key: str) -> AsyncIterator[None]:
-        """Hold ``key``'s inter-process lock while checking the cache and sending the request.
+    async def claim(self, key: str) -> AsyncIterator[dict[str, Any] | None]:
+        """Hold ``key``'s inter-process lock while the request is sent and its answer cached; yields the
+        answer when another process (or a twin job of this one) cached it meanwhile -- then send nothing.
 
-        Callers re-check the cache inside: whoever waited for another process finds that process's answer
-        there instead of paying again.  The same holds for two coroutines of one process (each lock object
-        opens its own descriptor, and ``flock`` locks exclude each other per descriptor).  Waiting runs in
-        filelock's executor, off the event loop.  The lock file is removed while still held once the
-        answer is cached -- a late waiter then re-checks and hits; after a failure it stays, so the next
-        claimant still waits its turn.  A disabled or damaged cache claims nothing (there is nothing to share).
+        The cache is read again once the lock is held: whoever waited finds the answer of the process it
+        waited for instead of paying again.  Two coroutines of one process exclude each other too (each
+        lock object opens its own descriptor, and ``flock`` locks exclude each other per descriptor).
+        Each lock attempt (with the re-read) and the release run in one worker thread each, never on the
+        event loop; a contended key is retried every :data:`CLAIM_POLL_S`.  The lock file is removed
+        while still held once the answer is cached -- a late waiter then re-reads and hits; after a
+        failure it stays, so the next claimant still takes its turn.  A disabled or damaged cache claims
+        nothing (there is nothing to share).
         """
         if self.directory is None or self._damaged:
-            yield
+            yield None
             return
-        from filelock import AsyncFileLock
+        from filelock import FileLock
 
         path = self.lock_path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock = AsyncFileLock(str(path))
-        await lock.acquire()
+        lock = FileLock(str(path), thread_local=False)  # taken and released on (possibly different) threads
+        while True:
+            taken, hit = await asyncio.to_thread(self._try_claim, key, path, lock)
+            if taken:
+                break
+            await asyncio.sleep(CLAIM_POLL_S)
         try:
-            yield
+            yield hit
         finally:
-            try:
-                await asyncio.to_thread(self._tidy, key, path)
-            finally:
-                await lock.release()
+            await asyncio.to_thread(self._release, key, path, lock, hit is None)
 
-    def _tidy(self, key: str, path: Path) -> None:
-        """Remove ``key``'s lock file once its answer is cached (called while the lock is held)."""
+    def _try_claim(self, key: str, path: Path, lock: Any) -> tuple[bool, dict[str, Any] | None]:
+        """Take ``key``'s lock without waiting; when taken, the cached answer (None: send it)."""
+        from filelock import Timeout
+
+        path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            if self.get(key) is not None:  # get() turns a damaged database into a miss, never raises
+            lock.acquire(blocking=False)
+        except Timeout:
+            return False, None
+        return True, self.get(key)
+
+    def _release(self, key: str, path: Path, lock: Any, sent: bool) -> None:
+        """Remove ``key``'s lock file once its answer is cached (while still held), then release it."""
+        try:
+            if not sent or self.get(key) is not None:  # get() turns a damaged database into a miss
                 path.unlink(missing_ok=True)
         except OSError as err:  # tidying lock files must never fail a request
             self._warn_once("lock files", f"{type(err).__name__}: {err}")
+        finally:
+            lock.release()
 
     def check_writable(self) -> None:
         """Raise ``OSError`` if the cache folder cannot be created or written."""
