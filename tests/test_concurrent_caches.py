@@ -344,3 +344,45 @@ def test_two_processes_tokenize_one_corpus_once(tmp_path: Path) -> None:
     a, b = (np.load(out / f"p{i}.npy") for i in range(N_PROCS))
     assert a.shape == (20, 16) and np.array_equal(a, b)
     assert not list((cache / "excerpts").glob("*.tmp"))  # no torn temporary left
+
+
+def test_a_killed_claimant_leaves_no_lock_behind(tmp_path: Path) -> None:
+    """kill -9 of a process holding a key's claim mid-request: the kernel drops its lock, the next process
+    takes the key (and sends it: nothing was cached), and finishing tidies the lock file."""
+    import asyncio
+    import signal
+    import subprocess
+    import sys
+
+    from bench.llm.cache import ResponseCache
+
+    key = "ab" * 32
+    script = (
+        "import asyncio, sys\n"
+        "from bench.llm.cache import ResponseCache\n"
+        "async def main():\n"
+        "    async with ResponseCache(sys.argv[1]).claim(sys.argv[2]):\n"
+        "        print('claimed', flush=True)\n"
+        "        sys.stdin.read()  # hold the claim until killed\n"
+        "asyncio.run(main())\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path), key], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "claimed"
+        cache = ResponseCache(tmp_path)
+        assert is_locked(cache.lock_path(key))  # held by the child
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+
+    async def take() -> Any:
+        async with cache.claim(key) as hit:
+            cache.set(key, {"result": "mine", "usage": {}})
+            return hit
+
+    assert asyncio.run(asyncio.wait_for(take(), DEADLINE_S)) is None  # taken; nothing cached: this one sends
+    assert cache.get(key) == {"result": "mine", "usage": {}} and not cache.lock_path(key).exists()
