@@ -386,3 +386,22 @@ def test_a_killed_claimant_leaves_no_lock_behind(tmp_path: Path) -> None:
 
     assert asyncio.run(asyncio.wait_for(take(), DEADLINE_S)) is None  # taken; nothing cached: this one sends
     assert cache.get(key) == {"result": "mine", "usage": {}} and not cache.lock_path(key).exists()
+
+
+def test_a_lock_folder_that_cannot_be_written_does_not_fail_requests(
+    server: FakeLLMServer, tmp_path: Path, monkeypatch, caplog
+) -> None:
+    """The claim is an optimisation of spending: when its lock file cannot be created (a full disk),
+    the request is sent anyway and one warning names the cache folder."""
+    from bench.llm.cache import INFLIGHT_DIR
+    from bench.llm.openai_backend import OpenAIChatModel
+    from bench.protocols import ChatMessage, GenerationRequest
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    (tmp_path / INFLIGHT_DIR).write_text("a file where the lock folder should be")
+    model = OpenAIChatModel(model="gpt-4o-mini", base_url=server.base_url, cache_dir=str(tmp_path))
+    requests = [GenerationRequest(messages=(ChatMessage("user", f"REPLY: r{i}"),), max_tokens=8) for i in range(2)]
+    assert [g.text for g in model.generate(requests)] == ["r0", "r1"]
+    assert server.count("/v1/chat/completions") == 2 and model.stats.failures == 0
+    warnings = [r.getMessage() for r in caplog.records if "lock files" in r.getMessage()]
+    assert len(warnings) == 1 and str(tmp_path) in warnings[0]

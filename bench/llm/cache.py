@@ -195,7 +195,12 @@ class ResponseCache:
         path = self.lock_path(key)
         lock = FileLock(str(path), thread_local=False)  # taken and released on (possibly different) threads
         while True:
-            taken, hit = await asyncio.to_thread(self._try_claim, key, path, lock)
+            try:
+                taken, hit = await asyncio.to_thread(self._try_claim, key, path, lock)
+            except OSError as err:  # a full or read-only disk: send without the claim rather than fail
+                self._warn_once("lock files", f"{type(err).__name__}: {err}")
+                yield None
+                return
             if taken:
                 break
             await asyncio.sleep(CLAIM_POLL_S)
