@@ -14,7 +14,8 @@ Both the tokenized corpus (all windows, ``<cache>/excerpts/windows-<hash>.npz``)
 (``<cache>/excerpts/<fingerprint>.npz``) are cached; the fingerprint hashes everything that determines
 the excerpts (dataset key, tokenizer identity, sizes, cap, seed, :data:`WINDOWS_VERSION`), so a hit
 never needs the corpus, a new seed or size does not tokenize again, and a change to any input is a
-different file.
+different file.  Both are written atomically (a reader never sees a torn file), and the corpus is
+tokenized under a file lock, so parallel jobs sharing the cache read and tokenize it once.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def make_excerpt_set(
     only called when the first level misses.  ``stop_after_windows`` stops reading documents once that
     many (capped) windows are collected, for streamed corpora too large to read whole.
     """
-    from bench.assets import atomic_write_bytes, cache_root
+    from bench.assets import atomic_write_bytes, cache_root, file_lock
 
     tok_fp = tokenizer_fingerprint(tokenizer)
     key = {
@@ -167,11 +168,16 @@ def make_excerpt_set(
     corpus_path = folder / f"windows-{stable_hash(corpus_key)}.npz"
     corpus = _load_corpus(corpus_path)
     if corpus is None:
-        corpus = _tokenize_corpus(documents(), tokenizer, excerpt_len, max_windows_per_document, stop_after_windows)
-        buf = io.BytesIO()
-        grid, offsets, doc_ids = corpus
-        np.savez(buf, grid=grid, offsets=offsets, doc_ids=_json_bytes(doc_ids), key=_json_bytes(corpus_key))
-        atomic_write_bytes(corpus_path, buf.getvalue())
+        with file_lock(corpus_path):  # parallel jobs on one corpus read and tokenize it once
+            corpus = _load_corpus(corpus_path)  # another process may have written it while we waited
+            if corpus is None:
+                corpus = _tokenize_corpus(
+                    documents(), tokenizer, excerpt_len, max_windows_per_document, stop_after_windows
+                )
+                buf = io.BytesIO()
+                grid, offsets, doc_ids = corpus
+                np.savez(buf, grid=grid, offsets=offsets, doc_ids=_json_bytes(doc_ids), key=_json_bytes(corpus_key))
+                atomic_write_bytes(corpus_path, buf.getvalue())
 
     token_ids, doc_index, starts, counts = _select(
         *corpus,

@@ -423,6 +423,14 @@ class Engine:
         )
 
     async def _one(self, job: Job) -> Outcome:
+        """One job, sent at most once across the processes sharing the cache (:meth:`ResponseCache.claim`)."""
+        async with self.cache.claim(job.key) as hit:
+            if hit is not None:  # another process (or a twin job here) answered it while we waited
+                self.counters.add(cache_hits=1)
+                return Outcome(hit, cached=True)
+            return await self._send(job)
+
+    async def _send(self, job: Job) -> Outcome:
         assert self._sem is not None
         attempts = 0
 

@@ -26,6 +26,13 @@ A batch the API no longer knows (HTTP 404: another account or key) is forgotten 
 its requests are submitted again.  Crashing between the batch's creation and the write of its file (a
 few milliseconds) would orphan it; nothing else does.
 
+**Several processes** (sweep jobs, shards, Ray workers) sharing one cache folder submit each request once:
+claiming saved batches and submitting new ones happens under ``batches/<provider>.lock`` (after re-reading
+the response cache), so a process that misses the same requests as another finds the other's state file
+and claims that batch instead of submitting again.  One process polls and collects a batch, holding
+``<state>.lock``; the others wait (within their own ``batch_timeout_s``) and then read its answers from the
+cache.  The locks are ``filelock`` (kernel) locks: a process that dies releases them.
+
 **Errors are per request.**  A request the batch reports as failed (an HTTP error of its own, expired,
 cancelled, a batch that failed validation, no result line at all) becomes a
 :class:`~bench.llm._http.BackendError` for that request only -- never an empty answer, never cached --
@@ -312,10 +319,30 @@ class PendingStore:
         return Pending(path, batch_id, list(custom_ids), data)
 
     def forget(self, pending: Pending) -> None:
-        try:
-            pending.path.unlink()
-        except FileNotFoundError:
-            pass
+        """Delete a collected batch's state file (and its lock file: a process still waiting on the old
+        lock finds the state gone and reads the answers from the cache)."""
+        for path in (pending.path, self._lock_path(pending)):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+
+    def lock(self) -> Any:
+        """The inter-process lock held while claiming saved batches and submitting new ones, so that two
+        processes missing the same requests submit them once: the second finds the first's state file."""
+        from filelock import AsyncFileLock
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        return AsyncFileLock(str(self.directory / f"{self.provider}.lock"))
+
+    def batch_lock(self, pending: Pending) -> Any:
+        """The inter-process lock of one saved batch, held while it is polled and collected."""
+        from filelock import AsyncFileLock
+
+        return AsyncFileLock(str(self._lock_path(pending)))
+
+    def _lock_path(self, pending: Pending) -> Path:
+        return pending.path.with_suffix(".lock")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -340,27 +367,24 @@ async def run_batch(engine: Engine, jobs: Sequence[Job], mode: BatchMode) -> lis
 
     remaining = list(positions)  # in request order
     claims: list[Pending] = []
-    for pending in await asyncio.to_thread(store.load):
-        mine = set(pending.custom_ids) & set(remaining)
-        if mine:
-            _log.info("%s: resuming batch %s (%d requests)", engine.label, pending.batch_id, len(pending.custom_ids))
-            claims.append(pending)
-            remaining = [k for k in remaining if k not in mine]
+    async with store.lock():  # other processes sharing the cache claim and submit one at a time (module doc)
+        remaining = await _cached(engine, remaining, answers)
+        for pending in await asyncio.to_thread(store.load):
+            mine = set(pending.custom_ids) & set(remaining)
+            if mine:
+                _log.info(
+                    "%s: resuming batch %s (%d requests)", engine.label, pending.batch_id, len(pending.custom_ids)
+                )
+                claims.append(pending)
+                remaining = [k for k in remaining if k not in mine]
+        claims += await _submit(engine, api, store, remaining, first, answers)
+        remaining = []
 
     for _round in range(2):  # a second round only for the requests of batches the API had lost
-        for start in range(0, len(remaining), api.max_requests):
-            chunk = remaining[start : start + api.max_requests]
-            try:
-                batch_id, extra = await api.submit(
-                    engine.client, engine.call, [(key, first[key].request) for key in chunk]
-                )
-            except BackendError as err:
-                for key in chunk:
-                    answers[key] = Outcome(None, error=err)
-                engine.counters.add(failures=len(chunk))
-                continue
-            engine.counters.add(batches=1)
-            claims.append(await asyncio.to_thread(store.save, batch_id, chunk, engine.label, extra))
+        if remaining:
+            async with store.lock():
+                remaining = await _cached(engine, remaining, answers)
+                claims += await _submit(engine, api, store, remaining, first, answers)
         done = await asyncio.gather(*(_collect(engine, store, p, mode) for p in claims), return_exceptions=True)
         stop: BaseException | None = None
         lost: list[str] = []
@@ -392,13 +416,99 @@ async def run_batch(engine: Engine, jobs: Sequence[Job], mode: BatchMode) -> lis
     return out
 
 
+async def _cached(engine: Engine, keys: list[str], answers: dict[str, Outcome]) -> list[str]:
+    """The ``keys`` still missing from the response cache; the others go into ``answers`` as cache hits
+    (another process collected them while this one waited for the lock)."""
+    from bench.llm._http import Outcome
+
+    missing = []
+    for key in keys:
+        value = await asyncio.to_thread(engine.cache.get, key)
+        if value is None:
+            missing.append(key)
+        else:
+            answers[key] = Outcome(value, cached=True)
+            engine.counters.add(cache_hits=1)
+    return missing
+
+
+async def _submit(
+    engine: Engine,
+    api: Any,
+    store: PendingStore,
+    keys: list[str],
+    first: dict[str, Job],
+    answers: dict[str, Outcome],
+) -> list[Pending]:
+    """Submit ``keys`` as batch jobs (split at the provider's limit) and save each one's state file."""
+    from bench.llm._http import BackendError, Outcome
+
+    claims = []
+    for start in range(0, len(keys), api.max_requests):
+        chunk = keys[start : start + api.max_requests]
+        try:
+            batch_id, extra = await api.submit(engine.client, engine.call, [(key, first[key].request) for key in chunk])
+        except BackendError as err:
+            for key in chunk:
+                answers[key] = Outcome(None, error=err)
+            engine.counters.add(failures=len(chunk))
+            continue
+        engine.counters.add(batches=1)
+        claims.append(await asyncio.to_thread(store.save, batch_id, chunk, engine.label, extra))
+    return claims
+
+
 async def _collect(engine: Engine, store: PendingStore, pending: Pending, mode: BatchMode) -> dict[str, Outcome]:
+    """Collect one batch while holding its lock: one process polls it, the others wait (bounded by their own
+    ``batch_timeout_s``) and then find its answers in the cache."""
+    from filelock import Timeout
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + mode.timeout_s
+    lock = store.batch_lock(pending)
+    try:
+        await lock.acquire(timeout=max(mode.timeout_s, 0.0))
+    except Timeout:
+        raise BatchPending(
+            f"{engine.label}: batch {pending.batch_id} is being collected by another process after "
+            f"{mode.timeout_s:g} s (batch_timeout_s); re-run the same command later (nothing is submitted twice)"
+        ) from None
+    try:
+        if not pending.path.exists():  # another process collected it and forgot its state
+            return await _from_cache(engine, pending)
+        return await _poll_and_collect(engine, store, pending, mode, deadline)
+    finally:
+        await lock.release()
+
+
+async def _from_cache(engine: Engine, pending: Pending) -> dict[str, Outcome]:
+    from bench.llm._http import BackendError, Outcome
+
+    answers: dict[str, Outcome] = {}
+    await _cached(engine, list(pending.custom_ids), answers)
+    for key in pending.custom_ids:
+        answers.setdefault(
+            key,
+            Outcome(
+                None,
+                error=BackendError(
+                    f"{engine.label}: batch {pending.batch_id} was collected by another process without an "
+                    "answer for this request",
+                    retryable=True,
+                ),
+            ),
+        )
+    return answers
+
+
+async def _poll_and_collect(
+    engine: Engine, store: PendingStore, pending: Pending, mode: BatchMode, deadline: float
+) -> dict[str, Outcome]:
     """Poll one batch until it ends, cache its answers, forget its state; answers by custom id."""
     from bench.llm._http import BackendError, Outcome
 
     api = mode.api
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + mode.timeout_s
     while True:
         try:
             status = await api.poll(engine.client, engine.call, pending.batch_id)

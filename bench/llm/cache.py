@@ -12,20 +12,30 @@ re-running the same requests makes no HTTP call.  Errors are never cached.
 A damaged cache (``cache.db`` overwritten or truncated, an entry that is not ``{"result": ..., "usage":
 {...}}``) must not fail the units that use it: the entry -- or, when sqlite cannot read the database,
 the whole cache for this process -- counts as a miss, and one warning names the folder and the fix.
+
+**Several processes** (joblib or Ray sweep jobs, shards of one run) share one cache folder: sqlite in WAL
+mode makes their reads and writes safe, and :meth:`ResponseCache.claim` makes them pay once for a request
+they all miss -- the first process to claim a key sends it while the others wait on that key's lock file
+(``inflight/<2 hex>/<key>.lock``, ``filelock``), then find its answer in the cache.  The lock is the
+kernel's (``flock``): a process that dies mid-request releases it, and the next claimant sends again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 FORMAT = 1
+INFLIGHT_DIR = "inflight"  # per-key lock files of requests being sent (see ResponseCache.claim)
+CLAIM_POLL_S = 0.05  # how often a process waiting for another's request tries its lock again
 REPAIR = "delete that folder to rebuild the cache (answers are requested again)"
 _log = logging.getLogger(__name__)
 
@@ -157,6 +167,68 @@ class ResponseCache:
             if self._cache is not None:
                 self._cache.close()
                 self._cache = None
+
+    def lock_path(self, key: str) -> Path:
+        """The lock file of ``key`` in :meth:`claim` (two-level, as git objects: no folder holds too many)."""
+        assert self.directory is not None
+        return self.directory / INFLIGHT_DIR / key[:2] / f"{key}.lock"
+
+    @asynccontextmanager
+    async def claim(self, key: str) -> AsyncIterator[dict[str, Any] | None]:
+        """Hold ``key``'s inter-process lock while the request is sent and its answer cached; yields the
+        answer when another process (or a twin job of this one) cached it meanwhile -- then send nothing.
+
+        The cache is read again once the lock is held: whoever waited finds the answer of the process it
+        waited for instead of paying again.  Two coroutines of one process exclude each other too (each
+        lock object opens its own descriptor, and ``flock`` locks exclude each other per descriptor).
+        Each lock attempt (with the re-read) and the release run in one worker thread each, never on the
+        event loop; a contended key is retried every :data:`CLAIM_POLL_S`.  The lock file is removed
+        while still held once the answer is cached -- a late waiter then re-reads and hits; after a
+        failure it stays, so the next claimant still takes its turn.  A disabled or damaged cache claims
+        nothing (there is nothing to share).
+        """
+        if self.directory is None or self._damaged:
+            yield None
+            return
+        from filelock import FileLock
+
+        path = self.lock_path(key)
+        lock = FileLock(str(path), thread_local=False)  # taken and released on (possibly different) threads
+        while True:
+            try:
+                taken, hit = await asyncio.to_thread(self._try_claim, key, path, lock)
+            except OSError as err:  # a full or read-only disk: send without the claim rather than fail
+                self._warn_once("lock files", f"{type(err).__name__}: {err}")
+                yield None
+                return
+            if taken:
+                break
+            await asyncio.sleep(CLAIM_POLL_S)
+        try:
+            yield hit
+        finally:
+            await asyncio.to_thread(self._release, key, path, lock, hit is None)
+
+    def _try_claim(self, key: str, path: Path, lock: Any) -> tuple[bool, dict[str, Any] | None]:
+        """Take ``key``'s lock without waiting; when taken, the cached answer (None: send it)."""
+        from filelock import Timeout
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            lock.acquire(blocking=False)
+        except Timeout:
+            return False, None
+        return True, self.get(key)
+
+    def _release(self, key: str, path: Path, lock: Any, sent: bool) -> None:
+        """Remove ``key``'s lock file once its answer is cached (while still held), then release it."""
+        try:
+            if not sent or self.get(key) is not None:  # get() turns a damaged database into a miss
+                path.unlink(missing_ok=True)
+        except OSError as err:  # tidying lock files must never fail a request
+            self._warn_once("lock files", f"{type(err).__name__}: {err}")
+        finally:
+            lock.release()
 
     def check_writable(self) -> None:
         """Raise ``OSError`` if the cache folder cannot be created or written."""
