@@ -79,14 +79,16 @@ def test_rerun_retries_outage_failures_keeps_unit_failures_and_counts_their_spen
         server.next_token = simulating_next_token
         args = _args(server.base_url, subject, corpus, tmp_path)
 
-        # 1. the server is down: every unit fails at explain, transiently; the calls it made are counted
-        server.fault_fn = lambda n, path, body: {"status": 503}
-        assert main(args) == 0, capsys.readouterr().err
+        # 1. the server is overloaded (it lists its models, so the start-up check passes, but answers every
+        # completion with 503): every unit fails at explain, transiently; the calls it made are counted.
+        # (A server that is down altogether stops the run before any work: tests/test_llm_server_checks.py.)
+        server.fault_fn = lambda n, path, body: None if path.endswith("/models") else {"status": 503}
+        assert main(args) == 1, capsys.readouterr().err  # every unit failed: non-zero (fail_on.failure_rate)
         assert "re-run the same command to retry them" in " ".join(capsys.readouterr().out.split())
         results, explained, summary = _state(tmp_path)
         assert [r["status"] for r in results] == ["failed"] * UNITS
         assert all(r["transient"] and r["stage"] == "explain" and "HTTP 503" in r["error"] for r in results)
-        outage_calls = len(server.log)
+        outage_calls = len(_paid(server.log))
         assert outage_calls == 2 * UNITS  # one try and one retry per unit
         assert summary["cost/explainer/calls"] == outage_calls and summary["cost/total/calls"] == outage_calls
 
@@ -95,9 +97,9 @@ def test_rerun_retries_outage_failures_keeps_unit_failures_and_counts_their_spen
             {"status": 400, "message": "bad logprobs"} if body.get("logprobs") else None
         )
         before = len(server.log)
-        assert main(args) == 0, capsys.readouterr().err
+        assert main(args) == 1, capsys.readouterr().err  # every unit failed: non-zero (fail_on.failure_rate)
         results, explained, summary = _state(tmp_path)
-        assert len(server.log) > before  # the outage's failures were retried
+        assert len(_paid(server.log[before:])) > 0  # the outage's failures were retried
         assert len(results) == UNITS and len(explained) == UNITS  # one line per unit, still
         assert all(e["explanation"] is not None for e in explained)
         assert all(r["status"] == "failed" and r["stage"] == "simulate" and not r["transient"] for r in results)
@@ -109,17 +111,22 @@ def test_rerun_retries_outage_failures_keeps_unit_failures_and_counts_their_spen
         # 3. the same command again: permanent failures are kept, nothing is sent
         server.fault_fn = None
         before = len(server.log)
-        assert main(args) == 0, capsys.readouterr().err
-        assert len(server.log) == before
+        assert main(args) == 1, capsys.readouterr().err  # every unit failed: non-zero (fail_on.failure_rate)
+        assert _paid(server.log[before:]) == []
         assert [r["status"] for r in _state(tmp_path)[0]] == ["failed"] * UNITS
 
         # 4. --retry-failed redoes them
         assert main([args[0], "--retry-failed", *args[1:]]) == 0, capsys.readouterr().err
-        assert len(server.log) > before
+        assert len(_paid(server.log[before:])) > 0
     results, explained, summary = _state(tmp_path)
     assert len(results) == UNITS and len(explained) == UNITS
     assert all(r["status"] == "ok" for r in results), [r["error"] for r in results]
     assert summary["units/failed"] == 0
+
+
+def _paid(log: list[dict]) -> list[dict]:
+    """The requests that cost: completions -- not the start-up checks (GET /v1/models, POST /tokenize)."""
+    return [e for e in log if e["method"] == "POST" and e["path"].endswith(("/completions", "/messages"))]
 
 
 @pytest.mark.parametrize(
