@@ -131,6 +131,12 @@ def main() -> int:
     parser.add_argument("--generation-excerpts", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="let vLLM compile its graphs (slow start on CPU)")
     parser.add_argument(
+        "--only",
+        nargs="+",
+        default=["prompt_logprobs", "generated_logprobs", "sampled", "one_at_a_time"],
+        help="estimator families to compare, in this order (each is written as soon as it is measured)",
+    )
+    parser.add_argument(
         "overrides", nargs="*", help="config overrides for the units' records (default: a 600-excerpt corpus)"
     )
     parser.add_argument("--out", default=str(ROOT / "results" / "benchmarks" / "vllm_parity.json"))
@@ -251,8 +257,14 @@ def main() -> int:
                 1,
             ),
         ]
+        family = {
+            "all_at_once/prompt_logprobs": "prompt_logprobs",
+            "all_at_once/generated_logprobs": "generated_logprobs",
+        }
+        family |= {"all_at_once/sampled": "sampled", "one_at_a_time/logprobs": "one_at_a_time"}
+        chosen = [e for f in args.only for e in estimators if family[e[0].split("@")[0].split(" ")[0]] == f]
         rows = []
-        for name, sim_local, sim_remote, limit in estimators:
+        for name, sim_local, sim_remote, limit in chosen:
             per_unit = []
             t0 = time.monotonic()
             keys = list(records) if limit is None else list(records)[:1]
