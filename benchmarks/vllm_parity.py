@@ -370,6 +370,13 @@ def markdown(out: dict[str, Any]) -> str:
             f"{_fmt(r['correlation_max_abs_diff'])} | {_fmt(r['unparsed_rate_local'])} | "
             f"{_fmt(r['unparsed_rate_vllm'])} | {'yes' if r['within_targets'] else 'NO'} |"
         )
+    for r in out.get("estimators", []):
+        errors = [u for u in r.get("per_unit", []) if "error" in u]
+        if errors:
+            lines.append(
+                f"\n{r['estimator']}: {len(errors)} of {len(r['per_unit'])} units could not be compared -- "
+                f"`{errors[0]['error'][:160]}...`"
+            )
     equal = sum(e["equal"] for e in out.get("explanations", []))
     lines += [
         "",
