@@ -74,7 +74,8 @@ def _request(tokens: list[str], explanation: str = "cats") -> SlotRequest:
     from bench.llm.fake import FakeLLM
     from bench.simulators.all_at_once import AllAtOnceSimulator
 
-    return AllAtOnceSimulator(llm=FakeLLM()).build_request(explanation, tokens)
+    # the exact (full-vocabulary) request: what the brute-force references below compute
+    return AllAtOnceSimulator(llm=FakeLLM(), estimator="prompt_logprobs_exact").build_request(explanation, tokens)
 
 
 def _brute_force(llm: Any, req: SlotRequest) -> list[dict[str, float]]:
