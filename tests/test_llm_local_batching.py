@@ -145,3 +145,27 @@ def test_batches_are_sorted_by_length_and_respect_both_limits() -> None:
     assert LocalChatModel(batch_size=4, batch_tokens=5)._batches([9, 9]) == [[0], [1]]
     with pytest.raises(ValueError, match="^batch_tokens:"):
         LocalChatModel(batch_tokens=-1)
+
+
+@pytest.mark.e2e
+def test_smollm2_batched_with_prefix_reuse_equals_one_request_at_a_time() -> None:
+    """The real offline SmolLM2 (fp32): two units' requests in one call vs one request at a time."""
+    from bench.llm.local_transformers import LocalChatModel
+    from bench.simulators.all_at_once import AllAtOnceSimulator
+
+    batched = LocalChatModel(device="cpu", batch_size=4)
+    alone = LocalChatModel(device="cpu", batch_size=1, prefix_reuse=False)
+    sim = AllAtOnceSimulator(llm=batched, estimator="prompt_logprobs_exact")
+    reqs = [
+        sim.build_request(explanation, tokens)
+        for explanation in ("the word rain", "words about music")
+        for tokens in ([" the", " rain", " fell"], [" a", " song", " in", " the", " rain", " 10"])
+    ]
+    reference = [alone.slot_distributions([r])[0] for r in reqs]
+    together = batched.slot_distributions(reqs)
+    for ra, rb in zip(reference, together, strict=True):
+        for pa, pb in zip(ra.probabilities, rb.probabilities, strict=True):
+            assert all(abs(pa[v] - pb[v]) <= TOL for v in VALUE_STRINGS), (pa, pb)
+    # real magnitudes: the value tokens carry most of the mass, so 1e-5 is a meaningful bound
+    assert min(sum(p.values()) for r in reference for p in r.probabilities) > 0.1
+    assert together[0].meta["shared_prefix_tokens"] > 200 and reference[0].meta["shared_prefix_tokens"] == 0
