@@ -16,7 +16,7 @@ Per unit the score is the correlation of the simulated expected values with the 
 the same probabilities (``max_probability_diff``).  The target is ``speedup`` >= 3 on 2 CPU cores.
 The modes alternate ``--repeats`` times (the fastest of each counts), so a busy machine slows both.
 
-    python benchmarks/bench_local_batching.py [--units 20] [--excerpts 2] [--excerpt-len 16] \\
+    python benchmarks/bench_local_batching.py [--units 20] [--excerpts 1] [--excerpt-len 16] \\
         [--batch-size 16] [--repeats 1] [--estimator prompt_logprobs] \\
         [--out results/benchmarks/local_batching.json]
 """
@@ -90,7 +90,7 @@ def _scores(units: list[Any], results: list[Any]) -> list[float | None]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--units", type=int, default=20)
-    ap.add_argument("--excerpts", type=int, default=2, help="excerpts per unit")
+    ap.add_argument("--excerpts", type=int, default=1, help="excerpts per unit")
     ap.add_argument("--excerpt-len", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=1)
