@@ -396,7 +396,8 @@ NOT_DETERMINING = (
 
 
 # ... and component fields that never change results, wherever they sit (e.g. subject.cache_dir).
-NOT_DETERMINING_ANYWHERE = ("cache_dir", "progress")
+# batch_tokens / prefix_reuse (local LLMs) only regroup forward passes: equal results to float noise.
+NOT_DETERMINING_ANYWHERE = ("cache_dir", "progress", "batch_tokens", "prefix_reuse")
 
 
 def _without_keys(node: Any, keys: tuple[str, ...]) -> Any:

@@ -80,12 +80,23 @@ class LocalChatModel:
     ``chain_min_prob``: split values are chained at a slot when the probability of their first token
     exceeds it (0.0 chains wherever there is any mass; the error of skipping is at most this value).
     ``chat_template`` overrides the tokenizer's template (e.g. for base models that have none).
+
+    Batching (both ``generate`` and ``slot_distributions``): the requests of one call -- a simulator
+    hands over a whole unit, a caller may hand over many units -- are sorted by length and cut into
+    padded batches of at most ``batch_size`` rows and, when ``batch_tokens`` > 0, at most
+    ``batch_tokens`` padded tokens per forward pass (rows x longest row after the shared prefix; one
+    row always fits).  With ``prefix_reuse`` the longest token prefix common to all requests of the
+    call (system text, few-shot header) is run once and its key/value cache is copied into every
+    batch, instead of being recomputed per row.  Neither setting changes results beyond float noise
+    (tests hold them to 1e-5), which is why they are left out of the run hash.
     """
 
     model: str = SMOLLM2_OFFLINE
     dtype: str = "float32"
     device: str = "auto"
     batch_size: int = 4
+    batch_tokens: int = 0
+    prefix_reuse: bool = True
     cache_dir: str | None = None
     max_context: int = 8192
     name: str = ""
@@ -103,6 +114,8 @@ class LocalChatModel:
             raise ValueError(f"device: {self.device!r}; use auto, cpu, cuda, cuda:N or mps")
         if self.batch_size < 1:
             raise ValueError("batch_size: must be >= 1")
+        if self.batch_tokens < 0:
+            raise ValueError("batch_tokens: must be >= 0 (0: no token budget, batch_size alone decides)")
         if self.max_context < 16:
             raise ValueError("max_context: must be >= 16 tokens")
         if not 0.0 <= self.chain_min_prob < 1.0:
@@ -127,11 +140,27 @@ class LocalChatModel:
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         from bench.model_lock import model_lock
 
-        out: list[Generation] = []
+        if not requests:
+            return []
+        prompts = [self.render(r.messages, r.assistant_prefix) for r in requests]
+        ids = [self._encode(p) for p in prompts]
+        for r, row in zip(requests, ids, strict=True):
+            self._check_length(len(row), r.max_tokens, "generation prompt")
+        shared = _common_token_prefix(ids) if self.prefix_reuse and len(ids) > 1 else 0
+        out: list[Generation | None] = [None] * len(requests)
         with model_lock(self.torch_model):
-            for start in range(0, len(requests), self.batch_size):
-                out.extend(self._generate_batch(list(requests[start : start + self.batch_size])))
-        return out
+            prefix_cache = self._prefix_cache(ids[0][:shared])
+            for chunk in self._batches([len(row) - shared for row in ids]):
+                done = self._generate_batch(
+                    [requests[i] for i in chunk],
+                    [prompts[i] for i in chunk],
+                    [ids[i] for i in chunk],
+                    shared,
+                    self._expanded(prefix_cache, len(chunk)),
+                )
+                for i, g in zip(chunk, done, strict=True):
+                    out[i] = g
+        return [g for g in out if g is not None]
 
     def slot_distributions(self, requests: Sequence[SlotRequest]) -> list[SlotResult]:
         from bench.model_lock import model_lock
@@ -253,6 +282,48 @@ class LocalChatModel:
         ]
         return merge_top(pairs)
 
+    # ------------------------------------------------------------------------------------------------
+    # Batching and the shared prefix
+    # ------------------------------------------------------------------------------------------------
+    def _batches(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Indices of rows grouped into padded batches: sorted by length (little padding), at most
+        ``batch_size`` rows and ``batch_tokens`` padded tokens (rows x longest) per batch."""
+        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+        batches: list[list[int]] = []
+        for i in order:
+            last = batches[-1] if batches else None
+            if (
+                last is not None
+                and len(last) < self.batch_size
+                and (not self.batch_tokens or (len(last) + 1) * max(lengths[i], 1) <= self.batch_tokens)
+            ):
+                last.append(i)
+            else:
+                batches.append([i])
+        return batches
+
+    def _prefix_cache(self, prefix: Sequence[int]) -> Any:
+        """The KV cache of ``prefix`` (batch of one), or None for an empty prefix."""
+        if not prefix:
+            return None
+        import torch
+
+        with torch.inference_mode():
+            ids = torch.tensor([list(prefix)], device=self.resolved_device)
+            return self.torch_model(input_ids=ids, use_cache=True, logits_to_keep=1).cache
+
+    @staticmethod
+    def _expanded(prefix_cache: Any, rows: int) -> Any:
+        """A fresh copy of the prefix cache for one batch of ``rows`` (the forward pass extends it in place)."""
+        if prefix_cache is None:
+            return None
+        import copy
+
+        cache = copy.deepcopy(prefix_cache)
+        if rows > 1:
+            cache.batch_repeat_interleave(rows)
+        return cache
+
     def _check_length(self, n_tokens: int, extra: int, what: str) -> None:
         if n_tokens + extra > self.max_context:
             raise ValueError(
@@ -278,22 +349,31 @@ class LocalChatModel:
             ids.update(int(i) for i in gen_eos)
         return ids
 
-    def _generate_batch(self, requests: list[GenerationRequest]) -> list[Generation]:
+    def _generate_batch(
+        self,
+        requests: list[GenerationRequest],
+        prompts: list[str],
+        ids: list[list[int]],
+        shared: int,
+        prefix_cache: Any,
+    ) -> list[Generation]:
+        """Decode one batch: the rows' suffixes after ``shared`` cached prefix tokens, left-padded.
+
+        With a prefix the pads sit between the prefix and a row's suffix: the attention mask covers
+        prefix + suffix (pads 0) and position ids continue from the prefix, so every row sees exactly
+        the positions it would see alone.
+        """
         import torch
 
-        if not requests:
-            return []
         tok, model = self.tokenizer, self.torch_model
         device = self.resolved_device
-        prompts = [self.render(r.messages, r.assistant_prefix) for r in requests]
-        ids = [self._encode(p) for p in prompts]
-        for r, row in zip(requests, ids, strict=True):
-            self._check_length(len(row), r.max_tokens, "generation prompt")
         eos = self._eos_ids()
         pad = tok.pad_token_id if tok.pad_token_id is not None else (min(eos) if eos else 0)
-        input_ids, mask = _left_pad(ids, pad, device)
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        padded = any(len(row) != input_ids.shape[1] for row in ids)  # no padding: no mask (faster sdpa path)
+        input_ids, mask = _left_pad([row[shared:] for row in ids], pad, device)
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0) + shared
+        if shared:
+            mask = torch.cat([torch.ones((len(ids), shared), dtype=mask.dtype, device=device), mask], dim=1)
+        padded = any(len(row) - shared != input_ids.shape[1] for row in ids)  # no padding: no mask (faster sdpa)
         generators = []
         for r, p in zip(requests, prompts, strict=True):
             g = torch.Generator(device=device)
@@ -307,13 +387,13 @@ class LocalChatModel:
         done = [r.max_tokens <= 0 for r in requests]
         with torch.inference_mode():
             masks = {"attention_mask": mask, "position_ids": position_ids} if padded else {}
-            if n > 1 and all(row == ids[0] for row in ids):  # k samples of one prompt: prefill once
+            if prefix_cache is None and n > 1 and all(row == ids[0] for row in ids):  # k samples of one prompt
                 out = model(input_ids=input_ids[:1], use_cache=True, logits_to_keep=1)
                 past = out.cache
                 past.batch_repeat_interleave(n)
                 logits = out.logits[:, -1, :].float().expand(n, -1)
             else:
-                out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **masks)
+                out = model(input_ids=input_ids, cache=prefix_cache, use_cache=True, logits_to_keep=1, **masks)
                 past = out.cache
                 logits = out.logits[:, -1, :].float()
             for _step in range(max(r.max_tokens for r in requests)):
@@ -360,7 +440,9 @@ class LocalChatModel:
                 Generation(
                     text=text,
                     logprobs=logprobs[i] if r.top_logprobs > 0 else None,
-                    usage=Usage(calls=1, input_tokens=len(ids[i]), output_tokens=len(generated[i])),
+                    usage=Usage(
+                        calls=1, input_tokens=len(ids[i]), output_tokens=len(generated[i]), cached_input_tokens=shared
+                    ),
                 )
             )
         return results
@@ -467,10 +549,6 @@ class LocalChatModel:
 
     def _slots(self, requests: list[SlotRequest]) -> list[SlotResult]:
         """All requests of one call: their common token prefix is run once and its KV cache reused."""
-        import copy
-
-        import torch
-
         value_cache: dict[Any, list[list[int]]] = {}
         preps = [self._prepare_slots(r, value_cache) for r in requests]
         results: list[SlotResult | None] = [None] * len(requests)
@@ -480,20 +558,11 @@ class LocalChatModel:
                 live.append(i)
             else:
                 results[i] = SlotResult(probabilities=[], usage=Usage(calls=0), meta={"slots": 0})
-        shared = _common_prefix([preps[i] for i in live]) if len(live) > 1 else 0
-        prefix_cache = None
-        if shared:
-            with torch.inference_mode():
-                ids = torch.tensor([preps[live[0]]["ids"][:shared]], device=self.resolved_device)
-                prefix_cache = self.torch_model(input_ids=ids, use_cache=True, logits_to_keep=1).cache
-        for start in range(0, len(live), self.batch_size):
-            chunk = live[start : start + self.batch_size]
-            cache = None
-            if prefix_cache is not None:
-                cache = copy.deepcopy(prefix_cache)
-                if len(chunk) > 1:
-                    cache.batch_repeat_interleave(len(chunk))
-            probs = self._slots_rows([preps[i] for i in chunk], shared, cache)
+        shared = _common_prefix([preps[i] for i in live]) if self.prefix_reuse and len(live) > 1 else 0
+        prefix_cache = self._prefix_cache(preps[live[0]]["ids"][:shared]) if live else None
+        for batch in self._batches([len(preps[i]["ids"]) - shared for i in live]):
+            chunk = [live[k] for k in batch]
+            probs = self._slots_rows([preps[i] for i in chunk], shared, self._expanded(prefix_cache, len(chunk)))
             for i, rows in zip(chunk, probs, strict=True):
                 results[i] = self._slot_result(requests[i], preps[i], rows, shared)
         return [r for r in results if r is not None]
@@ -635,6 +704,19 @@ def _left_pad(rows: list[list[int]], pad: int, device: str) -> tuple[Any, Any]:
         ids[b, length - len(r) :] = torch.tensor(r, dtype=torch.long)
         mask[b, length - len(r) :] = 1
     return ids.to(device), mask.to(device)
+
+
+def _common_token_prefix(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the token prefix all rows share, leaving every row at least one token of its own (the
+    one whose logits start the reply)."""
+    n = min(len(r) for r in rows) - 1
+    first = rows[0]
+    for r in rows[1:]:
+        k = 0
+        while k < n and r[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
 
 
 def _common_prefix(rows: list[dict[str, Any]]) -> int:
