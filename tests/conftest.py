@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -30,3 +31,17 @@ def mlflow_store(tmp_path: Path, _mlflow_template: Path) -> dict[str, str]:
     db.parent.mkdir()
     shutil.copyfile(_mlflow_template, db)
     return {"uri": f"sqlite:///{db}", "artifacts": str(tmp_path / "mlruns" / "artifacts")}
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging():
+    """A CLI run inside a test lets Hydra add handlers to the root logger that write to that test's
+    captured streams and job folder; left in place they make a later test's warnings raise
+    "--- Logging error ---".  Each test ends with the root logger it started with."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(level)

@@ -30,9 +30,10 @@ EVERY_SINK_OF_THE_CONFIG = (
     "outputs/**/.hydra/config.yaml",
     "outputs/**/.hydra/hydra.yaml",
     "outputs/**/cli.log",
-    "mlruns/mlflow.db",
     "mlruns/artifacts/**/config.json",
+    "mlruns/artifacts/**/config.yaml",
 )
+# MLflow params hold the reader's settings only (no base_url); a sweep's parent run keeps its overrides as a tag
 
 
 @pytest.fixture(scope="module")
@@ -109,17 +110,25 @@ def test_no_canary_key_in_any_file_or_console_line(
     with FakeLLMServer(api_key=None) as server:
         server.responder = benchmark_responder
         server.next_token = simulating_next_token
+        refusal = {"status": 401, "message": f"Incorrect API key provided: {CANARY}"}
         if case == "echoed-401":  # a proxy that quotes the key it refused
             url = server.base_url
-            server.fault_fn = lambda n, path, body: {"status": 401, "message": f"Incorrect API key provided: {CANARY}"}
+            args = _run_args(url, subject, corpus, tmp_path, mlflow_store)
+            # refusing everything: the start-up check (GET /v1/models) stops the run in one line, key masked
+            server.fault_fn = lambda n, path, body: refusal
+            assert main(args) == 2
+            early = capsys.readouterr().err
+            assert "Incorrect API key provided: ***" in early and CANARY not in early
+            # listing its models but refusing completions: every unit fails with the (masked) message
+            server.fault_fn = lambda n, path, body: None if path.endswith("/models") else refusal
         else:
             url = f"http://proxyuser:{USERINFO_CANARY}@127.0.0.1:{server.port}/v1"
-        args = _run_args(url, subject, corpus, tmp_path, mlflow_store)
+            args = _run_args(url, subject, corpus, tmp_path, mlflow_store)
         if case.endswith("-sweep"):  # a one-job sweep: Hydra's multirun.yaml and sweep tags are sinks too
             args.insert(1, "-m")
         code = main(args)
         out, err = capsys.readouterr()
-        assert code == 0, err
+        assert code == (1 if case == "echoed-401" else 0), err  # all units failed: exit 1 (fail_on)
         assert server.log, "the run made no request"
 
     run_dir = next((tmp_path / "runs").iterdir())
@@ -137,7 +146,7 @@ def test_no_canary_key_in_any_file_or_console_line(
     else:
         masked, sinks = "***@127.0.0.1", EVERY_SINK_OF_THE_CONFIG
         if case.endswith("-sweep"):
-            sinks = (*sinks, "outputs/**/multirun.yaml")
+            sinks = (*sinks, "outputs/**/multirun.yaml", "mlruns/mlflow.db")
     for pattern in sinks:
         files = list(tmp_path.glob(pattern))
         assert files and all(masked.encode() in f.read_bytes() for f in files), pattern
