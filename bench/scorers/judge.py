@@ -123,6 +123,12 @@ class JudgeAnswers:
     raw: list[str] = field(default_factory=list)  # generated text (text / generated_logprobs)
 
 
+# The judge reads its yes/no distribution from the top-k tokens of the answer position -- the same k on
+# every backend (in-process, vLLM, chat APIs' top_logprobs), as the simulator's prompt_logprobs does
+# (method.md section 5): one definition, one number whatever serves the model.
+JUDGE_TOP_K = 20
+
+
 def resolve_method(method: str, llm: Any) -> str:
     """The judge method to use with this backend; a method it cannot serve is refused before any call."""
     offered = frozenset(llm.capabilities)
@@ -160,7 +166,10 @@ def ask_yes_no(llm: Any, method: str, conversations: Sequence[Sequence[ChatMessa
         values = (*YES_VALUES, *NO_VALUES)
         requests = [
             SlotRequest(
-                messages=(*conv, ChatMessage("assistant", ANSWER_PREFILL)), slots=(len(ANSWER_PREFILL),), values=values
+                messages=(*conv, ChatMessage("assistant", ANSWER_PREFILL)),
+                slots=(len(ANSWER_PREFILL),),
+                values=values,
+                top_k=JUDGE_TOP_K,  # read as an API returns it, so every backend gives the same number
             )
             for conv in conversations
         ]
@@ -180,7 +189,7 @@ def ask_yes_no(llm: Any, method: str, conversations: Sequence[Sequence[ChatMessa
             messages=tuple(conv),
             max_tokens=1 if logprobs else 4,
             temperature=0.0,
-            top_logprobs=20 if logprobs else 0,
+            top_logprobs=JUDGE_TOP_K if logprobs else 0,
             assistant_prefix=ANSWER_PREFILL,
             stop=("\n",),
         )
