@@ -99,3 +99,22 @@ def random_token_ids(n: int, length: int, seed: int = 0, vocab_size: int | None 
 
     vocab = vocab_size or len(tiny_tokenizer())
     return np.random.default_rng(seed).integers(0, vocab - 1, size=(n, length), dtype=np.int64)
+
+
+def tiny_run(subject: Path, corpus: Path) -> list[str]:
+    """Overrides for a seconds-long run on a tiny saved subject and a text corpus: 3 units of layer 1,
+    2 examples per split, correlation only -- the shared base of the CLI / pipeline tests."""
+    return [
+        f"subject.model_id={subject}",
+        "subject.progress=false",
+        "dataset=text_files",
+        f"dataset.paths=[{corpus}]",
+        "dataset.n_excerpts=48",
+        "dataset.excerpt_len=12",
+        "units.layers=[1]",
+        "units.count=3",
+        "units.examples_per_split=2",
+        "mining.top_k=8",
+        "mining.random_k=6",
+        "scorer=[correlation]",
+    ]

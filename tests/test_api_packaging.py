@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest_models import _TRAINING_TEXT, save_tiny_subject
+from conftest_models import _TRAINING_TEXT, save_tiny_subject, tiny_run
 
 import bench
 from bench.cli import main
@@ -34,18 +34,7 @@ def tiny_overrides(subject: Path, corpus: Path, tmp: Path) -> list[str]:
     return [
         "explainer=token_list",
         "simulator=proxy_lexical",
-        f"subject.model_id={subject}",
-        "subject.progress=false",
-        "dataset=text_files",
-        f"dataset.paths=[{corpus}]",
-        "dataset.n_excerpts=48",
-        "dataset.excerpt_len=12",
-        "units.layers=[1]",
-        "units.count=3",
-        "units.examples_per_split=2",
-        "mining.top_k=8",
-        "mining.random_k=6",
-        "scorer=[correlation]",
+        *tiny_run(subject, corpus),
         "tracking=none",
         f"output_dir={tmp / 'runs'}",
         f"cache_dir={tmp / 'cache'}",

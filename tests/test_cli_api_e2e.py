@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest_models import _TRAINING_TEXT, save_tiny_subject
+from conftest_models import _TRAINING_TEXT, save_tiny_subject, tiny_run
 from fake_servers import FakeLLMServer, benchmark_responder, simulating_next_token
 
 FAULTS = ({"status": 500}, {"status": 429, "retry_after": "0"}, {"disconnect": True})
@@ -73,18 +73,7 @@ def test_cli_scores_every_unit_through_faults_and_logs_costs(
                 f"simulator={simulator}",
                 *_backend("explainer", url),
                 *_backend("simulator", url),
-                f"subject.model_id={subject}",
-                "subject.progress=false",
-                "dataset=text_files",
-                f"dataset.paths=[{corpus}]",
-                "dataset.n_excerpts=48",
-                "dataset.excerpt_len=12",
-                "units.layers=[1]",
-                "units.count=3",
-                "units.examples_per_split=2",
-                "mining.top_k=8",
-                "mining.random_k=6",
-                "scorer=[correlation]",
+                *tiny_run(subject, corpus),
                 f"tracking.uri={mlflow_store['uri']}",
                 f"tracking.artifact_location={mlflow_store['artifacts']}",
                 f"output_dir={tmp_path / 'runs'}",

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest_models import _TRAINING_TEXT, save_tiny_subject
+from conftest_models import _TRAINING_TEXT, save_tiny_subject, tiny_run
 
 from bench.config import TrackingConfig
 from bench.errors import ConfigError
@@ -228,18 +228,7 @@ def test_a_2x2_sweep_is_one_parent_with_four_named_children(tmp_path, corpus, ml
         "explainer.top_n=2,4",
         "prompt=v1,v1_no_examples",
         "simulator=proxy_lexical",
-        f"subject.model_id={subject}",
-        "subject.progress=false",
-        "dataset=text_files",
-        f"dataset.paths=[{corpus}]",
-        "dataset.n_excerpts=48",
-        "dataset.excerpt_len=12",
-        "units.layers=[1]",
-        "units.count=3",
-        "units.examples_per_split=2",
-        "mining.top_k=8",
-        "mining.random_k=6",
-        "scorer=[correlation]",
+        *tiny_run(subject, corpus),
         f"tracking.uri={mlflow_store['uri']}",
         f"tracking.artifact_location={mlflow_store['artifacts']}",
         f"output_dir={tmp_path / 'runs'}",

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest_models import _TRAINING_TEXT, save_tiny_subject
+from conftest_models import _TRAINING_TEXT, save_tiny_subject, tiny_run
 from fake_servers import FakeLLMServer, benchmark_responder, simulating_next_token
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,18 +31,7 @@ def _args(url: str, subject: Path, corpus: Path, tmp_path: Path) -> list[str]:
         "explainer=openai",
         "simulator=openai_all_at_once_logprobs",
         *backend,
-        f"subject.model_id={subject}",
-        "subject.progress=false",
-        "dataset=text_files",
-        f"dataset.paths=[{corpus}]",
-        "dataset.n_excerpts=48",
-        "dataset.excerpt_len=12",
-        "units.layers=[1]",
-        "units.count=3",
-        "units.examples_per_split=2",
-        "mining.top_k=8",
-        "mining.random_k=6",
-        "scorer=[correlation]",
+        *tiny_run(subject, corpus),
         f"tracking.uri=sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}",  # a fresh store: nobody migrated it yet
         f"tracking.artifact_location={tmp_path / 'fresh' / 'artifacts'}",
         f"output_dir={tmp_path / 'runs'}",
