@@ -15,12 +15,15 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bench.escape import csv_cell
 from bench.records import UnitResult, Usage
+
+if TYPE_CHECKING:
+    from bench.protocols import RunParts
 
 GOOD_SCORE = 0.8
 
@@ -135,15 +138,16 @@ def aggregate(
     return out
 
 
-def backend_metrics(parts: dict[str, Any]) -> dict[str, float]:
+def backend_metrics(parts: RunParts) -> dict[str, float]:
     """This process's counters of every HTTP LLM backend in the run (calls incl. retries, cache hits,
     retries, failures, tokens, dollars) as ``cost/backend/<role>/<counter>`` metrics."""
+    from bench.protocols import CountsCalls, WrapsExplainer
+
+    explainer = parts.explainer
+    writer_llm = explainer.llm or (explainer.explainer.llm if isinstance(explainer, WrapsExplainer) else None)
     out: dict[str, float] = {}
-    for role in ("explainer", "simulator"):
-        component = parts.get(role)
-        llm = getattr(component, "llm", None) or getattr(getattr(component, "explainer", None), "llm", None)
-        stats = getattr(type(llm), "stats", None)
-        if llm is not None and isinstance(stats, property):
+    for role, llm in (("explainer", writer_llm), ("simulator", parts.simulator.llm)):
+        if isinstance(llm, CountsCalls):
             out.update(llm.stats.as_metrics(f"cost/backend/{role}/"))
     return out
 

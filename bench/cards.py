@@ -19,9 +19,12 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.errors import UserError
+
+if TYPE_CHECKING:
+    from bench.protocols import RunParts
 
 CARDS_DIR = Path("results/cards")
 # Fields that never change results (where they run, how fast, where they cache): not part of a card.
@@ -67,24 +70,23 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def definition(cfg: Any, parts: dict[str, Any] | None = None) -> dict[str, Any]:
+def definition(cfg: Any, parts: RunParts | None = None) -> dict[str, Any]:
     """The benchmark definition of a composed config (no model loaded; the subject's config only)."""
     from omegaconf import OmegaConf
 
     from bench.config import validate
     from bench.pipeline import choose_units
 
-    settings, built = validate(cfg) if parts is None else (None, parts)
+    built = validate(cfg)[1] if parts is None else parts
     c = OmegaConf.to_container(cfg, resolve=True)
-    info = built["subject"].info
+    info = built.subject.info
     units = c["units"]
     keys = [
         f"{units.get('kind', 'mlp_neuron')}/L{layer}/{i}"
         for layer in units["layers"]
         for i in choose_units(layer, info.width, units["count"], units.get("indices"), units["seed"])
     ]
-    simulator = built["simulator"]
-    estimator = getattr(simulator, "recorded_estimator", None) or getattr(simulator, "estimator", None)
+    estimator = built.simulator.recorded_estimator
     judge = _strip(c["simulator"])
     scorers = {name: _strip(node) for name, node in (c.get("scorer") or {}).items()}
     return {
@@ -116,9 +118,9 @@ def definition(cfg: Any, parts: dict[str, Any] | None = None) -> dict[str, Any]:
     }
 
 
-def excerpt_fingerprint(cfg: Any, parts: dict[str, Any]) -> str:
+def excerpt_fingerprint(cfg: Any, parts: RunParts) -> str:
     """The fingerprint of the excerpts the run will record (tokenizes the corpus; cached per tokenizer)."""
-    return str(parts["dataset"].excerpts(parts["subject"].tokenizer, seed=cfg.seed).fingerprint)
+    return str(parts.dataset.excerpts(parts.subject.tokenizer, seed=cfg.seed).fingerprint)
 
 
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:

@@ -431,6 +431,7 @@ def run_job(
 
     from bench import pipeline
     from bench.config import check_ready, validate
+    from bench.protocols import Sink
     from bench.provenance import git_commit, package_versions
     from bench.run_lock import lock_run_folder, store_setup_lock
     from bench.summary import print_summary
@@ -444,7 +445,7 @@ def run_job(
     settings, parts = validate(cfg)
     check_ready(parts)  # a missing API key stops here, before mining
     # before any run folder or MLflow run exists
-    pipeline.check_layers(settings, parts["subject"].info, parts["dataset"])
+    pipeline.check_layers(settings, parts.subject.info, parts.dataset)
     check_writable_dirs(settings)
     choices = _hydra_choices() or dict(choices or {})
     name, digest = run_identity(cfg, choices)
@@ -454,7 +455,7 @@ def run_job(
     store = JsonlSink(run_dir / "results.jsonl")
     config = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"}
     (run_dir / "config.json").write_text(json.dumps(_redacted(config), indent=2, default=str))
-    mirrors = []
+    mirrors: list[Sink] = []
     tracked = None
     if settings.tracking.enabled:
         from bench.tracking.mlflow_sink import MlflowSink
@@ -477,7 +478,7 @@ def run_job(
         outcome = pipeline.run(settings, parts, store, mirrors, run_dir, progress=progress, retry_failed=retry_failed)
     except BaseException:
         for mirror in mirrors:
-            getattr(mirror, "abort", lambda: None)()
+            mirror.abort()
         folder_lock.release()
         raise
     if tracked is not None:

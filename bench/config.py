@@ -19,9 +19,12 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.errors import ConfigError, UserError
+
+if TYPE_CHECKING:
+    from bench.protocols import Explainer, LLMClient, RunParts, Scorer, Simulator
 
 COMPONENT_GROUPS = ("subject", "dataset", "explainer", "simulator")
 SCORING_SETS = ("top_and_random", "top_only", "random_only")
@@ -283,7 +286,7 @@ class RunSettings:
     warn_on: WarnOnConfig = field(default_factory=WarnOnConfig)
 
 
-def validate(cfg: Any) -> tuple[RunSettings, dict[str, Any]]:
+def validate(cfg: Any) -> tuple[RunSettings, RunParts]:
     """Check everything; return the run settings and the built (not yet loaded) components."""
     from omegaconf import OmegaConf
 
@@ -406,141 +409,164 @@ def _type_check_fields(key: str, cls: type, node: Any) -> None:
         raise ConfigError(f"{key}.{sub}".rstrip("."), _omegaconf_problem(err)) from None
 
 
-def build_parts(cfg: Any) -> dict[str, Any]:
-    """Build every component of a run; scorers are a name -> component mapping (multi-select group)."""
-    parts: dict[str, Any] = {}
+def build_parts(cfg: Any) -> RunParts:
+    """Build every component of a run; scorers are a name -> component mapping (multi-select group).
+    Each must implement its contract in :mod:`bench.protocols` (one line naming what it lacks)."""
+    from bench.protocols import CONTRACTS, RunParts
+
+    built: dict[str, Any] = {}
     for key in COMPONENT_GROUPS:
         if key not in cfg or cfg[key] is None:
             raise ConfigError(key, f"missing; pick one with {key}=<option> (see conf/{key}/)")
-        parts[key] = build_component(key, cfg[key])
+        built[key] = _implementing(key, CONTRACTS[key], build_component(key, cfg[key]))
     scorers = cfg.get("scorer") or {}
     if not scorers:
         raise ConfigError("scorer", "pick at least one scorer, e.g. scorer=[correlation]")
-    parts["scorers"] = {name: build_component(f"scorer.{name}", node) for name, node in scorers.items()}
-    return parts
+    built["scorers"] = {
+        name: _implementing(f"scorer.{name}", CONTRACTS["scorer"], build_component(f"scorer.{name}", node))
+        for name, node in scorers.items()
+    }
+    return RunParts(**built)
 
 
-def _check_compatibility(run: RunSettings, parts: dict[str, Any]) -> None:
+def _implementing(key: str, contract: type, component: Any) -> Any:
+    """``component`` if it has every member of ``contract``; else one line naming the missing ones."""
+    from bench.protocols import missing_members
+
+    missing = missing_members(component, contract)
+    if missing:
+        raise ConfigError(
+            f"{key}._target_",
+            f"{type(component).__module__}.{type(component).__qualname__} does not implement "
+            f"bench.protocols.{contract.__name__}: it lacks {', '.join(missing)} "
+            "(declare them; see bench/protocols.py)",
+        )
+    return component
+
+
+def _check_compatibility(run: RunSettings, parts: RunParts) -> None:
     """Capabilities are checked before any call: a simulator refuses a backend that cannot serve its
     estimator (the message names the estimators that backend can serve), an explainer one that
     cannot generate text; a scorer a unit kind does not define is refused."""
     from bench.subject.units import UNDEFINED_SCORERS
 
-    for name, scorer in (parts.get("scorers") or {}).items():
-        why = UNDEFINED_SCORERS.get(run.units.kind, {}).get(getattr(scorer, "name", name))
+    for name, scorer in parts.scorers.items():
+        why = UNDEFINED_SCORERS.get(run.units.kind, {}).get(scorer.name)
         if why:
             raise ConfigError(f"scorer.{name}", f"{why}; drop it from scorer=[...] for units={run.units.kind}")
-    simulator = parts["simulator"]
-    needed = set(getattr(simulator, "required_capabilities", ()) or ())
-    llm = getattr(simulator, "llm", None)
+    simulator = parts.simulator
+    needed = set(simulator.required_capabilities)
+    llm = simulator.llm
     if needed and llm is not None:
         offered = set(llm.capabilities)
         missing = needed - offered
         if missing:
             from bench.simulators.estimators import ESTIMATORS, estimators_for, refusal
 
-            recorded = getattr(simulator, "recorded_estimator", None)
+            recorded = simulator.recorded_estimator
             if recorded in ESTIMATORS:
                 problem = refusal(recorded, llm)
             else:
                 can = ", ".join(estimators_for(offered)) or "none"
-                name = getattr(llm, "name", type(llm).__name__)
                 problem = (
-                    f"{getattr(simulator, 'estimator', '?')} needs {', '.join(sorted(map(str, missing)))}, which "
-                    f"backend {name!r} does not offer; estimators it can serve: {can}"
+                    f"{simulator.estimator} needs {', '.join(sorted(map(str, missing)))}, which "
+                    f"backend {llm.name!r} does not offer; estimators it can serve: {can}"
                 )
             raise ConfigError("simulator.estimator", str(problem))
     _check_record_source(run, parts)
-    for key, explainer in _explainers(parts.get("explainer")):
-        needed = set(getattr(explainer, "required_capabilities", ()) or ())
-        llm = getattr(explainer, "llm", None)
+    for key, explainer in _explainers(parts.explainer):
+        needed = set(explainer.required_capabilities)
+        llm = explainer.llm
         if needed and llm is not None:
             missing = needed - set(llm.capabilities)
             if missing:
                 raise ConfigError(
                     f"{key}.llm",
                     f"the explainer needs {', '.join(sorted(map(str, missing)))}, which backend "
-                    f"{getattr(llm, 'name', type(llm).__name__)!r} does not offer",
+                    f"{llm.name!r} does not offer",
                 )
 
     _check_temperatures(parts)
 
 
-def _check_temperatures(parts: dict[str, Any]) -> None:
+def _check_temperatures(parts: RunParts) -> None:
     """A component's sampling temperature must lie in its backend's ``temperature_range`` (Anthropic:
     0..1), so the API's 400 does not fail every unit at run time."""
-    users = [*_explainers(parts.get("explainer")), ("simulator", parts.get("simulator"))]
-    users += [(f"scorer.{name}", scorer) for name, scorer in (parts.get("scorers") or {}).items()]
+    from bench.protocols import SamplingTemperature, TemperatureLimited
+
+    users: list[tuple[str, Explainer | Simulator | Scorer]] = [*_explainers(parts.explainer)]
+    users.append(("simulator", parts.simulator))
+    users += [(f"scorer.{name}", scorer) for name, scorer in parts.scorers.items()]
     for key, component in users:
-        allowed = getattr(getattr(component, "llm", None), "temperature_range", None)
-        if allowed is None:
+        llm = component.llm
+        if not isinstance(llm, TemperatureLimited) or not isinstance(component, SamplingTemperature):
             continue
-        # what is actually sent: a simulator's resolved_temperature (its default when the field is null)
-        value = getattr(component, "resolved_temperature", getattr(component, "temperature", None))
+        allowed = llm.temperature_range
+        value = component.resolved_temperature  # what is actually sent (a simulator's default when null)
         if isinstance(value, int | float) and not isinstance(value, bool) and not allowed[0] <= value <= allowed[1]:
-            backend = getattr(component.llm, "name", type(component.llm).__name__)
             raise ConfigError(
                 f"{key}.temperature",
-                f"{value} is outside {allowed[0]:g}..{allowed[1]:g}, the range backend {backend!r} accepts",
+                f"{value} is outside {allowed[0]:g}..{allowed[1]:g}, the range backend {llm.name!r} accepts",
             )
 
 
-def _check_record_source(run: RunSettings, parts: dict[str, Any]) -> None:
+def _check_record_source(run: RunSettings, parts: RunParts) -> None:
     """Units the subject model does not compute -- synthetic rules, published records read from files --
     have no ablation or output-centric score: refused here with one line, before any work."""
+    from bench.protocols import RecordSource
     from bench.subject.synthetic import check_scorers
 
-    reads_records = getattr(parts.get("dataset"), "provides_records", False)
+    reads_records = isinstance(parts.dataset, RecordSource)
     if run.units.kind == "synthetic":
         if reads_records:
             raise ConfigError("dataset", "units=synthetic needs a text corpus (e.g. dataset=offline_default)")
-        check_scorers("units=synthetic", parts["scorers"], "the unit is a rule over tokens, not part of the subject")
+        check_scorers("units=synthetic", parts.scorers, "the unit is a rule over tokens, not part of the subject")
     elif reads_records:
-        check_scorers("dataset=reference_records", parts["scorers"], "published records carry no subject token ids")
+        check_scorers("dataset=reference_records", parts.scorers, "published records carry no subject token ids")
 
 
-def _explainers(explainer: Any, key: str = "explainer") -> list[tuple[str, Any]]:
+def _explainers(explainer: Explainer, key: str = "explainer") -> list[tuple[str, Explainer]]:
     """The explainer and any explainer it wraps (best-of-k), with their config keys."""
-    if explainer is None:
-        return []
-    inner = getattr(explainer, "explainer", None)
-    return [(key, explainer), *(_explainers(inner, f"{key}.explainer") if inner is not None else [])]
+    from bench.protocols import WrapsExplainer
+
+    inner = _explainers(explainer.explainer, f"{key}.explainer") if isinstance(explainer, WrapsExplainer) else []
+    return [(key, explainer), *inner]
 
 
-def llm_backends(parts: dict[str, Any]) -> list[tuple[str, Any]]:
+def llm_backends(parts: RunParts) -> list[tuple[str, LLMClient]]:
     """Every LLM backend of a run's components, with its config key (``explainer.llm`` ...)."""
-    out = [(f"{key}.llm", e.llm) for key, e in _explainers(parts.get("explainer")) if getattr(e, "llm", None)]
-    simulator_llm = getattr(parts.get("simulator"), "llm", None)
-    if simulator_llm is not None:
-        out.append(("simulator.llm", simulator_llm))
-    for name, scorer in (parts.get("scorers") or {}).items():
-        llm = getattr(scorer, "llm", None)
-        if llm is not None:
-            out.append((f"scorer.{name}.llm", llm))
+    out = [(f"{key}.llm", e.llm) for key, e in _explainers(parts.explainer) if e.llm is not None]
+    if parts.simulator.llm is not None:
+        out.append(("simulator.llm", parts.simulator.llm))
+    for name, scorer in parts.scorers.items():
+        if scorer.llm is not None:
+            out.append((f"scorer.{name}.llm", scorer.llm))
     return out
 
 
-def check_ready(parts: dict[str, Any]) -> None:
+def check_ready(parts: RunParts) -> None:
     """Fail fast before any work: every HTTP backend's API key variable is set and its cache is
     writable (``check_ready()``), then its server answers (:func:`check_servers`; no model load).
     One line naming the config key."""
+    from bench.protocols import ReadyCheck
+
     for key, llm in llm_backends(parts):
-        ready = getattr(llm, "check_ready", None)
-        if callable(ready):
+        if isinstance(llm, ReadyCheck):
             try:
-                ready()
+                llm.check_ready()
             except UserError as err:
                 raise UserError(f"{key}: {err}") from None
     check_servers(parts)
 
 
-def check_servers(parts: dict[str, Any]) -> None:
+def check_servers(parts: RunParts) -> None:
     """Each HTTP backend's server is asked once for its model list before any model loads: a server
     that is down or a model it does not serve stops the run in one line naming the served models."""
+    from bench.protocols import ReadyCheck
+
     for key, llm in llm_backends(parts):
-        check = getattr(llm, "check_server", None)
-        if callable(check):
+        if isinstance(llm, ReadyCheck):
             try:
-                check()
+                llm.check_server()
             except UserError as err:
                 raise UserError(f"{key}: {err}") from None

@@ -21,7 +21,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.config import RunSettings
-from bench.protocols import GenerationRequest, SlotRequest
+from bench.protocols import (
+    Explainer,
+    GenerationRequest,
+    LLMClient,
+    PaidAPI,
+    PlansExplanations,
+    PlansSimulations,
+    RunParts,
+    Simulator,
+    SlotRequest,
+    WrapsExplainer,
+)
 from bench.records import ActivationRecord
 
 PLACEHOLDER_EXPLANATION = "words about rain and wet weather"
@@ -45,23 +56,23 @@ def synthetic_records(count: int, length: int) -> list[ActivationRecord]:
     return [ActivationRecord([PLACEHOLDER_TOKEN] * length, list(acts)) for _ in range(count)]
 
 
-def _backend_name(llm: Any) -> str:
-    return "-" if llm is None else str(getattr(llm, "name", type(llm).__name__))
+def _backend_name(llm: LLMClient | None) -> str:
+    return "-" if llm is None else str(llm.name)
 
 
-def _prices(llm: Any) -> Any:
+def _prices(llm: LLMClient | None) -> Any:
     """The backend's prices; None for local backends (free) -- ``False`` marks unknown prices."""
-    if not hasattr(llm, "api_key_env"):
+    if not isinstance(llm, PaidAPI):
         return None
     from bench.llm import pricing
 
-    prices = pricing.resolve(llm.model, getattr(llm, "prices", None))
-    if prices is not None and getattr(llm, "batch", False):  # batch mode: billed at prices x batch_discount
-        prices = prices.scaled(float(getattr(llm, "batch_discount", 1.0)))
+    prices = pricing.resolve(llm.model, llm.prices)
+    if prices is not None and llm.batch:  # batch mode: billed at prices x batch_discount
+        prices = prices.scaled(float(llm.batch_discount))
     return prices or False
 
 
-def _cost(stage: str, llm: Any, requests: Sequence[Any], repeat: int = 1, note: str = "") -> StageEstimate:
+def _cost(stage: str, llm: LLMClient | None, requests: Sequence[Any], repeat: int = 1, note: str = "") -> StageEstimate:
     calls = inp = out = 0
     for r in requests:
         chars = sum(len(m.content) for m in r.messages)
@@ -69,7 +80,7 @@ def _cost(stage: str, llm: Any, requests: Sequence[Any], repeat: int = 1, note: 
             chars += len(r.assistant_prefix)
             out += r.max_tokens
         elif isinstance(r, SlotRequest):
-            out += 1 if hasattr(llm, "api_key_env") else 0
+            out += 1 if isinstance(llm, PaidAPI) else 0
         calls += 1
         inp += max(1, math.ceil(chars / 4))
     calls, inp, out = calls * repeat, inp * repeat, out * repeat
@@ -78,39 +89,39 @@ def _cost(stage: str, llm: Any, requests: Sequence[Any], repeat: int = 1, note: 
     return StageEstimate(stage, _backend_name(llm), calls, inp, out, dollars, note)
 
 
-def _simulator_requests(simulator: Any, records: Sequence[ActivationRecord]) -> list[Any] | None:
-    plan = getattr(simulator, "requests", None)
-    return plan(PLACEHOLDER_EXPLANATION, records) if callable(plan) else None
+def _simulator_requests(simulator: Simulator, records: Sequence[ActivationRecord]) -> list[Any] | None:
+    if not isinstance(simulator, PlansSimulations):
+        return None
+    return list(simulator.requests(PLACEHOLDER_EXPLANATION, records))
 
 
-def _explainer_requests(explainer: Any, records: Sequence[ActivationRecord]) -> list[Any] | None:
-    plan = getattr(explainer, "dry_run_requests", None)
-    return plan(records) if callable(plan) else None
+def _explainer_requests(explainer: Explainer, records: Sequence[ActivationRecord]) -> list[Any] | None:
+    return explainer.dry_run_requests(records) if isinstance(explainer, PlansExplanations) else None
 
 
-def estimate_run(settings: RunSettings, parts: dict[str, Any]) -> list[StageEstimate]:
+def estimate_run(settings: RunSettings, parts: RunParts) -> list[StageEstimate]:
     """Per-stage estimates for a validated configuration (see the module docstring)."""
     units = settings.units
     per_layer = len(dict.fromkeys(units.indices)) if units.indices is not None else units.count
     n_units = per_layer * len(units.layers or [0])  # an SAE (layers null) reads one layer
     n = units.examples_per_split
-    length = int(getattr(parts["dataset"], "excerpt_len", 64))
-    explainer, simulator = parts["explainer"], parts["simulator"]
-    scorers = list(parts["scorers"].values())
+    length = int(parts.dataset.excerpt_len)
+    explainer, simulator = parts.explainer, parts.simulator
+    scorers = list(parts.scorers.values())
     out: list[StageEstimate] = []
 
-    inner = getattr(explainer, "explainer", None)
-    k = int(getattr(explainer, "k", 1)) if inner is not None else 1
+    inner = explainer.explainer if isinstance(explainer, WrapsExplainer) else None
+    k = int(explainer.k) if isinstance(explainer, WrapsExplainer) else 1
     writer = inner if inner is not None else explainer
     train = synthetic_records(n, length)
     requests = _explainer_requests(writer, train)
     if requests is None:
-        out.append(StageEstimate("explain", _backend_name(getattr(writer, "llm", None)), 0, 0, 0, 0.0, "no LLM"))
+        out.append(StageEstimate("explain", _backend_name(writer.llm), 0, 0, 0, 0.0, "no LLM"))
     else:
         if inner is not None and requests:  # best-of-k samples k explanations per unit
             requests = [requests[0]] * k
-        out.append(_cost("explain", getattr(writer, "llm", None), requests, repeat=n_units))
-    sim_llm = getattr(simulator, "llm", None)
+        out.append(_cost("explain", writer.llm, requests, repeat=n_units))
+    sim_llm = simulator.llm
     scoring = synthetic_records(2 * n, length)
     sim_requests = _simulator_requests(simulator, scoring)
     if sim_requests is None:
@@ -119,7 +130,7 @@ def estimate_run(settings: RunSettings, parts: dict[str, Any]) -> list[StageEsti
     if inner is not None:
         out.append(_cost("rerank", sim_llm, sim_requests, repeat=n_units * k, note=f"best-of-{k} on calibration"))
     out.append(_cost("simulate", sim_llm, sim_requests, repeat=n_units, note=f"{settings.scoring.split} split"))
-    if settings.scoring.calibration != "none" and any(getattr(s, "needs_calibration", False) for s in scorers):
+    if settings.scoring.calibration != "none" and any(s.needs_calibration for s in scorers):
         out.append(_cost("calibrate", sim_llm, sim_requests, repeat=n_units, note="calibration split"))
     if settings.control.enabled and n_units >= 2:
         out.append(_cost("control", sim_llm, sim_requests, repeat=n_units * settings.control.repeats))
@@ -130,15 +141,14 @@ def _money(value: float) -> str:
     return "unknown" if math.isnan(value) else f"${value:,.4f}"
 
 
-def format_estimate(settings: RunSettings, parts: dict[str, Any], title: str = "") -> str:
+def format_estimate(settings: RunSettings, parts: RunParts, title: str = "") -> str:
     """The dry-run table for one configuration."""
     stages = estimate_run(settings, parts)
     units = settings.units
     per_layer = len(dict.fromkeys(units.indices)) if units.indices is not None else units.count
     n_units = per_layer * len(units.layers or [0])  # an SAE (layers null) reads one layer
-    length = int(getattr(parts["dataset"], "excerpt_len", 64))
-    estimator = getattr(parts["simulator"], "estimator", "?")
-    strategy = getattr(parts["simulator"], "recorded_estimator", estimator)
+    length = int(parts.dataset.excerpt_len)
+    strategy = parts.simulator.recorded_estimator
     lines = [
         f"neuronbench dry run{': ' + title if title else ''}",
         f"  {n_units} units, {2 * units.examples_per_split} scored excerpts each of {length} tokens; "
@@ -163,7 +173,7 @@ def format_estimate(settings: RunSettings, parts: dict[str, Any], title: str = "
         f"  {'total':<10} {'':<32} {total.calls:>9,} {total.input_tokens:>14,} {total.output_tokens:>14,} "
         f"{_money(total.dollars):>12}"
     )
-    with_llm = [name for name, scorer in parts["scorers"].items() if getattr(scorer, "llm", None) is not None]
+    with_llm = [name for name, scorer in parts.scorers.items() if scorer.llm is not None]
     if with_llm:
         lines.append(f"  not counted: LLM calls of scorer(s) {', '.join(with_llm)}")
     lines += caching_notes(stages, parts)
@@ -174,7 +184,7 @@ def format_estimate(settings: RunSettings, parts: dict[str, Any], title: str = "
     return "\n".join(lines)
 
 
-def caching_notes(stages: Sequence[StageEstimate], parts: dict[str, Any]) -> list[str]:
+def caching_notes(stages: Sequence[StageEstimate], parts: RunParts) -> list[str]:
     """Where a provider's prompt cache could lower the bill: only prompts above its minimum length
     (:data:`bench.llm.pricing.CACHE_MIN_TOKENS`) are cached, so say per stage whether these are.  No
     cache discount is ever counted in the dollars (they stay an upper bound)."""
@@ -185,9 +195,9 @@ def caching_notes(stages: Sequence[StageEstimate], parts: dict[str, Any]) -> lis
     notes = []
     for s in stages:
         llm = by_name.get(s.backend)
-        if llm is None or not hasattr(llm, "api_key_env") or not s.calls:
+        if not isinstance(llm, PaidAPI) or not s.calls:
             continue
-        minimum = cache_minimum(str(getattr(llm, "model", "")))
+        minimum = cache_minimum(str(llm.model))
         if minimum is None:
             continue
         per_call = s.input_tokens / s.calls

@@ -25,9 +25,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.errors import UserError
+
+if TYPE_CHECKING:
+    from bench.protocols import RunParts, Simulator
 
 CONDITIONS = ("true", "shuffled", "empty")
 SCORE = "correlation/top_and_random"
@@ -84,7 +87,7 @@ class JudgeCheck:
         return clean(asdict(self))
 
 
-def _score(simulator: Any, text: str, records: Sequence[Any]) -> tuple[float | None, str | None, bool]:
+def _score(simulator: Simulator, text: str, records: Sequence[Any]) -> tuple[float | None, str | None, bool]:
     """(score, error, constant): the pooled correlation of one simulation, or the error it raised."""
     import numpy as np
 
@@ -116,7 +119,7 @@ def _difference(values: Sequence[float], resamples: int, confidence: float, seed
     return Difference(len(values), float(np.mean(values)), low, high)
 
 
-def judge_check(settings: Any, parts: dict[str, Any], explain: bool = False, progress: bool = True) -> JudgeCheck:
+def judge_check(settings: Any, parts: RunParts, explain: bool = False, progress: bool = True) -> JudgeCheck:
     """Score the configured simulator on the configured synthetic units (see the module docstring)."""
     from tqdm.auto import tqdm
 
@@ -127,8 +130,8 @@ def judge_check(settings: Any, parts: dict[str, Any], explain: bool = False, pro
 
     if settings.units.kind != "synthetic":
         raise UserError("judge-check needs synthetic units (units=synthetic): their true explanations are known")
-    simulator = parts["simulator"]
-    records, _ = load_records(settings, parts["subject"], parts["dataset"])
+    simulator = parts.simulator
+    records, _ = load_records(settings, parts.subject, parts.dataset)
     truths = true_explanations(settings.units)
     keys = list(records)
     if len(keys) < 2:
@@ -145,7 +148,7 @@ def judge_check(settings: Any, parts: dict[str, Any], explain: bool = False, pro
         row: dict[str, Any] = {"unit": key, "texts": texts, "scores": {}, "errors": {}, "constant": []}
         if explain:
             try:
-                found = explain_unit(parts["explainer"], simulator, record.unit, splits)
+                found = explain_unit(parts.explainer, simulator, record.unit, splits)
                 texts["explainer"] = found[0].text if found else None
             except UserError:
                 raise
@@ -170,7 +173,7 @@ def judge_check(settings: Any, parts: dict[str, Any], explain: bool = False, pro
     return summarize(rows, conditions, simulator, settings)
 
 
-def summarize(rows: list[dict[str, Any]], conditions: Sequence[str], simulator: Any, settings: Any) -> JudgeCheck:
+def summarize(rows: list[dict[str, Any]], conditions: Sequence[str], simulator: Simulator, settings: Any) -> JudgeCheck:
     from bench.aggregate import summarize as summarize_scores
 
     resamples, confidence, seed = settings.scoring.bootstrap_resamples, settings.scoring.confidence, settings.seed
@@ -194,8 +197,8 @@ def summarize(rows: list[dict[str, Any]], conditions: Sequence[str], simulator: 
     wins = [r["scores"]["true"] > max(r["scores"]["shuffled"], r["scores"]["empty"]) for r in paired]
     separation = _difference(sep, resamples, confidence, seed)
     return JudgeCheck(
-        simulator=getattr(simulator, "name", type(simulator).__name__),
-        estimator=getattr(simulator, "recorded_estimator", None) or getattr(simulator, "estimator", "?"),
+        simulator=simulator.name,
+        estimator=simulator.recorded_estimator,
         score=SCORE,
         confidence=confidence,
         n_units=len(rows),

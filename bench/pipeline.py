@@ -22,12 +22,25 @@ from bench.errors import UserError
 from bench.explainers.best_of_k import explain_unit
 from bench.failures import is_transient
 from bench.llm.spend import metering
-from bench.protocols import ScoringContext, Simulator, Sink
-from bench.records import Explanation, Score, UnitRecord, UnitResult, Usage
+from bench.protocols import (
+    Dataset,
+    Explainer,
+    RecordSource,
+    RunParts,
+    Scorer,
+    ScoringContext,
+    Simulator,
+    Sink,
+    SourceMining,
+    Subject,
+    SubjectInfo,
+)
+from bench.records import Explanation, Score, Simulation, UnitRecord, UnitResult, Usage
 from bench.report.run_folder import write_train_excerpts
 from bench.scorers import metrics
 from bench.scorers.calibration import CalibrationError, fit_calibration
 from bench.scorers.correlation import pooled
+from bench.simulators.parsing import SimulationParseError
 from bench.splits import make_splits
 from bench.state_files import parse_lines
 from bench.tracking.jsonl import JsonlSink, drop_torn_tail, rewrite_atomically
@@ -179,7 +192,7 @@ def _error_text(err: BaseException) -> str:
 
 def run(
     settings: RunSettings,
-    parts: dict[str, Any],
+    parts: RunParts,
     store: JsonlSink,
     mirrors: Sequence[Sink],
     run_dir: Path,
@@ -192,14 +205,14 @@ def run(
     outage: :mod:`bench.failures`) -- and, with ``retry_failed``, every failed one: those are redone."""
     from tqdm.auto import tqdm
 
-    subject, simulator = parts["subject"], parts["simulator"]
-    scorers = list(parts["scorers"].values())
+    subject, simulator = parts.subject, parts.simulator
+    scorers = list(parts.scorers.values())
     run_dir.mkdir(parents=True, exist_ok=True)
-    records, provenance = load_records(settings, subject, parts["dataset"])
+    records, provenance = load_records(settings, subject, parts.dataset)
     write_train_excerpts(run_dir, records, settings.units.examples_per_split)  # what the explainer saw (viewer)
     explained = ExplanationStore(run_dir / "explanations.jsonl")
     explanations = explain_all(
-        settings, parts["explainer"], simulator, records, run_dir, progress, retry_failed=retry_failed, store=explained
+        settings, parts.explainer, simulator, records, run_dir, progress, retry_failed=retry_failed, store=explained
     )
     controls = assign_controls(settings, [k for k in records if explanations[k][0] is not None])
 
@@ -266,10 +279,10 @@ def run(
     return RunOutcome(results=results, summary=summary, warnings=warnings)
 
 
-def check_layers(settings: RunSettings, info: Any, dataset: Any = None) -> None:
+def check_layers(settings: RunSettings, info: SubjectInfo, dataset: Dataset | None = None) -> None:
     """Every requested layer exists (the subject's config alone says so: no weights loaded); an SAE's
     folder is read and checked too (``cfg.json`` and the weights' hash: no model needed)."""
-    if getattr(dataset, "provides_records", False):  # published records: the files' layers (GPT-2 XL: 48)
+    if isinstance(dataset, RecordSource):  # published records: the files' layers (GPT-2 XL: 48)
         dataset.check_units(settings.units)
         return
     if settings.units.kind == "sae_latent":
@@ -282,7 +295,9 @@ def check_layers(settings: RunSettings, info: Any, dataset: Any = None) -> None:
             )
 
 
-def load_records(settings: RunSettings, subject: Any, dataset: Any) -> tuple[dict[str, UnitRecord], dict[str, Any]]:
+def load_records(
+    settings: RunSettings, subject: Subject, dataset: Dataset
+) -> tuple[dict[str, UnitRecord], dict[str, Any]]:
     """The chosen units' records and their provenance.
 
     Dispatch point: record sources that need no mining plug in here by ``settings.units.kind``;
@@ -292,7 +307,7 @@ def load_records(settings: RunSettings, subject: Any, dataset: Any) -> tuple[dic
         from bench.subject.synthetic import load_synthetic_records
 
         return load_synthetic_records(settings, subject, dataset)
-    if getattr(dataset, "provides_records", False):  # published records read from files: no mining
+    if isinstance(dataset, RecordSource):  # published records read from files: no mining
         return dataset.unit_records(settings.units)
     return mine_records(settings, subject, dataset)
 
@@ -313,9 +328,11 @@ def sae_layer(settings: RunSettings) -> int:
     return layer
 
 
-def mine_records(settings: RunSettings, subject: Any, dataset: Any) -> tuple[dict[str, UnitRecord], dict[str, Any]]:
+def mine_records(
+    settings: RunSettings, subject: Subject, dataset: Dataset
+) -> tuple[dict[str, UnitRecord], dict[str, Any]]:
     """Every requested source mined in ONE streaming pass (cached on disk per source), then the chosen units."""
-    if not hasattr(subject, "mine_sources"):
+    if not isinstance(subject, SourceMining):
         return _mine_records_per_layer(settings, subject, dataset)
     from bench.subject.record_cache import load_or_mine_sources
     from bench.subject.sae import load_sae
@@ -331,8 +348,7 @@ def mine_records(settings: RunSettings, subject: Any, dataset: Any) -> tuple[dic
     sae = load_sae(units.sae.path, units.sae.release, units.sae.sae_id, settings.cache_dir) if (
         units.kind == "sae_latent") else None  # fmt: skip
     sources = build_sources(subject, units.kind, units.layers or [], sae, units.site)
-    if hasattr(subject, "register_sources"):
-        subject.register_sources(sources)
+    subject.register_sources(sources)
     provenance = {
         "subject": asdict(info),
         "excerpts": excerpts.fingerprint,
@@ -352,7 +368,7 @@ def mine_records(settings: RunSettings, subject: Any, dataset: Any) -> tuple[dic
 
 
 def _mine_records_per_layer(
-    settings: RunSettings, subject: Any, dataset: Any
+    settings: RunSettings, subject: Subject, dataset: Dataset
 ) -> tuple[dict[str, UnitRecord], dict[str, Any]]:
     """A plugin subject without ``mine_sources``: MLP neurons, one pass per layer (``mine_layer`` / ``mine``)."""
     from bench.subject.record_cache import load_or_mine
@@ -377,7 +393,7 @@ def _mine_records_per_layer(
 
 def explain_all(
     settings: RunSettings,
-    explainer: Any,
+    explainer: Explainer,
     simulator: Simulator,
     records: dict[str, UnitRecord],
     run_dir: Path,
@@ -444,8 +460,8 @@ def score_unit(
     record: UnitRecord,
     explanation: Explanation,
     simulator: Simulator,
-    scorers: Sequence[Any],
-    subject: Any,
+    scorers: Sequence[Scorer],
+    subject: Subject,
     control_texts: Sequence[str],
     provenance: dict[str, Any],
 ) -> UnitResult:
@@ -503,8 +519,8 @@ def score_unit(
     except Exception as err:  # noqa: BLE001 - a failed unit is recorded with its stage and reason
         log.debug("unit %s failed at %s", record.unit.key, stage, exc_info=True)
         extras["traceback"] = traceback.format_exc(limit=8)
-        if getattr(err, "raw_response", None) is not None:  # a simulator answer that did not parse, kept whole
-            extras["raw_response"] = err.raw_response  # type: ignore[attr-defined]
+        if isinstance(err, SimulationParseError):  # a simulator answer that did not parse, kept whole
+            extras["raw_response"] = err.raw_response
         return UnitResult(
             unit=record.unit,
             status="failed",
@@ -528,7 +544,7 @@ def _minus(a: Usage, b: Usage) -> dict[str, Any]:
     } | {"dollars": a.dollars - b.dollars}
 
 
-def estimator_record(simulation: Any) -> dict[str, Any]:
+def estimator_record(simulation: Simulation) -> dict[str, Any]:
     """How the scored simulation read its values: one stable place per result (leaderboards read it)."""
     rate = simulation.unparsed_rate
     return {
@@ -540,7 +556,7 @@ def estimator_record(simulation: Any) -> dict[str, Any]:
     }
 
 
-def run_scorer(scorer: Any, ctx: ScoringContext, extras: dict[str, Any]) -> dict[str, Score]:
+def run_scorer(scorer: Scorer, ctx: ScoringContext, extras: dict[str, Any]) -> dict[str, Score]:
     """One scorer's scores; if it fails, its headline score is NaN with the reason and the other
     scorers still run (the failure counts in that score's ``failure_rate``, never as a 0)."""
     try:
@@ -600,15 +616,14 @@ def specificity_warnings(summary: dict[str, float], settings: RunSettings) -> li
     return []
 
 
-def unparsed_warnings(summary: dict[str, float], settings: RunSettings, simulator: Any) -> list[str]:
+def unparsed_warnings(summary: dict[str, float], settings: RunSettings, simulator: Simulator) -> list[str]:
     """Warn when more simulated tokens than ``warn_on.unparsed_rate`` had no readable value: their EV
     fell back to 0, so the scores describe the estimator's blind spot as much as the explanation."""
     rate = summary.get("simulation/unparsed_rate", math.nan)
     limit = settings.warn_on.unparsed_rate
     if rate is None or math.isnan(rate) or rate <= limit:
         return []
-    estimator = getattr(simulator, "recorded_estimator", getattr(simulator, "estimator", "?"))
-    k = getattr(simulator, "top_k", None)
+    estimator, k = simulator.recorded_estimator, simulator.top_k
     head = (
         f"{rate:.1%} of simulated tokens had no readable value (EV 0; warn_on.unparsed_rate={limit:g}) "
         f"with estimator {estimator}"

@@ -8,7 +8,7 @@ parts load their heavy resources lazily on first use.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -115,7 +115,8 @@ class SlotResult:
 class LLMClient(Protocol):
     """One model behind one API.  Batched: a list of requests in, a list of answers out, same order."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     @property
     def capabilities(self) -> frozenset[Capability]: ...
@@ -125,26 +126,183 @@ class LLMClient(Protocol):
     def slot_distributions(self, requests: Sequence[SlotRequest]) -> list[SlotResult]: ...
 
 
+# Optional capabilities of a backend.  A backend has them by declaring the members (no subclassing);
+# callers ask with ``isinstance(llm, ReadyCheck)`` ... instead of probing attribute names.
+@runtime_checkable
+class ReadyCheck(Protocol):
+    """A backend that can say before any work that it will be able to answer (HTTP backends)."""
+
+    def check_ready(self) -> None:
+        """Raise :class:`~bench.errors.UserError` when it cannot run (API key unset, cache not writable)."""
+        ...
+
+    def check_server(self) -> list[str] | None:
+        """Ask the server once (no model load); raise ``UserError`` when it is down or lacks the model."""
+        ...
+
+
+@runtime_checkable
+class TemperatureLimited(Protocol):
+    """A backend that accepts sampling temperatures only in ``temperature_range`` (Anthropic: 0..1)."""
+
+    @property
+    def temperature_range(self) -> tuple[float, float]: ...
+
+
+@runtime_checkable
+class ContextLimited(Protocol):
+    """A backend with a context window of ``max_context`` tokens (None: unknown); explainers fit their
+    prompts into it."""
+
+    @property
+    def max_context(self) -> int | None: ...
+
+
+@runtime_checkable
+class TokenCounting(Protocol):
+    """A backend that counts a prompt's tokens with its own tokenizer (else: characters / 4)."""
+
+    def count_tokens(self, messages: Sequence[ChatMessage], assistant_prefix: str = "") -> int: ...
+
+
+@runtime_checkable
+class SlotTopK(Protocol):
+    """A backend that reads prompt distributions from the top ``slot_top_k`` logprobs (an HTTP server's cap)."""
+
+    @property
+    def slot_top_k(self) -> int: ...
+
+
+class BackendCounters(Protocol):
+    def as_metrics(self, prefix: str) -> dict[str, float]: ...
+
+
+@runtime_checkable
+class CountsCalls(Protocol):
+    """A backend that keeps running totals (calls incl. retries, cache hits, tokens, dollars): logged as
+    ``cost/backend/<role>/...`` metrics at the end of a run."""
+
+    @property
+    def stats(self) -> BackendCounters: ...
+
+
+@runtime_checkable
+class PaidAPI(Protocol):
+    """A provider billed per token: what ``--dry-run`` needs to price its calls."""
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def api_key_env(self) -> str | None: ...
+
+    @property
+    def prices(self) -> Mapping[str, float] | None: ...
+
+    @property
+    def batch(self) -> bool: ...
+
+    @property
+    def batch_discount(self) -> float: ...
+
+
 # ---------------------------------------------------------------------------------------------------
 # Method components
 # ---------------------------------------------------------------------------------------------------
 @runtime_checkable
 class Explainer(Protocol):
-    """Writes explanations of a unit from its train records (top excerpts)."""
+    """Writes explanations of a unit from its train records (top excerpts).
 
-    name: str
+    ``llm`` is the backend it writes with (``None``: no LLM, e.g. published explanations);
+    ``required_capabilities`` what that backend must offer (checked before any call)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def llm(self) -> LLMClient | None: ...
+
+    @property
+    def required_capabilities(self) -> frozenset[Capability]: ...
 
     def explain(self, unit: UnitId, records: Sequence[ActivationRecord]) -> list[Explanation]: ...
 
 
 @runtime_checkable
-class Simulator(Protocol):
-    """Predicts per-token activations (0-10 scale) of excerpts from an explanation alone."""
+class WrapsExplainer(Protocol):
+    """An explainer that delegates the writing to another one (best-of-k): config checks, ``--dry-run``
+    and cost counters look through it to the backend that writes."""
 
-    name: str
-    estimator: str  # recorded with every result: e.g. "all_at_once/prompt_logprobs"
+    @property
+    def explainer(self) -> Explainer: ...
+
+    @property
+    def k(self) -> int:
+        """Explanations the inner explainer writes per unit (each one simulated to rerank them)."""
+        ...
+
+
+@runtime_checkable
+class Reranks(Protocol):
+    """An explainer that writes several candidates and keeps the best by a ``rerank(text)`` score (the
+    pipeline binds the run's simulator on the calibration split); ``explain`` alone cannot rank."""
+
+    def explain_reranked(
+        self, unit: UnitId, records: Sequence[ActivationRecord], rerank: Callable[[str], Any]
+    ) -> list[Explanation]: ...
+
+
+@runtime_checkable
+class PlansExplanations(Protocol):
+    """An explainer that can list the requests it would send for a unit (``--dry-run``), without sending."""
+
+    def dry_run_requests(self, records: Sequence[ActivationRecord]) -> list[GenerationRequest]: ...
+
+
+@runtime_checkable
+class Simulator(Protocol):
+    """Predicts per-token activations (0-10 scale) of excerpts from an explanation alone.
+
+    ``estimator`` is the configured name, ``recorded_estimator`` the full one recorded with every
+    result (e.g. ``"all_at_once/prompt_logprobs"``; equal to ``estimator`` for simulators with one way
+    of reading values); ``top_k`` how many alternatives per token a logprob estimator reads (``None``:
+    not a top-k reading); ``llm`` the backend (``None``: no LLM, e.g. the proxies)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def estimator(self) -> str: ...
+
+    @property
+    def recorded_estimator(self) -> str: ...
+
+    @property
+    def top_k(self) -> int | None: ...
+
+    @property
+    def llm(self) -> LLMClient | None: ...
+
+    @property
+    def required_capabilities(self) -> frozenset[Capability]: ...
 
     def simulate(self, explanation: str, records: Sequence[ActivationRecord]) -> Simulation: ...
+
+
+@runtime_checkable
+class PlansSimulations(Protocol):
+    """A simulator that can list the requests it would send (``--dry-run``), without sending."""
+
+    def requests(self, explanation: str, records: Sequence[ActivationRecord]) -> Sequence[Any]: ...
+
+
+@runtime_checkable
+class SamplingTemperature(Protocol):
+    """A component that sends a sampling temperature (checked against ``TemperatureLimited`` backends).
+    ``resolved_temperature`` is what is actually sent (a simulator's default when its field is null)."""
+
+    @property
+    def resolved_temperature(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -174,8 +332,22 @@ class ScoringContext:
 
 @runtime_checkable
 class Scorer(Protocol):
-    name: str
-    needs_calibration: bool
+    """Scores of one unit from its simulations.  ``needs_calibration``: reads ``ctx.calibrator`` (the
+    pipeline then simulates the calibration split); ``needs_subject``: runs the subject model again
+    (ablation, output-centric: undefined for units the subject does not compute); ``llm`` the judge
+    backend it asks, if any (checked, priced and counted like the others)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def needs_calibration(self) -> bool: ...
+
+    @property
+    def needs_subject(self) -> bool: ...
+
+    @property
+    def llm(self) -> LLMClient | None: ...
 
     def score(self, ctx: ScoringContext) -> dict[str, Score]: ...
 
@@ -188,6 +360,10 @@ class Sink(Protocol):
     def write(self, result: UnitResult) -> None: ...
 
     def close(self, summary: dict[str, float], results: list[UnitResult]) -> None: ...
+
+    def abort(self) -> None:
+        """The run stopped early (an exception, Ctrl-C): mark the mirror's record unfinished; never raises."""
+        ...
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -217,16 +393,37 @@ class ExcerptSet:
     description: dict[str, Any] = field(default_factory=dict)
 
 
+@runtime_checkable
 class Dataset(Protocol):
     """A corpus cut into ``n_excerpts`` windows of ``excerpt_len`` tokens (both are config fields)."""
 
-    name: str
-    n_excerpts: int
-    excerpt_len: int
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def n_excerpts(self) -> int: ...
+
+    @property
+    def excerpt_len(self) -> int: ...
 
     def excerpts(self, tokenizer: Any, seed: int) -> ExcerptSet: ...
 
 
+@runtime_checkable
+class RecordSource(Protocol):
+    """A dataset that holds unit records itself (published ``NeuronRecord`` files): the pipeline reads
+    them instead of mining the subject, and the files decide which layers exist."""
+
+    def check_units(self, units: Any) -> None:
+        """Every requested layer / index has a record (one line naming the ``units.`` key otherwise)."""
+        ...
+
+    def unit_records(self, units: Any) -> tuple[dict[str, UnitRecord], dict[str, Any]]:
+        """The chosen units' records and their provenance."""
+        ...
+
+
+@runtime_checkable
 class Subject(Protocol):
     """A transformers LM with hookable units."""
 
@@ -242,3 +439,88 @@ class Subject(Protocol):
         ...
 
     def mine(self, excerpts: ExcerptSet, layer: int, top_k: int, random_k: int, seed: int) -> list[UnitRecord]: ...
+
+
+@runtime_checkable
+class LayerMining(Protocol):
+    """A subject that returns one layer's mined arrays (``MinedLayer``): records are then cached on disk.
+    A plugin subject with only :meth:`Subject.mine` is mined without the cache."""
+
+    @property
+    def batch_size(self) -> int: ...
+
+    @property
+    def resolved_device(self) -> str: ...
+
+    def mine_layer(self, excerpts: ExcerptSet, layer: int, top_k: int, random_k: int, seed: int) -> Any: ...
+
+    def token_strings(self, ids: np.ndarray) -> dict[int, str]: ...
+
+
+@runtime_checkable
+class SourceMining(LayerMining, Protocol):
+    """A subject that mines any activation sources (MLP neurons, SAE latents, attention heads) in one
+    pass, and remembers them so that scorers find a unit's source (ablation, output-centric)."""
+
+    def mine_sources(
+        self,
+        excerpts: ExcerptSet,
+        sources: list[Any],
+        top_k: int,
+        random_k: int,
+        seed: int,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> list[Any]: ...
+
+    def register_sources(self, sources: list[Any]) -> None: ...
+
+    def source_for(self, unit: UnitId) -> Any: ...
+
+
+# ---------------------------------------------------------------------------------------------------
+# The parts of one run
+# ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunParts:
+    """The built (not yet loaded) components of one run, as :func:`bench.config.validate` returns them
+    and the pipeline, ``--dry-run``, judge-check, cards and the cost counters read them.  Swap one with
+    ``dataclasses.replace(parts, simulator=...)``."""
+
+    subject: Subject
+    dataset: Dataset
+    explainer: Explainer
+    simulator: Simulator
+    scorers: Mapping[str, Scorer]  # config name (``scorer=[...]``) -> scorer, in config order
+
+
+CONTRACTS: dict[str, type] = {
+    "subject": Subject,
+    "dataset": Dataset,
+    "explainer": Explainer,
+    "simulator": Simulator,
+    "scorer": Scorer,
+}
+
+
+def members(contract: type) -> list[str]:
+    """The attribute and method names a Protocol declares (its own and those of the Protocols it extends)."""
+    names: dict[str, None] = {}
+    for klass in reversed(contract.__mro__):
+        if klass in (object, Protocol) or not getattr(klass, "_is_protocol", False):
+            continue
+        for name in [*getattr(klass, "__annotations__", {}), *vars(klass)]:
+            if not name.startswith("_"):
+                names[name] = None
+    return list(names)
+
+
+def missing_members(component: object, contract: type) -> list[str]:
+    """The members of ``contract`` that ``component`` lacks ([] when it implements it).
+
+    Looked up statically: unlike ``isinstance(x, Subject)`` on Python 3.11 this runs no property (a
+    subject's ``model`` would load the weights)."""
+    import inspect
+
+    absent = object()
+    return [name for name in members(contract) if inspect.getattr_static(component, name, absent) is absent]

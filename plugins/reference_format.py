@@ -18,8 +18,9 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from bench.protocols import Capability
 from bench.records import ActivationRecord, Explanation, UnitId, UnitResult
 from bench.reference_format import nan_to_null as _num
 from bench.reference_format import unit_record_from_reference, unit_record_to_reference
@@ -91,6 +92,8 @@ class ReferenceFileExplainer:
     which: int = 0
     name: str = "reference_files"
     version: int = 1
+    llm: ClassVar[None] = None  # bench.protocols.Explainer: reads files, asks no LLM
+    required_capabilities: ClassVar[frozenset[Capability]] = frozenset()
 
     def __post_init__(self) -> None:
         if not Path(self.root).expanduser().is_dir():

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.config import build_parts, compose, conf_dir, expand_sweep, validate
+from bench.protocols import CONTRACTS, Scorer, missing_members
 from bench.errors import ConfigError, UserError
 
 GROUPS = ("subject", "dataset", "units", "explainer", "prompt", "simulator", "tracking")
@@ -28,13 +29,40 @@ def test_every_option_composes_and_builds(group: str, option: str) -> None:
     cfg = compose([f"{group}={option}", *NEEDS.get((group, option), [])])
     settings, parts = validate(cfg)
     assert settings.units.count >= 1
-    assert set(parts) >= {"subject", "dataset", "explainer", "simulator", "scorers"}
+    for role in ("subject", "dataset", "explainer", "simulator"):  # every member its Protocol declares
+        assert missing_members(getattr(parts, role), CONTRACTS[role]) == [], role
+    assert all(missing_members(s, Scorer) == [] for s in parts.scorers.values())
 
 
 @pytest.mark.parametrize("option", options("scorer"))
 def test_every_scorer_builds(option: str) -> None:
     parts = build_parts(compose([f"scorer=[{option}]"]))
-    assert option in parts["scorers"]
+    assert option in parts.scorers
+    assert missing_members(parts.scorers[option], Scorer) == []
+
+
+class BareSimulator:
+    """A plugin simulator that declares only ``name`` and ``simulate`` (not the whole contract)."""
+
+    name = "bare"
+
+    def simulate(self, explanation, records):
+        raise AssertionError("never called: the config is refused first")
+
+
+def test_a_component_missing_part_of_its_contract_is_refused_in_one_line() -> None:
+    from omegaconf import OmegaConf
+
+    cfg = compose([])
+    cfg.simulator = OmegaConf.create({"_target_": f"{__name__}.BareSimulator"})
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert err.value.key == "simulator._target_"
+    text = str(err.value)
+    assert "does not implement bench.protocols.Simulator" in text and "\n" not in text
+    for member in ("estimator", "recorded_estimator", "top_k", "llm", "required_capabilities"):
+        assert member in text
+    assert "simulate" not in text.split("lacks", 1)[1]  # what it has is not listed
 
 
 def test_every_option_file_documents_an_override_and_a_version() -> None:

@@ -48,7 +48,7 @@ def test_anthropic_temperature_outside_0_1_is_a_config_error(overrides: list[str
 
 def test_anthropic_temperature_inside_0_1_is_accepted() -> None:
     settings, parts = validate(compose(["explainer=anthropic", "explainer.temperature=0.7"]))
-    assert parts["explainer"].temperature == 0.7
+    assert parts.explainer.temperature == 0.7
 
 
 @pytest.mark.parametrize("overrides", [["scorer=[nope]"], ["scorer=[correlation,nope]"], ["scorer=nope"]])

@@ -96,7 +96,7 @@ def test_published_records_are_scored_on_exactly_the_published_excerpts(tmp_path
 
 def test_units_are_sampled_among_the_files_present(tmp_path, published):
     settings, parts = validate(compose(overrides(tmp_path, published, "units.count=2", "units.seed=1")))
-    records, _ = parts["dataset"].unit_records(settings.units)
+    records, _ = parts.dataset.unit_records(settings.units)
     assert len(records) == 2 and {r.unit.index for r in records.values()} <= {3, 11, 40}
 
 

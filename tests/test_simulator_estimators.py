@@ -162,7 +162,7 @@ def test_a_mismatch_fails_the_unit_at_simulate_with_the_raw_response() -> None:
     recs = [R([" the", " cat", " sat"], [0.0, float(i), 0.0]) for i in range(7)]
     record = UnitRecord(UnitId(1, 2), top=recs[:4], random=recs[4:], stats=UnitStats(1, 0.0, 1.0, 0.0, 0.0))
     result = pipeline.score_unit(
-        settings, record, Explanation("cats", "test"), simulator, list(parts["scorers"].values()), None, [], {}
+        settings, record, Explanation("cats", "test"), simulator, list(parts.scorers.values()), None, [], {}
     )
     assert result.status == "failed" and result.stage == "simulate" and not result.scores
     assert "expected token ' cat', got ' completely'" in result.error and "raw response" in result.error
@@ -288,8 +288,8 @@ def test_every_estimator_is_served_by_local_and_vllm_backends() -> None:
             validate(compose([f"simulator={option}", f"simulator.estimator={estimator}"]))
     # the offline default keeps today's numbers: it reads the whole vocabulary, recorded as such
     _, parts = validate(compose([]))
-    assert parts["simulator"].recorded_estimator == "all_at_once/prompt_logprobs_exact"
-    assert parts["simulator"].build_request("x", ["a"]).top_k is None
+    assert parts.simulator.recorded_estimator == "all_at_once/prompt_logprobs_exact"
+    assert parts.simulator.build_request("x", ["a"]).top_k is None  # type: ignore[attr-defined]
     for option in ("smollm2_one_at_a_time", "vllm_one_at_a_time"):
         for estimator in ("logprobs", "sampled"):
             validate(compose([f"simulator={option}", f"simulator.estimator={estimator}"]))

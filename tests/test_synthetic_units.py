@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -187,7 +188,9 @@ class DeafSimulator:
     """Predicts 5 on every token ending in "e", whatever the explanation says."""
 
     name = "deaf"
-    estimator = "test/deaf"
+    estimator = recorded_estimator = "test/deaf"
+    top_k = llm = None
+    required_capabilities: frozenset = frozenset()
 
     def simulate(self, explanation, records):
         seqs = [
@@ -210,9 +213,9 @@ def test_judge_check_reports_a_judge_that_ignores_explanations_and_counts_failur
     from bench.judge_check import judge_check
 
     settings, parts = validate(compose(overrides(tmp_path, tiny, "units.indices=[0,2,3]")))
-    deaf = judge_check(settings, {**parts, "simulator": DeafSimulator()}, progress=False)
+    deaf = judge_check(settings, replace(parts, simulator=DeafSimulator()), progress=False)
     assert deaf.separation.mean == 0.0 and deaf.verdict.startswith("does not separate")
-    broken = judge_check(settings, {**parts, "simulator": BrokenSimulator()}, progress=False)
+    broken = judge_check(settings, replace(parts, simulator=BrokenSimulator()), progress=False)
     assert broken.conditions["empty"].n_failed == 3 and broken.conditions["true"].n_failed == 0
     assert broken.separation.n == 0 and math.isnan(broken.separation.mean)  # failed units are not paired
     assert broken.verdict.startswith("undetermined")

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from bench.protocols import Capability, Explainer, LLMClient, Reranks, Simulator
 from bench.records import ActivationRecord, Explanation, Splits, UnitId, Usage
 from bench.scorers import metrics
 from bench.scorers.correlation import pooled
@@ -40,7 +41,7 @@ class Rerank:
     usage: Usage
 
 
-def simulation_reranker(simulator: Any, records: Sequence[ActivationRecord]) -> Callable[[str], Rerank]:
+def simulation_reranker(simulator: Simulator, records: Sequence[ActivationRecord]) -> Callable[[str], Rerank]:
     """``rerank(text)``: simulate ``records`` from ``text`` and return the pooled Pearson correlation."""
 
     def rerank(text: str) -> Rerank:
@@ -52,13 +53,12 @@ def simulation_reranker(simulator: Any, records: Sequence[ActivationRecord]) -> 
     return rerank
 
 
-def explain_unit(explainer: Any, simulator: Any, unit: UnitId, splits: Splits) -> list[Explanation]:
+def explain_unit(explainer: Explainer, simulator: Simulator, unit: UnitId, splits: Splits) -> list[Explanation]:
     """Explanations of ``unit`` from its train split; a reranking explainer also gets a reranker on the
     calibration split bound to the run's simulator."""
-    reranking = getattr(explainer, "explain_reranked", None)
-    if callable(reranking):
+    if isinstance(explainer, Reranks):
         rerank_records = [*splits.calibration.top, *splits.calibration.random]
-        return reranking(unit, splits.train.top, simulation_reranker(simulator, rerank_records))
+        return explainer.explain_reranked(unit, splits.train.top, simulation_reranker(simulator, rerank_records))
     return explainer.explain(unit, splits.train.top)
 
 
@@ -84,12 +84,12 @@ class BestOfKExplainer:
             object.__setattr__(self, "explainer", dataclasses.replace(inner, samples=self.k))
 
     @property
-    def required_capabilities(self) -> Any:
-        return getattr(self.explainer, "required_capabilities", frozenset())
+    def required_capabilities(self) -> frozenset[Capability]:
+        return frozenset(self.explainer.required_capabilities)
 
     @property
-    def llm(self) -> Any:
-        return getattr(self.explainer, "llm", None)
+    def llm(self) -> LLMClient | None:
+        return self.explainer.llm
 
     def explain(self, unit: UnitId, records: Sequence[ActivationRecord]) -> list[Explanation]:
         raise RuntimeError(
@@ -133,7 +133,7 @@ class BestOfKExplainer:
                     for i, c in enumerate(candidates)
                 ],
                 "usage": {"explanations": asdict(generation_usage), "rerank": asdict(rerank_usage)},
-                "inner_explainer": getattr(self.explainer, "name", type(self.explainer).__name__),
+                "inner_explainer": self.explainer.name,
             },
         }
         return [Explanation(text=best.text, explainer=self.name, meta=meta, usage=generation_usage + rerank_usage)]

@@ -26,7 +26,7 @@ from typing import Any
 
 from bench.errors import UserError
 from bench.normalize import normalize_records
-from bench.protocols import Capability, ChatMessage, GenerationRequest
+from bench.protocols import Capability, ChatMessage, ContextLimited, GenerationRequest, TokenCounting
 from bench.records import ActivationRecord, Explanation, UnitId
 from bench.simulators.prompt_format import END, START, format_lines
 
@@ -161,9 +161,8 @@ class LLMExplainer:
 
     # ------------------------------------------------------------------------------------------------
     def _count(self, messages: Sequence[ChatMessage]) -> int:
-        count = getattr(self.llm, "count_tokens", None)
-        if callable(count):
-            return int(count(messages, self.prompt.lead_in))
+        if isinstance(self.llm, TokenCounting):
+            return int(self.llm.count_tokens(messages, self.prompt.lead_in))
         chars = sum(len(m.content) + 16 for m in messages) + len(self.prompt.lead_in)
         return math.ceil(chars / 4)
 
@@ -171,7 +170,7 @@ class LLMExplainer:
         """The messages for ``records`` within the token budget, and what was dropped to get there."""
         if not records:
             raise ValueError("no records to explain")
-        budget = getattr(self.llm, "max_context", None)
+        budget = self.llm.max_context if isinstance(self.llm, ContextLimited) else None
         examples = [list(ex.records) for ex in self.prompt.examples]
         explanations = [ex.explanation for ex in self.prompt.examples]
         target = list(records)
@@ -208,6 +207,11 @@ class LLMExplainer:
     def required_capabilities(self) -> frozenset[Capability]:
         return frozenset({Capability.GENERATE})
 
+    @property
+    def resolved_temperature(self) -> float:
+        """The sampling temperature sent (checked against the backend's range before any call)."""
+        return self.temperature
+
     def dry_run_requests(self, records: Sequence[ActivationRecord]) -> list[GenerationRequest]:
         """The requests ``explain`` would send for ``records``, without counting tokens with the
         backend's tokenizer (dry runs must not load anything; the budget fit is skipped)."""
@@ -229,7 +233,7 @@ class LLMExplainer:
         if Capability.GENERATE not in offered:
             raise UserError(
                 f"explainer {self.name!r} needs text generation, which backend "
-                f"{getattr(self.llm, 'name', type(self.llm).__name__)!r} does not offer"
+                f"{self.llm.name!r} does not offer"
             )
         messages, fit = self.fit_prompt(records)
         requests = [
@@ -244,7 +248,8 @@ class LLMExplainer:
             for i in range(self.samples)
         ]
         generations = self.llm.generate(requests)
-        good, failed = [], []
+        good: list[tuple[int, Any, str]] = []
+        failed: list[tuple[int, Any, str]] = []
         for i, gen in enumerate(generations):
             text = clean_answer(gen.text)
             (good if text else failed).append((i, gen, text))
@@ -258,7 +263,7 @@ class LLMExplainer:
                 "prompt": self.prompt.name,
                 "prompt_version": self.prompt.version,
                 "explainer_version": self.version,
-                "llm": getattr(self.llm, "name", type(self.llm).__name__),
+                "llm": self.llm.name,
                 "sample_index": i,
                 "temperature": self.temperature,
                 "raw": gen.text,

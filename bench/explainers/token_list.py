@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from bench.normalize import normalize_records
+from bench.protocols import Capability
 from bench.records import ActivationRecord, Explanation, UnitId
 
 
@@ -22,6 +24,8 @@ class TokenListExplainer:
     top_n: int = 5
     min_normalized: int = 5
     name: str = "token_list"
+    llm: ClassVar[None] = None  # writes without an LLM
+    required_capabilities: ClassVar[frozenset[Capability]] = frozenset()
     version: int = 1
 
     def __post_init__(self) -> None:

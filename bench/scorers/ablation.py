@@ -22,7 +22,7 @@ import math
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -147,6 +147,8 @@ class AblationScorer:
     name: str = "ablation"
     version: int = 1
     needs_calibration: bool = True
+    needs_subject: ClassVar[bool] = True  # runs the subject model again
+    llm: ClassVar[None] = None  # asks no LLM judge
 
     def __post_init__(self) -> None:
         if self.divergence not in DIVERGENCES:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -27,6 +28,8 @@ class CorrelationScorer:
     name: str = "correlation"
     version: int = 1
     needs_calibration: bool = True
+    needs_subject: ClassVar[bool] = False
+    llm: ClassVar[None] = None  # asks no LLM judge
 
     def score(self, ctx: ScoringContext) -> dict[str, Score]:
         both = [*ctx.scoring_top, *ctx.scoring_random]

@@ -12,7 +12,7 @@ their reason.  The judge's answers and usage are kept in the unit's ``extras["sc
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from bench.protocols import ChatMessage, ScoringContext
 from bench.records import Score
@@ -53,6 +53,7 @@ class DetectionScorer:
     name: str = "detection"
     version: int = 1
     needs_calibration: bool = False
+    needs_subject: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         if self.method not in JUDGE_METHODS:

@@ -13,6 +13,7 @@ explanation gives ``embedding/auc`` (ROC AUC, activating = positive) and ``embed
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -45,6 +46,8 @@ class EmbeddingScorer:
     name: str = "embedding"
     version: int = 1
     needs_calibration: bool = False
+    needs_subject: ClassVar[bool] = False
+    llm: ClassVar[None] = None  # asks no LLM judge
 
     def __post_init__(self) -> None:
         if self.negatives not in NEGATIVES:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -89,6 +89,7 @@ class FuzzingScorer:
     name: str = "fuzzing"
     version: int = 1
     needs_calibration: bool = False
+    needs_subject: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         if self.method not in JUDGE_METHODS:

@@ -146,7 +146,7 @@ def resolve_method(method: str, llm: Any) -> str:
     if missing:
         raise UserError(
             f"judge method {method!r} needs {', '.join(sorted(missing))}, which backend "
-            f"{getattr(llm, 'name', type(llm).__name__)!r} does not offer"
+            f"{llm.name!r} does not offer"
         )
     return method
 
@@ -220,7 +220,7 @@ def ask_yes_no(llm: Any, method: str, conversations: Sequence[Sequence[ChatMessa
 def judge_details(answers: JudgeAnswers, llm: Any, labels: Sequence[int], extra: dict[str, Any]) -> dict[str, Any]:
     """What a judge scorer keeps per unit (``ScoringContext.details``)."""
     return {
-        "judge": getattr(llm, "name", type(llm).__name__),
+        "judge": llm.name,
         "method": answers.method,
         "labels": list(labels),
         "p_yes": answers.p_yes,

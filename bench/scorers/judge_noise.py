@@ -19,7 +19,7 @@ import inspect
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -39,7 +39,7 @@ def resampler(simulator: Any) -> tuple[Callable[[int, str, list[Any]], Simulatio
         params = {}
     if "sample_index" in params:
         return (lambda j, text, records: simulator.simulate(text, records, sample_index=j)), "sample_index"
-    llm = getattr(simulator, "llm", None)
+    llm = simulator.llm
     if (
         dataclasses.is_dataclass(simulator)
         and dataclasses.is_dataclass(llm)
@@ -63,6 +63,8 @@ class JudgeNoiseScorer:
     name: str = "judge_noise"
     version: int = 1
     needs_calibration: bool = False
+    needs_subject: ClassVar[bool] = False
+    llm: ClassVar[None] = None  # asks no LLM judge
 
     def __post_init__(self) -> None:
         if self.repeats < 2:
@@ -78,7 +80,7 @@ class JudgeNoiseScorer:
         draw, how = resampler(simulator)
         if draw is None:
             reason = (
-                f"simulator {getattr(simulator, 'name', type(simulator).__name__)!r} cannot be re-sampled "
+                f"simulator {simulator.name!r} cannot be re-sampled "
                 "(its simulate takes no sample_index and its llm has no seed)"
             )
             ctx.details[self.name] = {"resampled_by": how, "reason": reason}
@@ -93,7 +95,7 @@ class JudgeNoiseScorer:
             values.append(metrics.correlation("judge_noise", real, pred).value)
         identical = all(np.array_equal(predictions[0], p) for p in predictions[1:])
         ctx.details[self.name] = {
-            "simulator": getattr(simulator, "name", type(simulator).__name__),
+            "simulator": simulator.name,
             "resampled_by": how,
             "correlations": values,
             "identical_repeats": identical,

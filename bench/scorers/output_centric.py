@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from bench.embeddings import MODEL_NAME, get_encoder
 from bench.model_lock import model_lock
@@ -142,6 +142,8 @@ class OutputCentricScorer:
     name: str = "output_centric"
     version: int = 1
     needs_calibration: bool = False
+    needs_subject: ClassVar[bool] = True  # runs the subject model again
+    llm: ClassVar[None] = None  # asks no LLM judge
 
     def __post_init__(self) -> None:
         if self.top_k < 1:

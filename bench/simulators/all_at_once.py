@@ -31,7 +31,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.protocols import VALUE_STRINGS, Capability, ChatMessage, Generation, GenerationRequest, SlotRequest
+from bench.protocols import (
+    VALUE_STRINGS,
+    Capability,
+    ChatMessage,
+    Generation,
+    GenerationRequest,
+    SlotRequest,
+    SlotTopK,
+)
 from bench.records import ActivationRecord, SequenceSimulation, Simulation, Usage
 from bench.simulators.estimators import ESTIMATORS, EstimatorChoice, estimators_for, estimators_of
 from bench.simulators.expected_value import expected_value_from_logprobs, expected_value_from_probabilities
@@ -167,7 +175,7 @@ class AllAtOnceSimulator(EstimatorChoice):
         check_sampling_fields(self, max_top=100 if self.estimator == "prompt_logprobs" else 20)
         if self.estimator in SLOT_ESTIMATORS and self.samples != 1:
             raise ValueError(f"samples: {self.estimator} reads distributions, not samples; samples must be 1")
-        cap = getattr(self.llm, "slot_top_k", None)
+        cap = self.llm.slot_top_k if isinstance(self.llm, SlotTopK) else None
         if self.estimator == "prompt_logprobs" and isinstance(cap, int) and self.top_logprobs > cap:
             raise ValueError(
                 f"top_logprobs: {self.top_logprobs} exceeds simulator.llm.slot_top_k={cap} (the most the server "
@@ -248,7 +256,7 @@ class AllAtOnceSimulator(EstimatorChoice):
     def _meta(self) -> dict[str, Any]:
         return {
             "few_shot_examples": len(self.few_shot),
-            "llm": getattr(self.llm, "name", type(self.llm).__name__),
+            "llm": self.llm.name,
             "version": self.version,
         }
 
@@ -313,7 +321,7 @@ class AllAtOnceSimulator(EstimatorChoice):
         logprobs = generation.logprobs
         if logprobs is None:
             raise SimulationParseError(
-                f"{getattr(self.llm, 'name', 'backend')} returned no logprobs for a generated_logprobs request", text
+                f"{self.llm.name} returned no logprobs for a generated_logprobs request", text
             )
         starts = token_starts(text, logprobs)
         out: list[list[float] | None] = []

@@ -50,6 +50,7 @@ class EmbeddingProxySimulator:
 
     required_capabilities: ClassVar[frozenset[Any]] = frozenset()
     llm: ClassVar[None] = None
+    top_k: ClassVar[None] = None  # reads no logprobs
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -68,6 +69,10 @@ class EmbeddingProxySimulator:
     @property
     def estimator(self) -> str:
         return "proxy/embedding_minilm"
+
+    @property
+    def recorded_estimator(self) -> str:
+        return self.estimator
 
     def _scale(self, cosine: np.ndarray) -> np.ndarray:
         # Rounded so that float noise from batch composition can never change a result.

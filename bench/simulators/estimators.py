@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from bench.errors import UserError
-from bench.protocols import Capability
+from bench.protocols import Capability, LLMClient
 
 GENERATE, GENERATED, PROMPT = Capability.GENERATE, Capability.GENERATED_LOGPROBS, Capability.PROMPT_LOGPROBS
 EXACT = Capability.EXACT_PROMPT_LOGPROBS
@@ -41,17 +41,16 @@ def estimators_for(capabilities: Iterable[Capability | str]) -> list[str]:
     return [name for name, needs in ESTIMATORS.items() if needs <= offered]
 
 
-def refusal(estimator: str, llm: object) -> str | None:
+def refusal(estimator: str, llm: LLMClient) -> str | None:
     """One line saying why ``llm`` cannot serve ``estimator`` (and what it can serve), or None."""
     needs = ESTIMATORS[estimator]
-    offered = frozenset(getattr(llm, "capabilities", ()) or ())
+    offered = frozenset(llm.capabilities)
     missing = needs - offered
     if not missing:
         return None
     can = estimators_for(offered)
-    name = getattr(llm, "name", type(llm).__name__)
     return (
-        f"{estimator} needs {', '.join(sorted(str(c) for c in missing))}, which backend {name!r} does not offer; "
+        f"{estimator} needs {', '.join(sorted(str(c) for c in missing))}, which backend {llm.name!r} does not offer; "
         f"estimators it can serve: {', '.join(can) if can else 'none'}"
     )
 

@@ -107,6 +107,11 @@ class OneAtATimeSimulator(EstimatorChoice):
                 messages.append(ChatMessage("assistant", str(ex.values[position])))
         return messages
 
+    @property
+    def top_k(self) -> int | None:
+        """The recorded ``k``: how many top logprobs each answer is read from (None: sampled answers)."""
+        return self.top_logprobs if self.estimator == "logprobs" else None
+
     def build_requests(self, explanation: str, tokens: Sequence[str]) -> list[GenerationRequest]:
         """``len(tokens) x samples`` requests for one excerpt, token by token (exposed for tests)."""
         prefix = self._prefix()
@@ -151,7 +156,7 @@ class OneAtATimeSimulator(EstimatorChoice):
             sequences.append(combine_samples(record, per_sample))
         meta = {
             "few_shot_examples": sum(1 for r in requests[:1] for m in r.messages if m.role == "assistant"),
-            "llm": getattr(self.llm, "name", type(self.llm).__name__),
+            "llm": self.llm.name,
             "samples": self.samples,
             "temperature": self.resolved_temperature,
             "max_tokens": self.max_tokens,
@@ -164,7 +169,7 @@ class OneAtATimeSimulator(EstimatorChoice):
             estimator=self.recorded_estimator,
             usage=usage,
             meta=meta,
-            top_k=self.top_logprobs if self.estimator == "logprobs" else None,
+            top_k=self.top_k,
         )
 
     def _read(self, generation: Any, counts: dict[str, int]) -> list[float] | None:

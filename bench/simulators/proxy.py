@@ -221,6 +221,7 @@ class LexicalProxySimulator:
     # Not dataclass fields: a proxy needs no LLM backend and no capability of one.
     required_capabilities: ClassVar[frozenset[Any]] = frozenset()
     llm: ClassVar[None] = None
+    top_k: ClassVar[None] = None  # reads no logprobs
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -239,6 +240,10 @@ class LexicalProxySimulator:
     @property
     def estimator(self) -> str:
         return "proxy/lexical"
+
+    @property
+    def recorded_estimator(self) -> str:
+        return self.estimator
 
     # -- matching ------------------------------------------------------------------------------------
     def token_score(self, token: str, terms: ExplanationTerms) -> float:

@@ -26,10 +26,13 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.errors import ConfigError
 from bench.records import UnitRecord
+
+if TYPE_CHECKING:
+    from bench.protocols import Scorer
 
 KIND = "synthetic"
 # Scorers that run the subject model on the unit; undefined for units the subject does not compute.
@@ -120,11 +123,12 @@ def check_units(units: Any) -> None:
         raise ValueError(f"layers: synthetic units have no layers; use units.layers=[0], got {list(units.layers)}")
 
 
-def check_scorers(kind: str, scorers: Mapping[str, Any], why: str) -> None:
+def check_scorers(kind: str, scorers: Mapping[str, Scorer], why: str) -> None:
     """Refuse scorers that need the subject model to compute the unit (one line naming the fix)."""
     for name, scorer in scorers.items():
-        if name in SUBJECT_SCORERS or getattr(scorer, "needs_subject", False):
-            keep = [n for n in scorers if n not in SUBJECT_SCORERS] or ["correlation"]
+        if name in SUBJECT_SCORERS or scorer.needs_subject:
+            keep = [n for n, s in scorers.items() if n not in SUBJECT_SCORERS and not s.needs_subject]
+            keep = keep or ["correlation"]
             raise ConfigError(f"scorer.{name}", f"undefined for {kind}: {why}; use scorer=[{','.join(keep)}]")
 
 
