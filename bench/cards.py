@@ -72,13 +72,11 @@ def _digest(value: Any) -> str:
 
 def definition(cfg: Any, parts: RunParts | None = None) -> dict[str, Any]:
     """The benchmark definition of a composed config (no model loaded; the subject's config only)."""
-    from omegaconf import OmegaConf
-
-    from bench.config import validate
+    from bench.config import plain_dict, validate
     from bench.pipeline import choose_units
 
     built = validate(cfg)[1] if parts is None else parts
-    c = OmegaConf.to_container(cfg, resolve=True)
+    c = plain_dict(cfg)
     info = built.subject.info
     units = c["units"]
     keys = [

@@ -240,7 +240,7 @@ def command_run(
         return _launch_hydra(plain, [*hydra_flags, *passthrough], multirun, progress, log_level=log_level)
     for _combo, (_settings, parts) in validated:
         check_ready(parts)  # API keys set, caches writable: one line before any job starts
-    launch = dict(log_level=log_level, retry_failed=retry_failed)
+    launch: dict[str, Any] = dict(log_level=log_level, retry_failed=retry_failed)
     if not multirun:
         return _launch_hydra(plain, passthrough, multirun, progress, **launch)
     return _launch_sweep(plain, passthrough, progress, [settings for _combo, (settings, _parts) in validated], launch)
@@ -411,9 +411,9 @@ def _without_keys(node: Any, keys: tuple[str, ...]) -> Any:
 def run_identity(cfg: Any, choices: dict[str, str]) -> tuple[str, str]:
     """(run name, config hash).  The hash covers everything that determines results, so re-running
     the same configuration resumes the same run folder."""
-    from omegaconf import OmegaConf
+    from bench.config import plain_dict
 
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = plain_dict(cfg)
     top = {k: v for k, v in resolved.items() if k not in NOT_DETERMINING}
     determining = _without_keys(top, NOT_DETERMINING_ANYWHERE)
     digest = hashlib.sha256(json.dumps(determining, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -427,10 +427,8 @@ def run_job(
     """One job: validate, build parts, run the pipeline with its sinks, print the summary.
 
     ``choices`` are the config group choices when no Hydra job is running (the Python API)."""
-    from omegaconf import OmegaConf
-
     from bench import pipeline
-    from bench.config import check_ready, validate
+    from bench.config import check_ready, plain_dict, validate
     from bench.protocols import Sink
     from bench.provenance import git_commit, package_versions
     from bench.run_lock import lock_run_folder, store_setup_lock
@@ -453,7 +451,7 @@ def run_job(
     run_dir.mkdir(parents=True, exist_ok=True)
     folder_lock = lock_run_folder(run_dir)  # a second run of this configuration stops here, in one line
     store = JsonlSink(run_dir / "results.jsonl")
-    config = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"}
+    config = {k: v for k, v in plain_dict(cfg).items() if k != "hydra"}
     (run_dir / "config.json").write_text(json.dumps(_redacted(config), indent=2, default=str))
     mirrors: list[Sink] = []
     tracked = None
@@ -483,7 +481,8 @@ def run_job(
         raise
     if tracked is not None:
         tracked.describe(outcome.warnings)
-    for sink in (store, *mirrors):
+    sinks: list[Sink] = [store, *mirrors]
+    for sink in sinks:
         sink.close(outcome.summary, outcome.results)
     folder_lock.release()
     print_summary(name, run_dir, outcome)

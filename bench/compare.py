@@ -100,7 +100,7 @@ def run_definition(results: list[UnitResult], config: dict[str, Any]) -> dict[st
     """What two runs must share for their units to pair: subject (model, revision, weights, hook site),
     excerpts (fingerprint), which excerpts are scored (split, examples per split) and the unit set.
     Parts a run folder does not record (older runs, hand-made results) are left out of the check."""
-    provenance = next((r.extras["provenance"] for r in results if r.extras.get("provenance")), {})
+    provenance: dict[str, Any] = next((r.extras["provenance"] for r in results if r.extras.get("provenance")), {})
     subject = provenance.get("subject") or {}
     return {
         "subject": subject.get("model"),

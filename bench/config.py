@@ -31,6 +31,16 @@ SCORING_SETS = ("top_and_random", "top_only", "random_only")
 SPLITS = ("calibration", "valid", "test")
 
 
+def plain_dict(node: Any) -> dict[str, Any]:
+    """A composed config node (``DictConfig``) as plain, resolved ``dict`` (typed for callers)."""
+    from omegaconf import OmegaConf
+
+    out = OmegaConf.to_container(node, resolve=True)
+    if not isinstance(out, dict):
+        raise TypeError(f"expected a mapping node, got {type(out).__name__}")
+    return {str(k): v for k, v in out.items()}
+
+
 def conf_dir() -> Path:
     """The config folder: ``$NEURONBENCH_CONF``, else the one shipped inside the package (``bench/conf``:
     a link to the repository's top-level ``conf/`` in a checkout, a copy in an installed wheel), else the
@@ -93,7 +103,7 @@ class UnitsConfig:
 
     def _check_common(self) -> None:
         if any(layer < 0 for layer in self.layers or []):
-            raise ValueError(f"layers: must be >= 0, got {list(self.layers)}")
+            raise ValueError(f"layers: must be >= 0, got {list(self.layers or [])}")
         if self.count < 1:
             raise ValueError(f"count: must be >= 1, got {self.count}")
         if self.indices is not None and (not self.indices or any(i < 0 for i in self.indices)):
@@ -344,7 +354,7 @@ def _omegaconf_problem(err: Exception) -> str:
     return msg.splitlines()[0].strip()
 
 
-def _field_error(key: str, err: Exception) -> ConfigError:
+def _field_error(key: str, err: BaseException) -> ConfigError:
     """``"count: must be >= 1"`` raised in ``__post_init__`` -> key ``units.count``."""
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
     m = re.match(r"^([A-Za-z_][A-Za-z0-9_]*): (.*)$", text)
@@ -372,7 +382,7 @@ def build_component(key: str, node: Any) -> Any:
         _type_check_fields(key, cls, node)
     for name, child in node.items():
         if isinstance(child, DictConfig) and "_target_" in child:
-            build_component(f"{key}.{name}", child)  # nested parts first, so errors name their own key
+            build_component(f"{key}.{str(name)}", child)  # nested parts first, so errors name their own key
     try:
         return instantiate(node, _convert_="all")
     except InstantiationException as err:
@@ -395,7 +405,7 @@ def _type_check_fields(key: str, cls: type, node: Any) -> None:
             raise ConfigError(f"{key}.{name}", f"unknown field; {cls.__name__} accepts {', '.join(sorted(names))}")
     plain = {
         k: v
-        for k, v in OmegaConf.to_container(node, resolve=True).items()
+        for k, v in plain_dict(node).items()
         if not k.startswith("_") and not (isinstance(v, dict) and "_target_" in v)
     }
     try:

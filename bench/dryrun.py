@@ -192,7 +192,7 @@ def caching_notes(stages: Sequence[StageEstimate], parts: RunParts) -> list[str]
     from bench.llm.pricing import cache_minimum
 
     by_name = {_backend_name(llm): llm for _, llm in llm_backends(parts)}
-    notes = []
+    notes: list[str] = []
     for s in stages:
         llm = by_name.get(s.backend)
         if not isinstance(llm, PaidAPI) or not s.calls:

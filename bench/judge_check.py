@@ -144,7 +144,8 @@ def judge_check(settings: Any, parts: RunParts, explain: bool = False, progress:
         record = records[key]
         splits = make_splits(record, settings.units.examples_per_split)
         scored = splits.get(settings.scoring.split).select("top_and_random")
-        texts = {"true": truths[record.unit.index], "shuffled": truths[records[keys[perm[i]]].unit.index], "empty": ""}
+        donor = records[keys[perm[i]]].unit.index
+        texts: dict[str, str | None] = {"true": truths[record.unit.index], "shuffled": truths[donor], "empty": ""}
         row: dict[str, Any] = {"unit": key, "texts": texts, "scores": {}, "errors": {}, "constant": []}
         if explain:
             try:
@@ -161,9 +162,10 @@ def judge_check(settings: Any, parts: RunParts, explain: bool = False, progress:
             rows.append(row)
             continue
         for name in conditions:
-            if texts.get(name) is None:
+            text = texts.get(name)
+            if text is None:
                 continue
-            value, error, constant = _score(simulator, texts[name], scored)
+            value, error, constant = _score(simulator, text, scored)
             row["scores"][name] = value
             if error:
                 row["errors"][name] = error

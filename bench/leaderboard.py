@@ -199,9 +199,10 @@ def _difference(what: str, a: RunFolder, b: RunFolder) -> str:
         sa, sb = set(a.unit_keys), set(b.unit_keys)
         return f"{len(sa)} vs {len(sb)} units, {len(sa & sb)} shared"
     if what == "subjects":
-        sa, sb = a.provenance.get("subject") or {}, b.provenance.get("subject") or {}
-        keys = [k for k in sorted({*sa, *sb}) if sa.get(k) != sb.get(k)]
-        return ", ".join(f"{k}: {sa.get(k)} vs {sb.get(k)}" for k in keys[:3])
+        pa: dict[str, Any] = a.provenance.get("subject") or {}
+        pb: dict[str, Any] = b.provenance.get("subject") or {}
+        keys = [k for k in sorted({*pa, *pb}) if pa.get(k) != pb.get(k)]
+        return ", ".join(f"{k}: {pa.get(k)} vs {pb.get(k)}" for k in keys[:3])
     return f"{a.provenance.get('excerpts')} vs {b.provenance.get('excerpts')}"
 
 

@@ -252,16 +252,17 @@ def run(
         spend["explainer"] = explained.failed_spend(key)  # every failed explaining attempt, earlier runs' too
         for stage, usage in (result.extras.get(FAILED_SPEND) or {}).items():
             spend[stage] = spend.get(stage, Usage()) + Usage(**usage)
-        spend = {k: asdict(v) for k, v in spend.items() if v != Usage()}
+        spent = {k: asdict(v) for k, v in spend.items() if v != Usage()}
         result.extras.pop(FAILED_SPEND, None)
-        if spend:
-            result.extras[FAILED_SPEND] = spend
+        if spent:
+            result.extras[FAILED_SPEND] = spent
         return result
 
     pending = [k for k in records if k not in done]
     finished = as_finished(unit_result, pending, settings.parallel_units)
+    sinks: list[Sink] = [store, *mirrors]
     for key, result in tqdm(finished, total=len(pending), desc="simulate+score", disable=not progress):
-        for sink in (store, *mirrors):
+        for sink in sinks:
             sink.write(result)
         previous[key] = result
     results = [previous[k] for k in records if k in previous]  # in unit order, however they finished

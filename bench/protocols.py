@@ -442,15 +442,21 @@ class Subject(Protocol):
 
 
 @runtime_checkable
-class LayerMining(Protocol):
-    """A subject that returns one layer's mined arrays (``MinedLayer``): records are then cached on disk.
-    A plugin subject with only :meth:`Subject.mine` is mined without the cache."""
+class MinesInBatches(Protocol):
+    """A subject that mines ``batch_size`` excerpts per forward pass on ``resolved_device`` (recorded
+    with the cached records)."""
 
     @property
     def batch_size(self) -> int: ...
 
     @property
     def resolved_device(self) -> str: ...
+
+
+@runtime_checkable
+class LayerMining(Protocol):
+    """A subject that returns one layer's mined arrays (``MinedLayer``): records are then cached on disk.
+    A plugin subject with only :meth:`Subject.mine` is mined without the cache."""
 
     def mine_layer(self, excerpts: ExcerptSet, layer: int, top_k: int, random_k: int, seed: int) -> Any: ...
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from bench.config import build_parts, compose, conf_dir, expand_sweep, validate
-from bench.protocols import CONTRACTS, Scorer, missing_members
 from bench.errors import ConfigError, UserError
+from bench.protocols import CONTRACTS, Scorer, missing_members
 
 GROUPS = ("subject", "dataset", "units", "explainer", "prompt", "simulator", "tracking")
 

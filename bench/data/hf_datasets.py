@@ -76,8 +76,8 @@ class HFDataset:
         local = os.path.exists(os.path.expanduser(self.path))
         files = None
         if self.data_files is not None:
-            files = [os.path.abspath(os.path.expanduser(f)) if "://" not in f else f for f in self.data_files]
-            files = [_with_stat(f) for f in files]
+            paths = [os.path.abspath(os.path.expanduser(f)) if "://" not in f else f for f in self.data_files]
+            files = [_with_stat(f) for f in paths]
         return {
             "kind": "hf_datasets",
             "path": os.path.abspath(os.path.expanduser(self.path)) if local else self.path,

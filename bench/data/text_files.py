@@ -48,11 +48,10 @@ class TextFiles(DocumentCorpus):
     version: int = 1
 
     def __post_init__(self) -> None:
-        paths = self.paths
+        paths: Any = self.paths
         if isinstance(paths, str | os.PathLike):
             paths = (paths,)
-        paths = tuple(str(p) for p in (paths or ()))
-        object.__setattr__(self, "paths", paths)
+        object.__setattr__(self, "paths", tuple(str(p) for p in (paths or ())))
         if not paths:
             raise ValueError("paths: list at least one file, e.g. dataset.paths=[my.txt]")
         for p in paths:

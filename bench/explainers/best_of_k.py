@@ -75,7 +75,8 @@ class BestOfKExplainer:
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
             raise ValueError(f"k: must be an integer >= 1, got {self.k!r}")
         inner = self.explainer
-        if not dataclasses.is_dataclass(inner) or "samples" not in {f.name for f in dataclasses.fields(inner)}:
+        fields = {f.name for f in dataclasses.fields(inner)} if dataclasses.is_dataclass(inner) else set()
+        if "samples" not in fields:
             raise ValueError(
                 "explainer: must be an explainer with a 'samples' field (e.g. LLMExplainer), "
                 f"got {type(inner).__name__}"

@@ -181,7 +181,7 @@ class OpenAIBatches:
         for file_id in (batch.output_file_id, batch.error_file_id):
             if not file_id:
                 continue
-            content = await call(lambda fid=file_id: client.files.content(fid))
+            content = await call(lambda fid=file_id: client.files.content(fid))  # type: ignore[misc]
             for line in content.text.splitlines():
                 if line.strip():
                     entry = json.loads(line)
@@ -392,9 +392,9 @@ async def run_batch(engine: Engine, jobs: Sequence[Job], mode: BatchMode) -> lis
             if isinstance(got, _Lost):
                 lost += [k for k in pending.custom_ids if k in positions and k not in answers]
             elif isinstance(got, BackendError):  # polling failed for good: the batch may still finish
-                mine = [k for k in pending.custom_ids if k in positions and k not in answers]
-                answers.update((key, Outcome(None, error=got)) for key in mine)
-                engine.counters.add(failures=len(mine))
+                failed = [k for k in pending.custom_ids if k in positions and k not in answers]
+                answers.update((key, Outcome(None, error=got)) for key in failed)
+                engine.counters.add(failures=len(failed))
             elif isinstance(got, BaseException):  # a timeout (BatchPending), a crash, a cancellation
                 stop = stop or got
             else:

@@ -169,7 +169,8 @@ class FakeLLM:
         return {str(v): math.log(self.value_mass * w / total) for v, w in enumerate(weights) if w > 0}
 
     def _simulator_generation(self, r: GenerationRequest, answer: list[tuple[str, int | None]]) -> Generation:
-        text, logprobs = "", []
+        text = ""
+        logprobs: list[TokenLogprobs] = []
         for piece, target in answer:
             if r.stop and any(s and s in text + piece for s in r.stop):
                 break

@@ -235,7 +235,7 @@ class LocalChatModel:
 
                 dtype = "auto" if self.dtype == "auto" else getattr(torch, self.dtype)
                 model = AutoModelForCausalLM.from_pretrained(self._source(), dtype=dtype, **self._hub_kwargs())
-                model.to(self.resolved_device)
+                model.to(self.resolved_device)  # type: ignore[arg-type]  # transformers' stub of .to()
                 model.eval()
                 _MODELS[key] = model
             return _MODELS[key]
@@ -502,8 +502,8 @@ class LocalChatModel:
             at = content_start + slot
             if not 0 <= slot <= len(req.messages[-1].content):
                 raise ValueError(f"slot offset {slot} is outside the prefill (length {len(req.messages[-1].content)})")
-            j = starts.get(at)
-            if j is None or j == 0 or offsets[j - 1][1] != at:
+            pos = starts.get(at)
+            if pos is None or pos == 0 or offsets[pos - 1][1] != at:
                 j_over = next((k for k, (s, e) in enumerate(offsets) if s < at < e), None)
                 piece = text[offsets[j_over][0] : offsets[j_over][1]] if j_over is not None else "?"
                 raise ValueError(
@@ -511,7 +511,7 @@ class LocalChatModel:
                     f"with the text before it (token {piece!r}); choose a prompt format that separates them "
                     "(e.g. the value after a tab)"
                 )
-            positions.append(j)
+            positions.append(pos)
             value_ids.append(self._value_ids(text[at - 1], req.values, value_cache))
             if pieces:
                 piece_ids.append(dict(zip(pieces, self._value_ids(text[at - 1], pieces, value_cache), strict=True)))
@@ -679,12 +679,12 @@ class LocalChatModel:
                 for ids in vids:
                     prob = float(first[b, s, ids[0]])
                     for d in range(1, len(ids)):
-                        dist = node_probs[b].get((s, tuple(ids[:d])))
-                        prob = 0.0 if dist is None else prob * float(dist[ids[d]])
+                        node = node_probs[b].get((s, tuple(ids[:d])))
+                        prob = 0.0 if node is None else prob * float(node[ids[d]])
                     if tuple(ids) in internal and prob > 0.0:
-                        dist = node_probs[b].get((s, tuple(ids)))
-                        if dist is not None:  # complete only if the next token does not continue it
-                            prob *= max(0.0, 1.0 - float(dist[cont].sum()))
+                        node = node_probs[b].get((s, tuple(ids)))
+                        if node is not None:  # complete only if the next token does not continue it
+                            prob *= max(0.0, 1.0 - float(node[cont].sum()))
                     row.append(prob if math.isfinite(prob) else 0.0)
                 per_slot.append(row)
             out_probs.append(per_slot)

@@ -612,9 +612,9 @@ def _slot_distributions(
     shift = len(joined) - len(prompt)  # text of special tokens the server prepended (BOS)
     starts: dict[int, int] = {}
     pos = 0
-    for i, tok in enumerate(prompt_tokens):
+    for index, tok in enumerate(prompt_tokens):
         if tok:
-            starts.setdefault(pos - shift, i)
+            starts.setdefault(pos - shift, index)
         pos += len(tok)
     out = []
     for offset in offsets:

@@ -157,7 +157,7 @@ class AblationScorer:
     def score(self, ctx: ScoringContext) -> dict[str, Score]:
         sequences = [*ctx.scoring_top, *ctx.scoring_random]
         if ctx.calibrator is None:
-            reason = f"no calibration: {ctx.calibration_problem or 'calibration split not simulated'}"
+            reason: str | None = f"no calibration: {ctx.calibration_problem or 'calibration split not simulated'}"
             return {"ablation": Score("ablation", math.nan, reason)}
         if ctx.subject is None:
             return {"ablation": Score("ablation", math.nan, "no subject model given to the scorer")}

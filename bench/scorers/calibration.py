@@ -6,9 +6,13 @@ so rsquared, explained variance and ablation are only meaningful after this step
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 Calibrator = Callable[[np.ndarray], np.ndarray]
 
@@ -17,7 +21,7 @@ class CalibrationError(ValueError):
     """The calibration split cannot support a fit (e.g. the simulation is constant on it)."""
 
 
-def fit_calibration(method: str, simulated: Sequence[float], real: Sequence[float]) -> Calibrator:
+def fit_calibration(method: str, simulated: ArrayLike, real: ArrayLike) -> Calibrator:
     """Return a function mapping simulated values to the real scale.
 
     ``linear``: least squares real ~ a * sim + b (scikit-learn).  ``percentile``: a simulated value

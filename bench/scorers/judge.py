@@ -184,7 +184,7 @@ def ask_yes_no(llm: Any, method: str, conversations: Sequence[Sequence[ChatMessa
             out.answer_mass.append(mass)
         return out
     logprobs = method == "generated_logprobs"
-    requests = [
+    generation_requests = [
         GenerationRequest(
             messages=tuple(conv),
             max_tokens=1 if logprobs else 4,
@@ -195,7 +195,7 @@ def ask_yes_no(llm: Any, method: str, conversations: Sequence[Sequence[ChatMessa
         )
         for conv in conversations
     ]
-    for gen in llm.generate(requests):
+    for gen in llm.generate(generation_requests):
         out.usage = out.usage + gen.usage
         out.raw.append(gen.text)
         if logprobs:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
@@ -33,6 +33,7 @@ NAMES = ("std", "mean", "range")
 
 def resampler(simulator: Any) -> tuple[Callable[[int, str, list[Any]], Simulation] | None, str]:
     """A function ``(j, explanation, records) -> Simulation`` drawing repeat ``j``, and how it does it."""
+    params: Mapping[str, Any]
     try:
         params = inspect.signature(simulator.simulate).parameters
     except (TypeError, ValueError):
@@ -40,11 +41,9 @@ def resampler(simulator: Any) -> tuple[Callable[[int, str, list[Any]], Simulatio
     if "sample_index" in params:
         return (lambda j, text, records: simulator.simulate(text, records, sample_index=j)), "sample_index"
     llm = simulator.llm
-    if (
-        dataclasses.is_dataclass(simulator)
-        and dataclasses.is_dataclass(llm)
-        and "seed" in {f.name for f in dataclasses.fields(llm)}
-    ):
+    # a bool first: is_dataclass() would narrow ``simulator`` to a bare DataclassInstance for mypy
+    replaceable = dataclasses.is_dataclass(simulator) and dataclasses.is_dataclass(llm)
+    if replaceable and "seed" in {f.name for f in dataclasses.fields(llm)}:
 
         def reseeded(j: int, text: str, records: list[Any]) -> Simulation:
             copy = dataclasses.replace(simulator, llm=dataclasses.replace(llm, seed=llm.seed + j))

@@ -7,14 +7,17 @@ input, empty input) and never 0.  Callers pool all excerpts first (concatenate, 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bench.records import Score
 
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
-def _arrays(real: Sequence[float], sim: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+
+def _arrays(real: ArrayLike, sim: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     r = np.asarray(real, dtype=np.float64).ravel()
     s = np.asarray(sim, dtype=np.float64).ravel()
     if r.shape != s.shape:
@@ -22,7 +25,7 @@ def _arrays(real: Sequence[float], sim: Sequence[float]) -> tuple[np.ndarray, np
     return r, s
 
 
-def correlation(name: str, real: Sequence[float], sim: Sequence[float]) -> Score:
+def correlation(name: str, real: ArrayLike, sim: ArrayLike) -> Score:
     """Pearson r of real vs simulated activations (the paper's explanation score)."""
     r, s = _arrays(real, sim)
     if r.size < 2:
@@ -35,7 +38,7 @@ def correlation(name: str, real: Sequence[float], sim: Sequence[float]) -> Score
     return Score(name, value)
 
 
-def rsquared(name: str, real: Sequence[float], sim: Sequence[float]) -> Score:
+def rsquared(name: str, real: ArrayLike, sim: ArrayLike) -> Score:
     """Reference rsquared: ``1 - mean((real - sim)^2) / mean(real^2)``."""
     r, s = _arrays(real, sim)
     if r.size == 0:
@@ -46,7 +49,7 @@ def rsquared(name: str, real: Sequence[float], sim: Sequence[float]) -> Score:
     return Score(name, 1.0 - float(np.mean((r - s) ** 2)) / denom)
 
 
-def absolute_dev_explained(name: str, real: Sequence[float], sim: Sequence[float]) -> Score:
+def absolute_dev_explained(name: str, real: ArrayLike, sim: ArrayLike) -> Score:
     """Reference absolute deviation explained: ``1 - mean|real - sim| / mean|real|``."""
     r, s = _arrays(real, sim)
     if r.size == 0:
@@ -57,7 +60,7 @@ def absolute_dev_explained(name: str, real: Sequence[float], sim: Sequence[float
     return Score(name, 1.0 - float(np.mean(np.abs(r - s))) / denom)
 
 
-def explained_variance(name: str, real: Sequence[float], sim: Sequence[float]) -> Score:
+def explained_variance(name: str, real: ArrayLike, sim: ArrayLike) -> Score:
     """Variance-normalised: ``1 - var(real - sim) / var(real)`` (distinct from the reference rsquared)."""
     r, s = _arrays(real, sim)
     if r.size < 2:

@@ -178,7 +178,7 @@ class OutputCentricScorer:
         explanation = " ".join(ctx.explanation.text.split())
         unit = ctx.unit.unit
         if ctx.subject is None:
-            why = "no subject model given to the scorer"
+            why: str | None = "no subject model given to the scorer"
             return {
                 **self._compare("projection", explanation, None, why),
                 **self._compare("boost", explanation, None, why),

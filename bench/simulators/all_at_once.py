@@ -423,7 +423,7 @@ def combine_samples(record: ActivationRecord, per_sample: Sequence[Sequence[list
             expected.append(0.0)
             dists.append([0.0] * len(VALUE_STRINGS))
             continue
-        mean = [sum(d[v] for d in parsed) / len(parsed) for v in range(len(VALUE_STRINGS))]  # type: ignore[index]
+        mean = [sum(d[v] for d in parsed if d is not None) / len(parsed) for v in range(len(VALUE_STRINGS))]
         ev = expected_value_from_probabilities(dict(zip(VALUE_STRINGS, mean, strict=True)))
         expected.append(ev.value)
         dists.append(ev.distribution or [0.0] * len(VALUE_STRINGS))

@@ -172,8 +172,16 @@ class _Stream:
         self.k, self.length, self.random_slot, self.n_random = k, length, random_slot, n_random
         self.device = device
         self.stats_device = device if device.type != "mps" else torch.device("cpu")  # no float64 on MPS
-        self.top_vals = self.top_idx = self.top_acts = self.rand_acts = None
-        self.shift = self.s1 = self.s2 = self.s3 = self.s4 = None
+        # torch tensors once the first batch arrives (torch is imported lazily: Any)
+        self.top_vals: Any = None
+        self.top_idx: Any = None
+        self.top_acts: Any = None
+        self.rand_acts: Any = None
+        self.shift: Any = None
+        self.s1: Any = None
+        self.s2: Any = None
+        self.s3: Any = None
+        self.s4: Any = None
         self.seen = 0
 
     def update(self, acts: Any, start: int) -> None:

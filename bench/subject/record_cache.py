@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.protocols import ExcerptSet, SubjectInfo
+from bench.protocols import ExcerptSet, LayerMining, MinesInBatches, SubjectInfo
 from bench.records import UnitRecord
 from bench.state_files import NPZ_READ_ERRORS
 
@@ -48,7 +48,7 @@ def record_cache_key(
     """
     from bench.subject.mining import MINING_VERSION
 
-    key = {
+    key: dict[str, Any] = {
         "subject": {
             "model": info.model,
             "revision": info.revision,
@@ -67,7 +67,7 @@ def record_cache_key(
     }
     if source is not None:
         key["source"] = source
-    if getattr(info, "randomize_seed", None) is not None:
+    if info.randomize_seed is not None:
         key["subject"]["randomize_seed"] = info.randomize_seed
     return key
 
@@ -137,8 +137,8 @@ def _meta(key: dict[str, Any], strings: dict[int, str], seconds: float, subject:
         "mined": {
             "seconds": round(seconds, 3),
             "sources_in_pass": together,
-            "batch_size": getattr(subject, "batch_size", None),
-            "device": getattr(subject, "resolved_device", None),
+            "batch_size": subject.batch_size if isinstance(subject, MinesInBatches) else None,
+            "device": subject.resolved_device if isinstance(subject, MinesInBatches) else None,
             "n_excerpts": int(excerpts.token_ids.shape[0]),
             "excerpt_len": int(excerpts.token_ids.shape[1]),
         },
@@ -174,8 +174,9 @@ def _mine_shards(
             for i, m in zip(todo, fresh, strict=True):
                 _save(shard_paths[i], m, {"key": shard_keys[i], "token_strings": {}})
                 parts[i] = (m, {})
-        for i, (m, _) in enumerate(parts):
-            merged[i] = m if merged[i] is None else merge_mined(merged[i], m)
+        for i, part in enumerate(parts):
+            assert part is not None  # loaded, or mined just above
+            merged[i] = part[0] if merged[i] is None else merge_mined(merged[i], part[0])
     return merged
 
 
@@ -211,7 +212,7 @@ def load_or_mine(
     1,536 units); with ``units`` a list of exactly those units, in that order.  A subject without
     ``mine_layer`` (a plugin implementing only :meth:`Subject.mine`) is mined without caching.
     """
-    if not hasattr(subject, "mine_layer"):
+    if not isinstance(subject, LayerMining):
         log.info("subject %s has no mine_layer(): mining without the record cache", type(subject).__name__)
         records = subject.mine(excerpts, layer, top_k, random_k, seed)
         return records if units is None else [records[int(u)] for u in units]
@@ -252,8 +253,8 @@ def load_or_mine_layer(
             "token_strings": {str(k): v for k, v in strings.items()},
             "mined": {
                 "seconds": round(seconds, 3),
-                "batch_size": getattr(subject, "batch_size", None),
-                "device": getattr(subject, "resolved_device", None),
+                "batch_size": subject.batch_size if isinstance(subject, MinesInBatches) else None,
+                "device": subject.resolved_device if isinstance(subject, MinesInBatches) else None,
                 "n_excerpts": int(excerpts.token_ids.shape[0]),
                 "excerpt_len": int(excerpts.token_ids.shape[1]),
             },

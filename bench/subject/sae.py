@@ -234,7 +234,7 @@ def fetch_release(release: str, sae_id: str, cache_dir: str | None = None) -> Pa
     if (folder / CFG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file():
         return folder
     try:
-        from sae_lens import SAE  # type: ignore[import-not-found]
+        from sae_lens import SAE
     except ImportError:
         raise UserError(
             "units.sae.release needs the sae-lens package: pip install 'neuronbench[sae]' (or give units.sae.path=)"

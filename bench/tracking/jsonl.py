@@ -97,6 +97,9 @@ class JsonlSink:
             fh.flush()
             os.fsync(fh.fileno())
 
+    def abort(self) -> None:
+        """Nothing to undo: every finished unit is already a whole line (the run resumes from them)."""
+
     def close(self, summary: dict[str, float], results: list[UnitResult] | None = None) -> None:
         summary_path = self.path.with_name("summary.json")
         summary_path.write_text(json.dumps({k: (None if v != v else v) for k, v in summary.items()}, indent=2))

@@ -272,7 +272,7 @@ def ensure_experiment(client: Any, tracking: TrackingConfig) -> str:
 def _store_relative_location(tracking: TrackingConfig, experiment_id: str, location: str) -> None:
     """MLflow resolves every local artifact location to an absolute path on creation; a SQL store is
     given back the relative form, from which MLflow derives each run's (then relative) artifact URI."""
-    if not (tracking.uri or "").startswith(("sqlite:", "postgresql", "mysql", "mssql")):
+    if tracking.uri is None or not tracking.uri.startswith(("sqlite:", "postgresql", "mysql", "mssql")):
         return
     from sqlalchemy import create_engine, text
 

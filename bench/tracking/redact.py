@@ -177,8 +177,8 @@ def redacted_console() -> Iterator[None]:
     import sys
 
     saved = sys.stdout, sys.stderr
-    sys.stdout = RedactingStream(saved[0])  # type: ignore[assignment]
-    sys.stderr = RedactingStream(saved[1])  # type: ignore[assignment]
+    sys.stdout = RedactingStream(saved[0])
+    sys.stderr = RedactingStream(saved[1])
     try:
         yield
     finally:

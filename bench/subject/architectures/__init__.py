@@ -137,7 +137,7 @@ def architecture_for(config: Any, sites: Mapping[str, str] | None = None) -> Arc
     without them it is one line naming ``subject.sites=``.
     """
     model_type = getattr(config, "model_type", None)
-    arch = ARCHITECTURES.get(model_type)
+    arch = ARCHITECTURES.get(str(model_type)) if model_type is not None else None
     if arch is None:
         if sites:
             try:
