@@ -105,7 +105,7 @@ def _simulator(node: Any, run: RunFolder) -> str:
     sims = [r.simulation for r in run.results if r.simulation is not None]
     if sims:
         estimator = sims[0].estimator
-        top_k = getattr(sims[0], "top_k", None)  # alternatives read per token (recorded by logprob estimators)
+        top_k = sims[0].top_k  # alternatives read per token (recorded by logprob estimators)
         extra = [f"k={top_k}"] if top_k is not None else []
         extra += [f"{k}={v}" for k, v in sorted(sims[0].meta.items()) if k in ("samples",) and v is not None]
         label += f" · {estimator}{' ' + ' '.join(extra) if extra else ''}"

@@ -325,7 +325,7 @@ class ScoringContext:
     calibration: list[SequenceSimulation] | None = None
     calibrator: Callable[[np.ndarray], np.ndarray] | None = None  # sim -> real scale, fitted on calibration
     calibration_problem: str | None = None  # why there is no calibrator (kept as the NaN reason)
-    subject: Any = None
+    subject: Subject | None = None
     simulator: Simulator | None = None
     details: dict[str, Any] = field(default_factory=dict)
 

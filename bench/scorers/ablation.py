@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from bench.model_lock import model_lock
-from bench.protocols import ScoringContext
+from bench.protocols import ScoringContext, SourceMining, Subject
 from bench.records import ActivationRecord, Score, UnitId
 
 DIVERGENCES = ("kl", "js", "loss")
@@ -46,11 +46,10 @@ def parse_hook_site(hook_site: str, layer: int) -> tuple[str, str]:
     return path.format(layer=layer), where
 
 
-def source_for(subject: Any, unit: UnitId) -> Any:
+def source_for(subject: Subject, unit: UnitId) -> Any:
     """The unit's activation source: the subject's own (any kind), or an MLP neuron at ``info.hook_site``."""
-    find = getattr(subject, "source_for", None)
-    if callable(find):
-        return find(unit)
+    if isinstance(subject, SourceMining):
+        return subject.source_for(unit)
     return neuron_source(subject.info.hook_site, unit.layer)
 
 
