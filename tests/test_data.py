@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import sys
@@ -286,7 +287,8 @@ def test_hf_dataset_local_json(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------
 def _tarball(dest: Path) -> Path:
     path = dest / "pkg-1.0.0.tgz"
-    with tarfile.open(path, "w:gz") as tar:
+    # mtime=0: two tarballs built a second apart are the same bytes (gzip stamps the time otherwise)
+    with gzip.GzipFile(path, "wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
         data = b"hello corpus\n"
         info = tarfile.TarInfo("package/data/a.txt")
         info.size = len(data)
