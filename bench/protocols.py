@@ -4,6 +4,18 @@ Implementations live in the plural folders (``bench/llm/``, ``bench/explainers/`
 ``plugins/``; a YAML file in ``conf/`` names one by ``_target_``.  Constructors must be cheap (no model
 loads, no network): the CLI instantiates every part to validate a config before any work starts, and
 parts load their heavy resources lazily on first use.
+
+Each contract lists EVERY member the pipeline, the config checks, ``--dry-run`` and the scorers read,
+so nothing is probed with ``getattr``: a part declares them all (a simulator without an LLM declares
+``llm: ClassVar[None] = None``), and :func:`bench.config.build_parts` refuses one that lacks a member
+in one line.  Data members are read-only properties here, so a dataclass field, a ``ClassVar`` or a
+property all satisfy them.  What only some parts can do is a small Protocol of its own (a
+capability: ``Reranks``, ``PlansSimulations``, ``RecordSource``, ``SourceMining``, ``ReadyCheck``,
+``PaidAPI`` ...), asked with ``isinstance``; a part has it by declaring its members, no subclassing.
+Caution: on Python 3.11 ``isinstance`` against a Protocol evaluates every member (properties too), so
+capabilities list only cheap members and nothing asks ``isinstance(x, Subject)`` (its ``model`` loads
+the weights); :func:`missing_members` looks members up statically instead.
+:mod:`bench.conformance` makes mypy check every shipped part against its contracts.
 """
 
 from __future__ import annotations

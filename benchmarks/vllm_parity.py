@@ -154,7 +154,7 @@ def main() -> int:
 
     overrides = args.overrides or ["dataset.n_excerpts=600"]  # mining 38k tokens: quick; parity needs no more
     settings, parts = validate(compose([f"units.count={args.units}", "tracking=none", *overrides]))
-    records, provenance = load_records(settings, parts["subject"], parts["dataset"])
+    records, provenance = load_records(settings, parts.subject, parts.dataset)
     from bench.assets import model_source
 
     local = LocalChatModel(cache_dir=settings.cache_dir)
@@ -208,7 +208,7 @@ def main() -> int:
             splits = make_splits(record, settings.units.examples_per_split)
             texts = []
             for llm in (local, remote):
-                explainer = LLMExplainer(llm=llm, prompt=parts["explainer"].prompt, temperature=0.0, name="parity")
+                explainer = LLMExplainer(llm=llm, prompt=parts.explainer.prompt, temperature=0.0, name="parity")
                 [e] = explainer.explain(record.unit, splits.train.top)
                 texts.append((e.text, e.usage.input_tokens, e.meta.get("prompt_tokens")))
             explanations[key] = texts[0][0]
