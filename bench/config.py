@@ -180,6 +180,22 @@ class WarnOnConfig:
             raise ValueError(f"unparsed_rate: must be in [0, 1], got {self.unparsed_rate}")
 
 
+@dataclass(frozen=True)
+class EngineConfig:
+    """How many units the request engine keeps in flight (:mod:`bench.engine`).
+
+    Every unit in flight is a worker thread; their requests to a batch-mode or in-process backend are
+    coalesced into one call per flush, and API backends see that many units' requests at once (keep it
+    at least ``concurrency`` / requests per unit so the concurrency limit stays full).  It never changes
+    results (left out of the run's config hash)."""
+
+    units_in_flight: int = 64
+
+    def __post_init__(self) -> None:
+        if isinstance(self.units_in_flight, bool) or self.units_in_flight < 1:
+            raise ValueError(f"units_in_flight: must be an integer >= 1, got {self.units_in_flight!r}")
+
+
 RUN_NODES: dict[str, type] = {
     "units": UnitsConfig,
     "mining": MiningConfig,
@@ -188,6 +204,7 @@ RUN_NODES: dict[str, type] = {
     "scoring": ScoringConfig,
     "fail_on": FailOnConfig,
     "warn_on": WarnOnConfig,
+    "engine": EngineConfig,
 }
 
 
@@ -278,7 +295,7 @@ class RunSettings:
     run_name: str | None
     cache_dir: str
     output_dir: str
-    parallel_units: int = 1
+    engine: EngineConfig = field(default_factory=EngineConfig)
     fail_on: FailOnConfig = field(default_factory=FailOnConfig)
     warn_on: WarnOnConfig = field(default_factory=WarnOnConfig)
 
@@ -293,15 +310,15 @@ def validate(cfg: Any) -> tuple[RunSettings, dict[str, Any]]:
         settings[key] = _structured(key, schema, node)
     if not isinstance(cfg.get("seed"), int):
         raise ConfigError("seed", f"must be an integer, got {cfg.get('seed')!r}")
-    parallel = cfg.get("parallel_units", 1)
-    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
-        raise ConfigError("parallel_units", f"must be an integer >= 1, got {parallel!r}")
+    if "parallel_units" in cfg:  # replaced by the request engine's setting
+        raise ConfigError(
+            "parallel_units", "was replaced by engine.units_in_flight; write engine.units_in_flight=N instead"
+        )
     run = RunSettings(
         seed=cfg.seed,
         run_name=cfg.get("run_name"),
         cache_dir=str(cfg.cache_dir),
         output_dir=str(cfg.output_dir),
-        parallel_units=parallel,
         **settings,
     )
     need_top, need_random = 4 * run.units.examples_per_split, 3 * run.units.examples_per_split

@@ -152,24 +152,17 @@ class ExplanationStore:
 
 
 def as_finished(fn: Any, keys: Sequence[str], workers: int) -> Any:
-    """Yield ``(key, fn(key))`` as each finishes, ``workers`` at a time (threads: API backends wait on
-    the network, so several units keep their concurrency limit busy).  Results are consumed -- and
-    written -- by the caller's thread, one at a time."""
-    if workers <= 1:
-        for key in keys:
-            yield key, fn(key)
-        return
-    from concurrent.futures import ThreadPoolExecutor, as_completed
+    """Yield ``(key, fn(key))`` as each unit finishes, ``workers`` units in flight on the request
+    engine (:mod:`bench.engine`: their LLM requests coalesce per backend).  Results are consumed --
+    and written -- by the caller's thread, one at a time."""
+    from bench.engine import active, running
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="unit") as pool:
-        futures = {pool.submit(fn, key): key for key in keys}
-        try:
-            for future in as_completed(futures):
-                yield futures[future], future.result()
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+    engine = active()
+    if engine is not None:
+        yield from engine.run_units(fn, keys, workers)
+        return
+    with running() as engine:
+        yield from engine.run_units(fn, keys, workers)
 
 
 def _error_text(err: BaseException) -> str:
@@ -246,7 +239,7 @@ def run(
         return result
 
     pending = [k for k in records if k not in done]
-    finished = as_finished(unit_result, pending, settings.parallel_units)
+    finished = as_finished(unit_result, pending, settings.engine.units_in_flight)
     for key, result in tqdm(finished, total=len(pending), desc="simulate+score", disable=not progress):
         for sink in (store, *mirrors):
             sink.write(result)
@@ -417,7 +410,7 @@ def explain_all(
     earlier = {key: explained.failed_spend(key) for key in retry}
     explained.forget(retry)
     pending = [k for k in records if k not in explanations]
-    finished = as_finished(explain, pending, settings.parallel_units)
+    finished = as_finished(explain, pending, settings.engine.units_in_flight)
     for key, (explanation, error, transient, spent) in tqdm(
         finished, total=len(pending), desc="explain", disable=not progress
     ):
