@@ -180,7 +180,9 @@ def _pipeline(tmp: Path, subject: Path, corpus: Path, *extra: str):
 
 def test_every_stage_of_all_units_is_one_backend_call_with_unchanged_results(subject, corpus, tmp_path) -> None:
     one, one_parts = _pipeline(tmp_path / "one", subject, corpus, "engine.units_in_flight=1", "scorer=[correlation]")
-    many, many_parts = _pipeline(tmp_path / "many", subject, corpus, "engine.units_in_flight=64", "scorer=[correlation]")
+    many, many_parts = _pipeline(
+        tmp_path / "many", subject, corpus, "engine.units_in_flight=64", "scorer=[correlation]"
+    )
     n = len(many.results)
     assert n >= 5 and all(r.status == "ok" for r in many.results)
     calls_one = one_parts["simulator"].llm.backend_calls
@@ -225,7 +227,9 @@ def test_batch_mode_sends_one_provider_batch_per_stage_for_all_units(subject, co
         assert main(args) == 0
         jobs = list(server.batches.values())
         requests_per_job = [len(b["requests"]) for b in jobs]
-    results = [json.loads(x) for x in next((tmp_path / "runs").iterdir()).joinpath("results.jsonl").read_text().splitlines()]
+    results = [
+        json.loads(x) for x in next((tmp_path / "runs").iterdir()).joinpath("results.jsonl").read_text().splitlines()
+    ]
     assert len(results) == 5 and all(r["status"] == "ok" for r in results)
     assert len(jobs) == 3, requests_per_job
     assert requests_per_job[0] == 5  # one explanation request per unit, in one job
