@@ -390,6 +390,7 @@ NOT_DETERMINING = (
     "run_name",
     "cache_dir",
     "engine",
+    "runner",
     "fail_on",
     "warn_on",
 )

@@ -196,6 +196,27 @@ class EngineConfig:
             raise ValueError(f"units_in_flight: must be an integer >= 1, got {self.units_in_flight!r}")
 
 
+@dataclass(frozen=True)
+class RunnerConfig:
+    """Where a run's units execute: this process's request engine (``local``), or the workers of a Ray
+    cluster (``ray``: each worker builds the run's components from the same config and runs its share of
+    the units on its own engine; results stream back to this process, the single writer)."""
+
+    kind: str = "local"
+    address: str | None = None  # ray: None starts a local cluster; "auto" or "ray://host:10001" joins one
+    workers: int = 2  # ray: worker actors
+    cpus_per_worker: float = 1.0  # ray: CPUs reserved per worker actor
+    gpus_per_worker: float = 0.0  # ray: GPUs reserved per worker actor (in-process models, subjects)
+    units_per_task: int = 8  # ray: units handed to a worker at a time (they stream back one by one)
+    max_task_retries: int = 3  # ray: a unit whose worker died is retried elsewhere at most this often
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("local", "ray"):
+            raise ValueError(f"kind: {self.kind!r} is not one of local, ray")
+        if self.workers < 1 or self.units_per_task < 1 or self.max_task_retries < 0:
+            raise ValueError("workers and units_per_task must be >= 1, max_task_retries >= 0")
+
+
 RUN_NODES: dict[str, type] = {
     "units": UnitsConfig,
     "mining": MiningConfig,
@@ -205,6 +226,7 @@ RUN_NODES: dict[str, type] = {
     "fail_on": FailOnConfig,
     "warn_on": WarnOnConfig,
     "engine": EngineConfig,
+    "runner": RunnerConfig,
 }
 
 
@@ -296,6 +318,9 @@ class RunSettings:
     cache_dir: str
     output_dir: str
     engine: EngineConfig = field(default_factory=EngineConfig)
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    # the composed config, resolved (without hydra's node): what a runner=ray worker rebuilds the run from
+    config: dict[str, Any] | None = field(default=None, compare=False, repr=False)
     fail_on: FailOnConfig = field(default_factory=FailOnConfig)
     warn_on: WarnOnConfig = field(default_factory=WarnOnConfig)
 
@@ -315,6 +340,7 @@ def validate(cfg: Any) -> tuple[RunSettings, dict[str, Any]]:
             "parallel_units", "was replaced by engine.units_in_flight; write engine.units_in_flight=N instead"
         )
     run = RunSettings(
+        config=_plain_config(cfg),
         seed=cfg.seed,
         run_name=cfg.get("run_name"),
         cache_dir=str(cfg.cache_dir),
@@ -337,6 +363,21 @@ def validate(cfg: Any) -> tuple[RunSettings, dict[str, Any]]:
     parts = build_parts(cfg)
     _check_compatibility(run, parts)
     return run, parts
+
+
+def _plain_config(cfg: Any) -> dict[str, Any] | None:
+    """The config as plain data (interpolations resolved, Hydra's own node dropped), or None when it
+    cannot be resolved outside Hydra (then ``runner=ray`` refuses to start)."""
+    from omegaconf import OmegaConf
+
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 - e.g. ${hydra:...} outside a Hydra app
+        return None
+    if not isinstance(plain, dict):
+        return None
+    plain.pop("hydra", None)
+    return {str(k): v for k, v in plain.items()}
 
 
 def _structured(key: str, schema: type, node: Any) -> Any:
