@@ -1,6 +1,7 @@
 """Resume anywhere (issue 8 items 5 and 6): ``kill -9`` a real ``neuronbench run`` process at each stage --
 while a batch job of the explainer is pending, while simulating, while scoring (ablation) -- re-run the
-same command, and the run ends as if it had never been interrupted:
+same command (the last two with several units in flight), and the run ends as if it had never been
+interrupted:
 
 * ``results.jsonl`` holds one line per unit (nothing lost, nothing duplicated), and every line equals the
   uninterrupted run's (compared without ``usage``: a resumed run's usage counts only the requests *it*
@@ -10,7 +11,7 @@ same command, and the run ends as if it had never been interrupted:
   the uninterrupted run's; the pending batch is polled again by its saved id, never resubmitted.
 
 Kills are deterministic, without sleeps or timing races: the loopback stand-in (tests/fake_servers.py)
-holds the request that marks the stage (the first poll of the second explainer batch; the third
+holds the request that marks the stage (the first poll of the run's last explainer batch; the third
 simulation request after the first unit's result was written) and every later one, and the test waits
 for that request -- and for every answer given so far to be in the response cache -- before SIGKILL.
 Ablation makes no request: its stop point is the test-only scorer in tests/kill_points.py.
@@ -46,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-loopback-kill9"
 UNITS_IN_FLIGHT = "parallel_units"  # the override that sets how many units are in flight at once
 WAIT_S = 300.0  # a bound on waiting for a stage to be reached (a loaded CI machine), never a measurement
+CACHED_S = 60.0  # ... and for answers already given to reach the response cache (milliseconds, normally)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -272,14 +274,14 @@ class Killable:
                 [sys.executable, "-m", "bench.cli", *args], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT
             )
 
-    def wait_until(self, condition: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + WAIT_S
+    def wait_until(self, condition: Callable[[], bool], what: str, limit_s: float = WAIT_S) -> None:
+        deadline = time.monotonic() + limit_s
         while not condition():
             if self.proc.poll() is not None:
                 pytest.fail(f"the run ended (exit {self.proc.returncode}) before {what}:\n{self.tail()}")
             if time.monotonic() > deadline:
                 self.kill()
-                pytest.fail(f"{what}: not reached within {WAIT_S:g} s:\n{self.tail()}")
+                pytest.fail(f"{what}: not reached within {limit_s:g} s:\n{self.tail()}")
             time.sleep(0.02)  # waiting for a state of the run, not measuring anything
 
     def kill(self) -> None:
@@ -299,7 +301,8 @@ def _stop_at(
     # dies would be paid again on resume; this wait keeps that window out of the test).
     run.wait_until(
         lambda: _answers_cached(cache_dir) >= len(set(stand.paid_since(paid0))),
-        f"{what}: every answer given so far in the response cache",
+        f"{what}: every answer given so far in the response cache (if never: an answer was paid twice)",
+        CACHED_S,
     )
     run.kill()
     stand.gate.open()
@@ -350,15 +353,19 @@ def test_kill9_at_each_stage_then_resume_loses_nothing_duplicates_nothing_pays_n
     assert resumed_polls, "the resumed run polls the saved batch"
     assert stand.batches_created() - batches0 == reference["batches"], "no batch was submitted twice"
 
-    # 3. Scoring: the ablation scorer of the next unit holds (the test-only stop point).
+    # 3. Scoring, now with the two units left in flight at once (units in flight never change a run's
+    #    identity): the first unit to reach the ablation scorer holds there (the test-only stop point), the
+    #    other one holds there too or at its next request (held once the marker exists).
     marker = tmp_path / "ablating"
-    stand.gate.arm(None)
-    run = Killable(args, tmp_path, {MARKER_ENV: str(marker)}, "scoring")
+    stand.gate.arm(lambda path: marker.exists())
+    in_flight = stand.args(tmp_path, in_flight=3)
+    run = Killable(in_flight, tmp_path, {MARKER_ENV: str(marker)}, "scoring")
     _stop_at(stand, run, marker.exists, "the ablation scorer", cache_dir, paid0)
     assert len(_lines(run_dir() / "results.jsonl")) == 1
 
     # 4. The same command once more, to the end.
-    assert _main(args, tmp_path) == 0
+    stand.gate.arm(None)
+    assert _main(in_flight, tmp_path) == 0
     _assert_same_results(_results(run_dir()), reference["results"])
     explained = [json.dumps(line["unit"]) for line in _lines(run_dir() / "explanations.jsonl")]
     assert len(explained) == 3 == len(set(explained)), "one explanation line per unit"
