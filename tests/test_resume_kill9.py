@@ -5,7 +5,8 @@ interrupted:
 
 * ``results.jsonl`` holds one line per unit (nothing lost, nothing duplicated), and every line equals the
   uninterrupted run's (compared without ``usage``: a resumed run's usage counts only the requests *it*
-  sent -- answers cached before the kill are cache hits, by :class:`bench.records.Usage`'s definition);
+  sent -- answers cached before the kill are cache hits, by :class:`bench.records.Usage`'s definition),
+  and so do the run's aggregates (``summary.json`` but ``cost/...``, ``score_correlations.json``);
 * no request answered before a kill is sent again: every model request the stand-in answered (directly
   or inside a batch job) over the killed and resumed processes, as a multiset of request bodies, equals
   the uninterrupted run's; the pending batch is polled again by its saved id, never resubmitted.
@@ -174,6 +175,7 @@ def reference(stand: Stand, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     run_dir = _run_dir(base)
     return {
         "results": _results(run_dir),
+        "aggregates": _aggregates(run_dir),
         "paid": Counter(stand.paid_since(paid)),
         "batches": stand.batches_created() - batches,
     }
@@ -240,12 +242,26 @@ def _differences(got: Any, want: Any, where: str = "") -> list[str]:
     return [] if got == want else [f"{where}: {str(got)[:200]} != {str(want)[:200]}"]
 
 
-def _assert_same_results(got: dict[str, dict[str, Any]], want: dict[str, dict[str, Any]]) -> None:
+def _aggregates(run_dir: Path) -> dict[str, Any]:
+    """What a run reports over its units, but for ``cost/...`` (see the module doc): every score's
+    mean, median and bootstrap CI, counts, unparsed rates, and how scorers agree across units."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {
+        "summary": {k: v for k, v in summary.items() if not k.startswith("cost/")},
+        "score_correlations": json.loads((run_dir / "score_correlations.json").read_text()),
+    }
+
+
+def _assert_same_run(run_dir: Path, reference: dict[str, Any]) -> None:
+    """results.jsonl: one line per unit, each equal to the uninterrupted run's; the same aggregates."""
+    got, want = _results(run_dir), reference["results"]
     assert sorted(got) == sorted(want)
     for key, line in want.items():
         assert line["status"] == "ok", (key, line.get("stage"), line.get("error"))
         differences = _differences(_without_usage(got[key]), _without_usage(line))
         assert not differences, f"unit {key} differs from the uninterrupted run: {differences[:10]}"
+    differences = _differences(_aggregates(run_dir), reference["aggregates"])
+    assert not differences, f"the run's aggregates differ from the uninterrupted run's: {differences[:10]}"
 
 
 def _answers_cached(cache_dir: Path) -> int:
@@ -366,7 +382,7 @@ def test_kill9_at_each_stage_then_resume_loses_nothing_duplicates_nothing_pays_n
     # 4. The same command once more, to the end.
     stand.gate.arm(None)
     assert _main(in_flight, tmp_path) == 0
-    _assert_same_results(_results(run_dir()), reference["results"])
+    _assert_same_run(run_dir(), reference)
     explained = [json.dumps(line["unit"]) for line in _lines(run_dir() / "explanations.jsonl")]
     assert len(explained) == 3 == len(set(explained)), "one explanation line per unit"
     paid = Counter(stand.paid_since(paid0))
@@ -390,4 +406,4 @@ def test_results_do_not_depend_on_completion_order(stand: Stand, reference: dict
         assert _main(stand.args(tmp_path, in_flight=3), tmp_path) == 0
     finally:
         stand.gate.delay = None
-    _assert_same_results(_results(_run_dir(tmp_path)), reference["results"])
+    _assert_same_run(_run_dir(tmp_path), reference)
