@@ -1,7 +1,7 @@
 """Resume anywhere (issue 8 items 5 and 6): ``kill -9`` a real ``neuronbench run`` process at each stage --
-while a batch job of the explainer is pending, while simulating, while scoring (ablation) -- re-run the
-same command (the last two with several units in flight), and the run ends as if it had never been
-interrupted:
+while explaining (direct requests), while a batch job of the explainer is pending, while simulating, while
+scoring (ablation) -- re-run the same command (after the last kill of a test with several units in flight),
+and the run ends as if it had never been interrupted:
 
 * ``results.jsonl`` holds one line per unit (nothing lost, nothing duplicated), and every line equals the
   uninterrupted run's (compared without ``usage``: a resumed run's usage counts only the requests *it*
@@ -12,8 +12,9 @@ interrupted:
   the uninterrupted run's; the pending batch is polled again by its saved id, never resubmitted.
 
 Kills are deterministic, without sleeps or timing races: the loopback stand-in (tests/fake_servers.py)
-holds the request that marks the stage (the first poll of the run's last explainer batch; the third
-simulation request after the first unit's result was written) and every later one, and the test waits
+holds the request that marks the stage (the second explainer request; the first poll of the run's last
+explainer batch; the third simulation request after the first unit's result was written) and every later
+one, and the test waits
 for that request -- and for every answer given so far to be in the response cache -- before SIGKILL.
 Ablation makes no request: its stop point is the test-only scorer in tests/kill_points.py.
 
@@ -118,8 +119,9 @@ class Stand:
     def batches_created(self) -> int:
         return self.server.count("/v1/batches", "POST")
 
-    def args(self, base: Path, in_flight: int = 1) -> list[str]:
-        """The command line; one unit in flight unless told (the kill points below name "the second unit")."""
+    def args(self, base: Path, in_flight: int = 1, explainer_batch: bool = True) -> list[str]:
+        """The command line; one unit in flight unless told (the kill points below name "the second unit");
+        the explainer's requests go through the Batch API (a kill can find a batch job pending) unless told."""
         backend = [
             f"{role}.llm.{key}"
             for role in ("explainer", "simulator")
@@ -137,8 +139,7 @@ class Stand:
             "explainer=openai",
             "simulator=openai_all_at_once_logprobs",
             *backend,
-            # the explainer's requests go through the Batch API: a kill can find a batch job pending
-            "explainer.llm.batch=true",
+            f"explainer.llm.batch={str(explainer_batch).lower()}",
             "explainer.llm.batch_poll_s=0.001",
             "explainer.llm.batch_timeout_s=100000",
             *[o for o in tiny_run(self.subject, self.corpus) if not o.startswith("scorer=")],
@@ -391,6 +392,35 @@ def test_kill9_at_each_stage_then_resume_loses_nothing_duplicates_nothing_pays_n
         f"{sum((paid - reference['paid']).values())} paid twice, {sum((reference['paid'] - paid).values())} never"
     )
     assert stand.batches_created() - batches0 == reference["batches"]
+
+
+def test_kill9_while_explaining_then_resume(stand: Stand, reference: dict[str, Any], tmp_path: Path) -> None:
+    """Explaining with direct requests (no batch): hold the second explainer request -- the first unit is
+    explained and written -- and kill; the re-run (with units in flight) sends each request once."""
+    args = stand.args(tmp_path, explainer_batch=False)
+    cache_dir = tmp_path / "cache" / "llm"
+    paid0 = stand.mark()
+    explainer_requests = 0
+
+    def second_explainer_request(path: str) -> bool:
+        nonlocal explainer_requests  # every unit is explained before any is simulated
+        explainer_requests += path.endswith("/chat/completions")
+        return explainer_requests >= 2
+
+    stand.gate.arm(second_explainer_request)
+    run = Killable(args, tmp_path, {}, "explaining")
+    _stop_at(stand, run, lambda: stand.gate.held > 0, "the second explainer request", cache_dir, paid0)
+    run_dir = _run_dir(tmp_path)
+    assert len(_lines(run_dir / "explanations.jsonl")) == 1 and not _lines(run_dir / "results.jsonl")
+
+    stand.gate.arm(None)
+    assert _main(stand.args(tmp_path, in_flight=3, explainer_batch=False), tmp_path) == 0
+    _assert_same_run(run_dir, reference)
+    paid = Counter(stand.paid_since(paid0))
+    assert paid == reference["paid"], (
+        f"{sum((paid - reference['paid']).values())} requests paid twice, "
+        f"{sum((reference['paid'] - paid).values())} never"
+    )
 
 
 def test_results_do_not_depend_on_completion_order(stand: Stand, reference: dict[str, Any], tmp_path: Path) -> None:
