@@ -14,8 +14,8 @@ and the run ends as if it had never been interrupted:
 Kills are deterministic, without sleeps or timing races: the loopback stand-in (tests/fake_servers.py)
 holds the request that marks the stage (the second explainer request; the first poll of the run's last
 explainer batch; the third simulation request after the first unit's result was written) and every later
-one, and the test waits
-for that request -- and for every answer given so far to be in the response cache -- before SIGKILL.
+one, and the test waits for that request -- and for every answer given so far to be in the response
+cache -- before SIGKILL.
 Ablation makes no request: its stop point is the test-only scorer in tests/kill_points.py.
 
 A last test runs the same configuration with several units in flight and seeded random delays per
