@@ -47,7 +47,7 @@ from kill_points import MARKER_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-loopback-kill9"
-UNITS_IN_FLIGHT = "parallel_units"  # the override that sets how many units are in flight at once
+UNITS_IN_FLIGHT = "engine.units_in_flight"  # the override that sets how many units are in flight at once
 WAIT_S = 300.0  # a bound on waiting for a stage to be reached (a loaded CI machine), never a measurement
 CACHED_S = 60.0  # ... and for answers already given to reach the response cache (milliseconds, normally)
 
