@@ -299,10 +299,12 @@ def _write_job_status(code: int) -> None:
     """``<sweep dir>/.neuronbench/jobs/<num>.json``: this job's exit code, read back by the sweep's end."""
     from hydra.core.hydra_config import HydraConfig
 
+    from bench.tracking.redact import redact
+
     hc = HydraConfig.get()
     folder = Path(hc.sweep.dir) / STATUS_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    status = {"num": int(hc.job.num), "code": code, "overrides": list(hc.overrides.task)}
+    status = {"num": int(hc.job.num), "code": code, "overrides": redact(list(hc.overrides.task)), "pid": os.getpid()}
     tmp = folder / f".{hc.job.num}.json.tmp"
     tmp.write_text(json.dumps(status))
     tmp.replace(folder / f"{hc.job.num}.json")
