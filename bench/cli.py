@@ -24,6 +24,7 @@ examples:
   neuronbench run                                   # offline default: SmolLM2 explains + simulates 5 neurons
   neuronbench run explainer=token_list units.count=3
   neuronbench run -m explainer=smollm2,token_list   # a sweep: one MLflow parent run, a child per combination
+  neuronbench run -m explainer=smollm2,token_list hydra/launcher=joblib   # jobs in parallel (ray, submitit_slurm)
   neuronbench run --cfg job                         # print the composed config and exit
   neuronbench run --dry-run explainer=openai simulator=openai_all_at_once_logprobs   # calls, tokens, $ first
   neuronbench leaderboard --runs runs               # md/csv/html/tex + plots in a new outputs/leaderboards/<time>/

@@ -272,7 +272,10 @@ def task(cfg: Any) -> int:
         run_job(cfg, progress=options.progress, retry_failed=options.retry_failed)
         code = 0
     except UserError as err:
-        print(f"neuronbench: {err}", file=sys.stderr)
+        from bench.tracking.redact import redact_text
+
+        # a worker's stdout/stderr are not the CLI's redacted console: mask what a server may have echoed
+        print(f"neuronbench: {redact_text(str(err))}", file=sys.stderr)
         code = err.exit_code
     except Exception:
         if not multirun:

@@ -156,5 +156,7 @@ def _stop_on_user_error() -> Iterator[None]:
     try:
         yield
     except UserError as err:
-        print(f"neuronbench: {err}", file=sys.stderr)
+        from bench.tracking.redact import redact_text
+
+        print(f"neuronbench: {redact_text(str(err))}", file=sys.stderr)  # also outside the CLI's console
         raise SystemExit(err.exit_code) from None
