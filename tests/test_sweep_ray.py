@@ -69,7 +69,7 @@ def test_ray_launcher_runs_a_4_job_sweep_on_an_existing_cluster_into_one_parent(
     tmp_path, corpus, mlflow_store, ray_cluster  # noqa: F811
 ):
     subject = save_tiny_subject("llama", tmp_path / "tiny")
-    launcher = ["hydra/launcher=ray", f"hydra.launcher.ray.init.address={ray_cluster}"]
+    launcher = ["hydra/launcher=ray_cluster", f"hydra.launcher.ray.init.address={ray_cluster}"]
     proc = run_cli(sweep_args(tmp_path, subject, corpus, mlflow_store, *launcher), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Ray Launcher is launching 4 jobs" in proc.stdout + proc.stderr
