@@ -155,9 +155,12 @@ def test_a_job_that_fails_at_run_time_does_not_stop_the_others_and_sets_the_exit
 
 def test_the_run_command_is_a_plain_hydra_app_with_its_callback_and_any_launcher(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    args = [sys.executable, "-m", "bench.launch", "--cfg", "hydra", "hydra/launcher=ray", "units.count=2"]
+    launcher = ["hydra/launcher=ray_cluster", "hydra.launcher.ray.init.address=10.0.0.1:6379"]
+    args = [sys.executable, "-m", "bench.launch", "--cfg", "hydra", *launcher, "units.count=2"]
     proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "_target_: hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher" in proc.stdout
+    # joining a running cluster: ray.init refuses the plugin's object_store_memory default there
+    assert "address: 10.0.0.1:6379" in proc.stdout and "object_store_memory: null" in proc.stdout
     assert "_target_: bench.sweep.SweepCallback" in proc.stdout
     assert not (tmp_path / "outputs").exists()  # printed, not run
