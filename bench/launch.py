@@ -13,6 +13,7 @@ the CLI's options into ``hydra.job.env_set`` overrides and maps Hydra's end into
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
 
@@ -56,6 +57,7 @@ def launch(
             settings, parts = validate(cfg)
             print(format_estimate(settings, parts, " ".join(combo)))
         return 0
+    check_launcher(plain)
     # Hydra's composition mistakes (an option that does not exist) in one line, before Hydra reports them
     # its own way; every job is validated by the callback before any job starts.
     register_config(compose(combos[0]))
@@ -70,6 +72,28 @@ def launch(
         sys.argv = saved
         close_abandoned_parents()
     return 0
+
+
+def launchers() -> list[str]:
+    """The launchers Hydra knows here: its plugins' (installed packages) and ``conf/hydra/launcher/``."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # discovers the installed plugins, which register their launcher configs
+    names = {Path(n).stem for n in ConfigStore.instance().list("hydra/launcher")}
+    return sorted(names | {p.stem for p in (conf_dir() / "hydra" / "launcher").glob("*.yaml")})
+
+
+def check_launcher(overrides: list[str]) -> None:
+    """``hydra/launcher=NAME`` names a launcher that is installed -- one line listing them, if not."""
+    chosen = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == "hydra/launcher"]
+    known = launchers()
+    for name in chosen:
+        if name not in known:
+            raise UserError(
+                f"hydra/launcher={name}: no such launcher here; available: {', '.join(known)} "
+                "(pip install -e '.[cluster]' adds joblib, ray, ray_cluster and submitit_local / submitit_slurm)"
+            )
 
 
 if __name__ == "__main__":

@@ -164,3 +164,14 @@ def test_the_run_command_is_a_plain_hydra_app_with_its_callback_and_any_launcher
     assert "address: 10.0.0.1:6379" in proc.stdout and "object_store_memory: null" in proc.stdout
     assert "_target_: bench.sweep.SweepCallback" in proc.stdout
     assert not (tmp_path / "outputs").exists()  # printed, not run
+
+
+def test_an_unknown_launcher_is_one_line_listing_the_installed_ones(tmp_path, monkeypatch, capsys):
+    from bench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "-m", "explainer=token_list", "hydra/launcher=rayy"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("neuronbench: hydra/launcher=rayy: no such launcher") and "\n" not in err
+    assert all(name in err for name in ("basic", "joblib", "ray_cluster", "submitit_slurm"))
+    assert not (tmp_path / "outputs").exists()
