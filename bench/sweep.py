@@ -20,6 +20,7 @@ plain Hydra app (``python -m bench.launch``) alike.  Hydra calls it in the launc
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -145,7 +146,9 @@ def hand_to_jobs(config: Any, name: str, value: str) -> None:
     ``hydra.job.env_set`` that launchers apply when they compose each job's config."""
     from omegaconf import read_write
 
-    quoted = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    # Hydra's quoted-string rules: a backslash is literal unless it precedes a quote, "${" or the end.
+    escaped = re.sub(r"(\\+)(?='|\$\{|$)", lambda m: m.group(1) * 2, value)
+    quoted = "'" + escaped.replace("'", "\\'").replace("${", "\\${") + "'"
     with read_write(config.hydra.overrides):
         config.hydra.overrides.hydra.append(f"++hydra.job.env_set.{name}={quoted}")
 

@@ -175,3 +175,18 @@ def test_an_unknown_launcher_is_one_line_listing_the_installed_ones(tmp_path, mo
     assert err.startswith("neuronbench: hydra/launcher=rayy: no such launcher") and "\n" not in err
     assert all(name in err for name in ("basic", "joblib", "ray_cluster", "submitit_slurm"))
     assert not (tmp_path / "outputs").exists()
+
+
+def test_the_parent_id_reaches_jobs_as_an_env_set_override_that_parses_back_whole():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from bench.sweep import hand_to_jobs
+
+    config = OmegaConf.create({"hydra": {"overrides": {"hydra": ["hydra/launcher=joblib"], "task": []}}})
+    OmegaConf.set_readonly(config, True)  # as Hydra hands it to callbacks
+    value = json.dumps({"parent_run_id": "abc123", "swept": ["explainer", "it's", "a\\b", "${x}", "\\'", "\\${y}"]})
+    hand_to_jobs(config, SWEEP_ENV, value)
+    added = config.hydra.overrides.hydra[-1]
+    parsed = OverridesParser.create().parse_overrides([added])[0]
+    assert parsed.key_or_group == f"hydra.job.env_set.{SWEEP_ENV}" and parsed.value() == value
