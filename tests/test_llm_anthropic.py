@@ -10,7 +10,7 @@ import pytest
 from fake_servers import FakeLLMServer
 
 from bench.errors import UserError
-from bench.llm._http import BackendError
+from bench.llm.errors import BackendError
 from bench.llm.anthropic_backend import AnthropicModel
 from bench.protocols import Capability, ChatMessage, GenerationRequest, LLMClient, SlotRequest
 

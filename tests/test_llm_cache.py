@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.llm._http import BackendStats, parse_retry_after
+from bench.llm.errors import parse_retry_after
+from bench.llm.types import BackendStats
 from bench.llm.cache import ResponseCache, cache_key, default_cache_dir
 from bench.llm.pricing import Prices, check_prices, lookup, resolve
 

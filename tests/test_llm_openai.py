@@ -13,7 +13,7 @@ import pytest
 from fake_servers import FakeLLMServer
 
 from bench.errors import UserError
-from bench.llm._http import BackendError
+from bench.llm.errors import BackendError
 from bench.llm.openai_backend import FOLD_INSTRUCTION, OpenAIChatModel, render_chat
 from bench.protocols import Capability, ChatMessage, GenerationRequest, LLMClient, SlotRequest
 
