@@ -14,9 +14,9 @@ import pytest
 from fake_servers import FakeLLMServer
 
 from bench.failures import is_transient
-from bench.llm.errors import BackendError
 from bench.llm.anthropic_backend import AnthropicModel
 from bench.llm.batch import BatchPending
+from bench.llm.errors import BackendError
 from bench.llm.openai_backend import OpenAIChatModel
 from bench.protocols import ChatMessage, GenerationRequest
 

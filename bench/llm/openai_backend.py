@@ -2,7 +2,8 @@
 
 ``base_url: null`` is the official API; any OpenAI-compatible server works by URL (vLLM, Ollama,
 llama.cpp server, OpenRouter ...).  The ``openai`` SDK is imported on first use.  Limits, retries,
-the response cache and the counters are shared with the other HTTP backends (:mod:`bench.llm.client`; requests built and parsed by :mod:`bench.llm.providers.openai`).
+the response cache and the counters are shared with the other HTTP backends (:mod:`bench.llm.client`);
+requests are built and parsed by :mod:`bench.llm.providers.openai`.
 
 Generation (``generate``)
     One chat completion per request; k samples of a prompt are k requests told apart by
