@@ -175,7 +175,6 @@ class AnthropicModel(HTTPBackend):
         return Generation(text=text, usage=self.engine.spent(outcome.value.get("usage") or {}, outcome))
 
 
-
 def _batch_message_value(message: Any) -> dict[str, Any]:
     """A batch result's ``Message`` (an SDK object) -> the cached value."""
     return parse_messages(message.model_dump())

@@ -84,7 +84,6 @@ class _Counters:
         return BackendStats(**ints, dollars=float(v.get("dollars", 0.0)), retry_waits_s=waits)
 
 
-
 class Engine:
     """Runs :class:`Job` batches with the cache, limits, retries and counters of one backend."""
 
@@ -272,9 +271,7 @@ class Engine:
                 try:
                     await asyncio.to_thread(self.cache.set, job.key, value)
                 except Exception as err:  # noqa: BLE001 - a full disk must not lose an answer already paid for
-                    _log.warning(
-                        "%s: could not write the response cache (%s: %s)", self.label, type(err).__name__, err
-                    )
+                    _log.warning("%s: could not write the response cache (%s: %s)", self.label, type(err).__name__, err)
             self._account(value.get("usage") or {})
             return Outcome(value, cached=False, attempts=attempts)
         finally:
@@ -380,8 +377,6 @@ class Engine:
         )
 
 
-
 async def _close_all(clients: Sequence[Any]) -> None:
     for client in clients:
         await client.close()
-

@@ -104,4 +104,3 @@ def read_api_key(env: str | None, backend: str) -> str:
     if not value:
         raise missing_key_error(env, backend)
     return value
-

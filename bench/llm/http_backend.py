@@ -286,4 +286,3 @@ class HTTPBackend:
         prices = engine.batch_prices if getattr(self, "batch", False) else engine.prices
         dollars = prices.dollars(inp, 0, out) if prices else (math.nan if calls else 0.0)
         return CostEstimate(calls=calls, input_tokens=inp, dollars=dollars)
-

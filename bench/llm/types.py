@@ -47,8 +47,6 @@ class BackendStats:
         return {f"{prefix}{name}": float(getattr(self, name)) for name in names}
 
 
-
-
 @dataclass
 class Job:
     """One HTTP request: ``send(client)`` performs it and returns the JSON-able value to cache,
@@ -82,7 +80,6 @@ class Limits:
     timeout_s: float
 
 
-
 class CostEstimate(NamedTuple):
     """What a batch would cost: HTTP calls (cache hits excluded), prompt tokens (chars / 4), and
     dollars with every call assumed to write its full ``max_tokens`` (an upper bound; NaN: no prices)."""
@@ -96,7 +93,6 @@ def estimate_tokens(text_chars: int) -> int:
     return max(1, math.ceil(text_chars / 4))
 
 
-
 def call_dollars(prices: Prices | None, usage: dict[str, Any]) -> float:
     """Dollars of one call's usage dict; NaN when tokens were spent at unknown prices."""
     inp = int(usage.get("input_tokens") or 0)
@@ -106,4 +102,3 @@ def call_dollars(prices: Prices | None, usage: dict[str, Any]) -> float:
     if prices is None:
         return math.nan if inp + out else 0.0
     return prices.dollars(inp, cached, out, write)
-

@@ -60,4 +60,3 @@ class AnthropicBatches:
             return out
 
         return await call(fetch), None
-

@@ -98,4 +98,3 @@ def _openai_line(entry: dict[str, Any]) -> ItemResult:
         message = str(inner)
     code = int(status) if status is not None else None
     return ItemResult(None, code, message, transient_status(code))
-

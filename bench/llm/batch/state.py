@@ -90,7 +90,6 @@ class ItemResult(NamedTuple):
     transient: bool = False  # expired, cancelled, overloaded, 429/5xx: a re-run submits it again
 
 
-
 def transient_status(status: int | None) -> bool:
     return status is not None and (status in (408, 429) or status >= 500)
 
@@ -132,8 +131,6 @@ class BatchMode:
     api: Any  # a BatchAPI
     poll_s: float = 30.0
     timeout_s: float = 25 * 3600.0
-
-
 
 
 def plan_jobs(sizes: Sequence[int], max_requests: int, max_bytes: int) -> list[tuple[int, int]]:
