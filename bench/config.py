@@ -180,6 +180,18 @@ class WarnOnConfig:
             raise ValueError(f"unparsed_rate: must be in [0, 1], got {self.unparsed_rate}")
 
 
+@dataclass
+class BudgetConfig:
+    """The run's dollar cap (:mod:`bench.llm.budget`): a request that could take this invocation's LLM spend
+    past ``max_usd`` stops the run first (finished units kept); null: no cap."""
+
+    max_usd: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_usd is not None and not self.max_usd >= 0:
+            raise ValueError(f"max_usd: must be >= 0 dollars or null (no cap), got {self.max_usd}")
+
+
 RUN_NODES: dict[str, type] = {
     "units": UnitsConfig,
     "mining": MiningConfig,
@@ -188,6 +200,7 @@ RUN_NODES: dict[str, type] = {
     "scoring": ScoringConfig,
     "fail_on": FailOnConfig,
     "warn_on": WarnOnConfig,
+    "budget": BudgetConfig,
 }
 
 
@@ -281,6 +294,7 @@ class RunSettings:
     parallel_units: int = 1
     fail_on: FailOnConfig = field(default_factory=FailOnConfig)
     warn_on: WarnOnConfig = field(default_factory=WarnOnConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
 
 
 def validate(cfg: Any) -> tuple[RunSettings, dict[str, Any]]:

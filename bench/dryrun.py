@@ -51,13 +51,9 @@ def _backend_name(llm: Any) -> str:
 
 def _prices(llm: Any) -> Any:
     """The backend's prices; None for local backends (free) -- ``False`` marks unknown prices."""
-    if not hasattr(llm, "api_key_env"):
+    if not hasattr(llm, "resolved_prices"):
         return None
-    from bench.llm import pricing
-
-    prices = pricing.resolve(llm.model, getattr(llm, "prices", None))
-    if prices is not None and getattr(llm, "batch", False):  # batch mode: billed at prices x batch_discount
-        prices = prices.scaled(float(getattr(llm, "batch_discount", 1.0)))
+    prices = llm.resolved_prices(batched=bool(getattr(llm, "batch", False)))  # batch: prices x batch_discount
     return prices or False
 
 

@@ -71,6 +71,8 @@ class AnthropicModel(HTTPBackend):
     name: str = ""
     version: int = 1
 
+    provider_id = "anthropic"  # for genai-prices (a class attribute: not a config field)
+
     # The messages API accepts temperatures in 0..1 only; the config check refuses others up front.
     temperature_range = (0.0, 1.0)
 

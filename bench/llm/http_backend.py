@@ -136,6 +136,7 @@ class HTTPBackend:
     batch_poll_s: float
     batch_timeout_s: float
     batch_discount: float
+    provider_id: str  # genai-prices' provider id of the official API (``openai``, ``anthropic``)
 
     # Subclasses provide these -------------------------------------------------------------------
     def _make_client(self) -> Any:
@@ -143,6 +144,16 @@ class HTTPBackend:
 
     def _classify(self, err: BaseException) -> ErrorInfo:
         raise NotImplementedError
+
+    def resolved_prices(self, batched: bool = False) -> Any:
+        """This backend's :class:`~bench.llm.pricing.Prices` (config, else genai-prices for a hosted API, else
+        free for an unknown server, else None: unknown); ``batched``: times ``batch_discount``."""
+        from bench.llm import pricing
+
+        prices = pricing.resolve(self.model, self.prices, self.provider_id, self.base_url)
+        if batched and prices is not None:
+            prices = prices.scaled(float(self.batch_discount))
+        return prices
 
     # --------------------------------------------------------------------------------------------
     @property
@@ -154,11 +165,10 @@ class HTTPBackend:
             engine = self.__dict__.get("_engine")
             if engine is not None:
                 return engine
-            from bench.llm import pricing
             from bench.llm.cache import default_cache_dir
 
             directory = (self.cache_dir or str(default_cache_dir())) if self.cache else None
-            prices = pricing.resolve(self.model, self.prices)
+            prices = self.resolved_prices()
             discount = float(getattr(self, "batch_discount", 1.0))
             engine = Engine(
                 label=self.name,

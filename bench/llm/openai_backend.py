@@ -153,6 +153,8 @@ class OpenAIChatModel(HTTPBackend):
     name: str = ""
     version: int = 1
 
+    provider_id = "openai"  # for genai-prices (a class attribute: not a config field)
+
     def __post_init__(self) -> None:
         check_common_fields(self)
         if self.context_length is not None and (isinstance(self.context_length, bool) or self.context_length < 16):
