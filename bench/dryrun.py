@@ -37,6 +37,7 @@ class StageEstimate:
     output_tokens: int
     dollars: float
     note: str = ""
+    batch_jobs: int = 0  # provider batch jobs (batch mode): one per stage across all units, split at its limits
 
 
 def synthetic_records(count: int, length: int) -> list[ActivationRecord]:
@@ -71,7 +72,9 @@ def _cost(stage: str, llm: Any, requests: Sequence[Any], repeat: int = 1, note: 
     calls, inp, out = calls * repeat, inp * repeat, out * repeat
     prices = _prices(llm)
     dollars = 0.0 if prices is None else (math.nan if prices is False else prices.dollars(inp, 0, out))
-    return StageEstimate(stage, _backend_name(llm), calls, inp, out, dollars, note)
+    plan_jobs = getattr(llm, "batch_jobs", None)
+    jobs = plan_jobs(requests, repeat) if callable(plan_jobs) else 0
+    return StageEstimate(stage, _backend_name(llm), calls, inp, out, dollars, note, jobs)
 
 
 def _simulator_requests(simulator: Any, records: Sequence[ActivationRecord]) -> list[Any] | None:
@@ -135,16 +138,20 @@ def format_estimate(settings: RunSettings, parts: dict[str, Any], title: str = "
     length = int(getattr(parts["dataset"], "excerpt_len", 64))
     estimator = getattr(parts["simulator"], "estimator", "?")
     strategy = getattr(parts["simulator"], "recorded_estimator", estimator)
+    batched = any(s.batch_jobs for s in stages)
+    jobs_head = f" {'batch jobs':>10}" if batched else ""
     lines = [
         f"neuronbench dry run{': ' + title if title else ''}",
         f"  {n_units} units, {2 * units.examples_per_split} scored excerpts each of {length} tokens; "
         f"simulator estimator {strategy}",
-        f"  {'stage':<10} {'backend':<32} {'calls':>9} {'input tokens':>14} {'output tokens':>14} {'dollars':>12}",
+        f"  {'stage':<10} {'backend':<32} {'calls':>9}{jobs_head} {'input tokens':>14} {'output tokens':>14} "
+        f"{'dollars':>12}",
     ]
     total = StageEstimate("total", "", 0, 0, 0, 0.0)
     for s in stages:
+        jobs = f" {s.batch_jobs:>10,}" if batched else ""
         lines.append(
-            f"  {s.stage:<10} {s.backend[:32]:<32} {s.calls:>9,} {s.input_tokens:>14,} {s.output_tokens:>14,} "
+            f"  {s.stage:<10} {s.backend[:32]:<32} {s.calls:>9,}{jobs} {s.input_tokens:>14,} {s.output_tokens:>14,} "
             f"{_money(s.dollars):>12}" + (f"  ({s.note})" if s.note else "")
         )
         total = StageEstimate(
@@ -154,11 +161,19 @@ def format_estimate(settings: RunSettings, parts: dict[str, Any], title: str = "
             total.input_tokens + s.input_tokens,
             total.output_tokens + s.output_tokens,
             total.dollars + s.dollars,
+            batch_jobs=total.batch_jobs + s.batch_jobs,
         )
+    jobs = f" {total.batch_jobs:>10,}" if batched else ""
     lines.append(
-        f"  {'total':<10} {'':<32} {total.calls:>9,} {total.input_tokens:>14,} {total.output_tokens:>14,} "
+        f"  {'total':<10} {'':<32} {total.calls:>9,}{jobs} {total.input_tokens:>14,} {total.output_tokens:>14,} "
         f"{_money(total.dollars):>12}"
     )
+    if batched:
+        lines.append(
+            "  batch jobs: one per stage across all units, split at the provider's limits (OpenAI 50,000 requests "
+            "/ 200 MB, Anthropic 100,000 / 256 MB)"
+        )
+    lines += budget_notes(settings, total.dollars)
     with_llm = [name for name, scorer in parts["scorers"].items() if getattr(scorer, "llm", None) is not None]
     if with_llm:
         lines.append(f"  not counted: LLM calls of scorer(s) {', '.join(with_llm)}")
@@ -168,6 +183,21 @@ def format_estimate(settings: RunSettings, parts: dict[str, Any], title: str = "
         "call writes max_tokens); cached answers cost nothing; nothing was loaded or called"
     )
     return "\n".join(lines)
+
+
+def budget_notes(settings: RunSettings, dollars: float) -> list[str]:
+    """Whether the planned dollars fit ``budget.max_usd`` (the run stops before a call would pass it)."""
+    cap = settings.budget.max_usd
+    if cap is None:
+        return []
+    if math.isnan(dollars):
+        return [f"  budget: cannot check budget.max_usd=${cap:,.4f}: dollars unknown (give the backend's prices)"]
+    if dollars > cap:
+        return [
+            f"  budget: the planned spend (up to {_money(dollars)}) EXCEEDS budget.max_usd=${cap:,.4f}: the run would "
+            "stop before finishing (finished units kept); raise budget.max_usd or run fewer units"
+        ]
+    return [f"  budget: the planned spend (up to {_money(dollars)}) fits budget.max_usd=${cap:,.4f}"]
 
 
 def caching_notes(stages: Sequence[StageEstimate], parts: dict[str, Any]) -> list[str]:

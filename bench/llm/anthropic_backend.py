@@ -126,6 +126,9 @@ class AnthropicModel(HTTPBackend):
 
         return describe_sdk_error(err, anthropic)
 
+    def _request_job(self, request: GenerationRequest) -> Job:
+        return self._plan(request)[0]
+
     def _batch_mode(self) -> Any:
         """``None``, or what the engine needs to send messages as a Message Batch."""
         if not self.batch:

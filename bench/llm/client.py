@@ -218,8 +218,14 @@ class Engine:
         self._bound = loop
 
     async def _gather(self, jobs: Sequence[Job]) -> list[Outcome]:
+        """Every job to its end -- also when one stops the run (the budget): requests already in flight
+        finish and are cached (they are paid for), then the first such error is raised."""
         self._bind()
-        return list(await asyncio.gather(*(self._one(job) for job in jobs)))
+        done = await asyncio.gather(*(self._one(job) for job in jobs), return_exceptions=True)
+        stop = next((d for d in done if isinstance(d, BaseException)), None)
+        if stop is not None:
+            raise stop
+        return list(done)  # type: ignore[arg-type]
 
     def _retrying(self) -> Any:
         """The retry policy: transient failures only, backoff with jitter, Retry-After honoured."""

@@ -13,7 +13,7 @@ from bench.llm.cache import ResponseCache, answer_shape
 from bench.llm.client import Engine
 from bench.llm.errors import ErrorInfo, read_api_key
 from bench.llm.loop import LOOP
-from bench.llm.types import BackendStats, CostEstimate, Limits, estimate_tokens
+from bench.llm.types import BackendStats, CostEstimate, Job, Limits, estimate_tokens
 
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _ENGINE_LOCK = threading.Lock()
@@ -145,6 +145,13 @@ class HTTPBackend:
     def _classify(self, err: BaseException) -> ErrorInfo:
         raise NotImplementedError
 
+    def _request_job(self, request: Any) -> Job:
+        """The :class:`~bench.llm.types.Job` of one generation request (what batch mode would upload)."""
+        raise NotImplementedError
+
+    def _batch_mode(self) -> Any:
+        raise NotImplementedError
+
     def resolved_prices(self, batched: bool = False) -> Any:
         """This backend's :class:`~bench.llm.pricing.Prices` (config, else genai-prices for a hosted API, else
         free for an unknown server, else None: unknown); ``batched``: times ``batch_discount``."""
@@ -154,6 +161,19 @@ class HTTPBackend:
         if batched and prices is not None:
             prices = prices.scaled(float(self.batch_discount))
         return prices
+
+    def batch_jobs(self, requests: Sequence[Any], repeat: int = 1) -> int:
+        """Dry run: provider batch jobs needed when ``requests`` (times ``repeat``) go up together, split at
+        the provider's request and byte limits; 0 without batch mode (slot requests never go in batches)."""
+        from bench.llm.batch.state import plan_jobs
+        from bench.protocols import GenerationRequest
+
+        generation = [r for r in requests if isinstance(r, GenerationRequest)]
+        if not self.batch or not generation or repeat < 1:
+            return 0
+        api = self._batch_mode().api
+        sizes = [api.item_bytes(job.key, job.request) for job in map(self._request_job, generation)]
+        return len(plan_jobs(sizes * repeat, api.max_requests, api.max_bytes))
 
     # --------------------------------------------------------------------------------------------
     @property

@@ -332,6 +332,9 @@ class OpenAIChatModel(HTTPBackend):
 
         return describe_sdk_error(err, openai)
 
+    def _request_job(self, request: GenerationRequest) -> Job:
+        return self._chat_plan(request)[0]
+
     def _batch_mode(self) -> Any:
         """``None``, or what the engine needs to send chat completions through the Batch API."""
         if not self.batch:
