@@ -1,10 +1,11 @@
 """``neuronbench run --dry-run``: what a configuration would send, before anything is spent.
 
-Per stage (explain, rerank for best-of-k, simulate, calibrate, control): LLM calls, prompt tokens and
-an upper bound of output tokens and dollars.  The components build their real requests (the same
-code ``simulate`` / ``explain`` use) for synthetic excerpts of the dataset's length, so the counts
-follow the strategy and estimator exactly (one-at-a-time: one call per token and sample).  Nothing is
-loaded, mined or called; no API key is needed.
+Per stage (explain, rerank for best-of-k, simulate, calibrate, control): LLM calls, provider batch jobs
+(batch mode: one per stage across all units, split at the provider's request and byte limits), prompt
+tokens and an upper bound of output tokens and dollars -- and whether that fits ``budget.max_usd``.
+The components build their real requests (the same code ``simulate`` / ``explain`` use) for synthetic
+excerpts of the dataset's length, so the counts follow the strategy and estimator exactly (one-at-a-time:
+one call per token and sample).  Nothing is loaded, mined or called; no API key is needed.
 
 Estimates: prompt tokens are characters / 4 of the synthetic prompts (real excerpts differ); output
 tokens assume every call writes its ``max_tokens`` (an upper bound), and dollars follow from the

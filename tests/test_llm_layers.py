@@ -252,3 +252,28 @@ def test_provider_limits_and_request_sizes() -> None:
         claude.item_bytes("k", body)
         == len(json.dumps({"custom_id": "k", "params": body}, ensure_ascii=False).encode()) + 1
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# In-process clients get the wrapper's counters and spend meters too
+# ---------------------------------------------------------------------------------------------------
+def test_in_process_clients_share_the_counters_and_the_spend_meters() -> None:
+    import pickle
+
+    from bench.llm.fake import FakeLLM
+    from bench.llm.spend import metering
+    from bench.protocols import SlotRequest
+
+    llm = FakeLLM(responses=("rain and snow",))
+    with metering() as meter:
+        gens = llm.generate([_req(max_tokens=5), _req(max_tokens=5, sample_index=1)])
+        slots = llm.slot_distributions(
+            [SlotRequest(messages=(ChatMessage("user", "rain"), ChatMessage("assistant", "rain\t")), slots=(5,))]
+        )
+    stats = llm.stats
+    assert stats.calls == 3 and meter.total.calls == 3
+    assert stats.input_tokens == sum(g.usage.input_tokens for g in gens) + slots[0].usage.input_tokens > 0
+    assert stats.output_tokens == sum(g.usage.output_tokens for g in gens) > 0
+    assert stats.dollars == 0.0 and stats.as_metrics("cost/backend/simulator/")["cost/backend/simulator/calls"] == 3
+    copy = pickle.loads(pickle.dumps(llm))  # launchers ship components: a fresh meter travels
+    assert copy == llm and copy.stats.calls == 0

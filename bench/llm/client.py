@@ -84,6 +84,55 @@ class _Counters:
         return BackendStats(**ints, dollars=float(v.get("dollars", 0.0)), retry_waits_s=waits)
 
 
+class InProcessMeter:
+    """The shared wrapper's in-process half, for clients that run no HTTP (the local transformers model,
+    the fake): the same counters (:class:`~bench.llm.types.BackendStats`, so ``cost/backend/<role>/...``
+    covers them too) and the same per-thread spend meters (:mod:`bench.llm.spend`: a unit that fails
+    mid-stage still carries what it computed).  Transport, retries, limits, the budget (they are free) and
+    the response cache (their answers are recomputed: the record cache and the model's own KV-cache reuse
+    are what make them cheap) do not apply.  Pickles as a fresh meter (launchers ship components)."""
+
+    def __init__(self) -> None:
+        self.counters = _Counters()
+
+    def account(self, usages: Sequence[Usage]) -> None:
+        """Count one call's answers and report their usage to this thread's meters."""
+        from bench.llm.spend import record
+
+        total = sum(usages, Usage())
+        self.counters.add(
+            calls=total.calls,
+            input_tokens=total.input_tokens,
+            cached_input_tokens=total.cached_input_tokens,
+            output_tokens=total.output_tokens,
+        )
+        record(total)
+
+    def stats(self) -> BackendStats:
+        return self.counters.snapshot()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.counters = _Counters()
+
+
+_METER_LOCK = threading.Lock()
+
+
+def in_process_meter(client: Any) -> InProcessMeter:
+    """``client``'s :class:`InProcessMeter`, created on first use outside its (frozen) dataclass fields."""
+    meter = client.__dict__.get("_meter")
+    if meter is None:
+        with _METER_LOCK:
+            meter = client.__dict__.get("_meter")
+            if meter is None:
+                meter = InProcessMeter()
+                object.__setattr__(client, "_meter", meter)
+    return meter
+
+
 class Engine:
     """Runs :class:`Job` batches with the cache, limits, retries and counters of one backend."""
 

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.llm.client import in_process_meter
+from bench.llm.types import BackendStats
 from bench.protocols import (
     Capability,
     Generation,
@@ -127,7 +129,17 @@ class FakeLLM:
             )
 
     # ------------------------------------------------------------------------------------------------
+    @property
+    def stats(self) -> BackendStats:
+        """Running totals of this client (calls, tokens), as for every other client (:mod:`bench.llm.client`)."""
+        return in_process_meter(self).stats()
+
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        out = self._generate(requests)
+        in_process_meter(self).account([g.usage for g in out])
+        return out
+
+    def _generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         self._require(Capability.GENERATE)
         out = []
         for r in requests:
@@ -186,6 +198,11 @@ class FakeLLM:
         )
 
     def slot_distributions(self, requests: Sequence[SlotRequest]) -> list[SlotResult]:
+        out = self._slot_distributions(requests)
+        in_process_meter(self).account([r.usage for r in out])
+        return out
+
+    def _slot_distributions(self, requests: Sequence[SlotRequest]) -> list[SlotResult]:
         self._require(Capability.PROMPT_LOGPROBS)
         out = []
         for r in requests:

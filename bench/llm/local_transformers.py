@@ -37,6 +37,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bench.llm.client import in_process_meter
+from bench.llm.types import BackendStats
 from bench.protocols import (
     Capability,
     ChatMessage,
@@ -137,7 +139,17 @@ class LocalChatModel:
             }
         )
 
+    @property
+    def stats(self) -> BackendStats:
+        """Running totals of this client (calls, tokens), as for every other client (:mod:`bench.llm.client`)."""
+        return in_process_meter(self).stats()
+
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        out = self._generate(requests)
+        in_process_meter(self).account([g.usage for g in out])  # the shared wrapper's counters and meters
+        return out
+
+    def _generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         from bench.model_lock import model_lock
 
         if not requests:
@@ -166,7 +178,9 @@ class LocalChatModel:
         from bench.model_lock import model_lock
 
         with model_lock(self.torch_model):
-            return self._slots(list(requests))
+            out = self._slots(list(requests))
+        in_process_meter(self).account([r.usage for r in out])
+        return out
 
     # ------------------------------------------------------------------------------------------------
     # Prompt rendering and counting

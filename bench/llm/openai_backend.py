@@ -118,8 +118,9 @@ class OpenAIChatModel(HTTPBackend):
     e.g. a local vLLM/Ollama); the key itself is read when the client is first needed and lives only
     inside the SDK client -- never in a field, a log line, the cache or a result.
     ``cache_dir``: the response cache (``null``: ``$NEURONBENCH_CACHE/llm``); ``cache: false`` turns it
-    off.  ``prices``: USD per 1M tokens ``{input, cached_input, output}`` (``null``: the built-in
-    table, else dollars are unknown).  ``seed``: sent per sample as ``seed*1000003 + sample_index``.
+    off.  ``prices``: USD per 1M tokens ``{input, cached_input, output}`` (``null``: genai-prices' list
+    prices, free for an unlisted model on a local server, else unknown: :mod:`bench.llm.pricing`).
+    ``seed``: sent per sample as ``seed*1000003 + sample_index``.
     ``batch: true`` sends ``generate``'s cache misses through the Batch API (:mod:`bench.llm.batch`):
     polled every ``batch_poll_s``, given up after ``batch_timeout_s`` (the run stops; a re-run resumes),
     billed at prices times ``batch_discount``.  Prompt-logprob requests (vLLM) never go in batches.
