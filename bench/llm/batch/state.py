@@ -4,7 +4,7 @@ within 24 hours), resumable across process restarts.
 With ``batch: true`` on an :class:`~bench.llm.openai_backend.OpenAIChatModel` or an
 :class:`~bench.llm.anthropic_backend.AnthropicModel`, ``generate(requests)`` answers what it can from the
 response cache and sends **every other request as one batch job** (split only above the provider's
-per-batch request limit), then polls until the batch has ended:
+per-job limits: OpenAI 50,000 requests / 200 MB, Anthropic 100,000 / 256 MB), then polls until it ended:
 
 * OpenAI: the requests go up as a JSONL file (``files.create(purpose="batch")``, one line
   ``{custom_id, method: POST, url: /v1/chat/completions, body}`` each), ``batches.create(endpoint=
