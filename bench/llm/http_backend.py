@@ -245,7 +245,7 @@ class HTTPBackend:
         known = served is None or not served or any(m == self.model or m.startswith(self.model + "-") for m in served)
         if not known:
             raise UserError(
-                f"model {self.model!r} is not served by {self._server_url()}; it serves: {', '.join(served)} "
+                f"model {self.model!r} is not served by {self._server_url()}; it serves: {', '.join(served or [])} "
                 "(set model to one of them)"
             )
         object.__setattr__(self, "_served", served)

@@ -3,6 +3,7 @@ output and error files.  Limits per job: 50,000 requests and 200 MB of JSONL."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,7 +70,7 @@ class OpenAIBatches:
         for file_id in (batch.output_file_id, batch.error_file_id):
             if not file_id:
                 continue
-            content = await call(lambda fid=file_id: client.files.content(fid))
+            content = await call(functools.partial(client.files.content, file_id))
             for line in content.text.splitlines():
                 if line.strip():
                     entry = json.loads(line)

@@ -295,9 +295,9 @@ async def _run_batch(engine: Engine, jobs: Sequence[Job], mode: BatchMode, reser
             if isinstance(got, _Lost):
                 lost += [k for k in pending.custom_ids if k in positions and k not in answers]
             elif isinstance(got, BackendError):  # polling failed for good: the batch may still finish
-                mine = [k for k in pending.custom_ids if k in positions and k not in answers]
-                answers.update((key, Outcome(None, error=got)) for key in mine)
-                engine.counters.add(failures=len(mine))
+                failed = [k for k in pending.custom_ids if k in positions and k not in answers]
+                answers.update((key, Outcome(None, error=got)) for key in failed)
+                engine.counters.add(failures=len(failed))
             elif isinstance(got, BaseException):  # a timeout (BatchPending), a crash, a cancellation
                 stop = stop or got
             else:
