@@ -101,7 +101,9 @@ class FakeLLM:
     supports: tuple[str, ...] = ("generate", "generated_logprobs", "prompt_logprobs", "exact_prompt_logprobs")
     max_context: int | None = None
     version: int = 1
+    coalesce: bool = False  # like a batch/in-process backend: the request engine gathers many units' requests
     calls: list[Any] = field(default_factory=list, compare=False, repr=False)
+    backend_calls: list[tuple[str, int]] = field(default_factory=list, compare=False, repr=False)  # (kind, size)
 
     def __post_init__(self) -> None:
         known = {c.value for c in Capability}
@@ -135,12 +137,18 @@ class FakeLLM:
         return in_process_meter(self).stats()
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
-        out = self._generate(requests)
-        in_process_meter(self).account([g.usage for g in out])
+        if self.coalesce:
+            from bench.engine import gather
+
+            out = gather(("fake/generate", id(self)), list(requests), self._generate_now)
+        else:
+            out = self._generate_now(requests)
+        in_process_meter(self).account([g.usage for g in out])  # in the caller's thread: its unit's meter
         return out
 
-    def _generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+    def _generate_now(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         self._require(Capability.GENERATE)
+        self.backend_calls.append(("generate", len(requests)))
         out = []
         for r in requests:
             self.calls.append(r)
@@ -198,12 +206,18 @@ class FakeLLM:
         )
 
     def slot_distributions(self, requests: Sequence[SlotRequest]) -> list[SlotResult]:
-        out = self._slot_distributions(requests)
+        if self.coalesce:
+            from bench.engine import gather
+
+            out = gather(("fake/slots", id(self)), list(requests), self._slots_now)
+        else:
+            out = self._slots_now(requests)
         in_process_meter(self).account([r.usage for r in out])
         return out
 
-    def _slot_distributions(self, requests: Sequence[SlotRequest]) -> list[SlotResult]:
+    def _slots_now(self, requests: Sequence[SlotRequest]) -> list[SlotResult]:
         self._require(Capability.PROMPT_LOGPROBS)
+        self.backend_calls.append(("slots", len(requests)))
         out = []
         for r in requests:
             self.calls.append(r)

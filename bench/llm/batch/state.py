@@ -48,8 +48,11 @@ counters (``batches`` counts the jobs), billed at the backend's prices times ``b
 Provider adapters live beside this module (:mod:`bench.llm.batch.openai`, :mod:`bench.llm.batch.anthropic`);
 this module holds what they share: the persisted batch state, the submit / poll / collect loop and the
 split of a stage's requests into jobs at the provider's limits (requests and bytes per job,
-:func:`plan_jobs`).  Each ``Engine.run(jobs, batch=...)`` call sends its cache misses as one job per limit,
-so a caller that gathers every unit's requests of a stage into one ``run`` call sends one job per stage.
+:func:`plan_jobs`).  Each ``Engine.run(jobs, batch=...)`` call sends its cache misses as one job per limit.
+
+In a run, the request engine (:mod:`bench.engine`) gathers the requests of every unit in flight
+(``engine.units_in_flight``) before ``Engine.run`` sends them, so one stage of all those units is ONE
+batch job (split only at the provider's limits), not one per unit.
 """
 
 from __future__ import annotations
