@@ -285,6 +285,7 @@ def test_cli_stops_at_the_cap_keeps_finished_units_and_a_rerun_pays_nothing_twic
         args += [
             *tiny_run(subject, corpus),
             "units.count=4",
+            "engine.units_in_flight=1",  # units finish one after another, so the cap falls between them
             "tracking=none",
             f"output_dir={tmp_path / 'runs'}",
             f"cache_dir={tmp_path / 'cache'}",
