@@ -1,8 +1,9 @@
 """``neuronbench run --dry-run``: what a configuration would send, before anything is spent.
 
 Per stage (explain, rerank for best-of-k, simulate, calibrate, control): LLM calls, provider batch jobs
-(batch mode: one per stage across all units, split at the provider's request and byte limits), prompt
-tokens and an upper bound of output tokens and dollars -- and whether that fits ``budget.max_usd``.
+(batch mode: one per stage and flush of ``engine.units_in_flight`` units, split at the provider's
+request and byte limits), prompt tokens and an upper bound of output tokens and dollars -- and whether
+that fits ``budget.max_usd``.
 The components build their real requests (the same code ``simulate`` / ``explain`` use) for synthetic
 excerpts of the dataset's length, so the counts follow the strategy and estimator exactly (one-at-a-time:
 one call per token and sample).  Nothing is loaded, mined or called; no API key is needed.
@@ -16,6 +17,7 @@ already in the response cache would cost nothing; scorers that call LLMs themsel
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,7 +61,30 @@ def _prices(llm: Any) -> Any:
     return prices or False
 
 
-def _cost(stage: str, llm: Any, requests: Sequence[Any], repeat: int = 1, note: str = "") -> StageEstimate:
+def _batch_jobs(llm: Any, requests: Sequence[Any], repeat: int, flush: tuple[int, int] | None) -> int:
+    """Provider batch jobs of one stage: the request engine sends each flush of ``units_in_flight`` units'
+    requests as one call (split at the provider's limits), so a stage takes ceil(units / in flight)
+    flushes.  ``flush``: (units, units in flight); None: everything in one call."""
+    plan = getattr(llm, "batch_jobs", None)
+    if not callable(plan):
+        return 0
+    if flush is None or flush[0] < 1:
+        return int(plan(requests, repeat))
+    n_units, in_flight = flush
+    per_unit = max(repeat // n_units, 1)
+    size = max(1, min(in_flight, n_units))
+    full, rest = divmod(n_units, size)
+    return full * int(plan(requests, per_unit * size)) + (int(plan(requests, per_unit * rest)) if rest else 0)
+
+
+def _cost(
+    stage: str,
+    llm: Any,
+    requests: Sequence[Any],
+    repeat: int = 1,
+    note: str = "",
+    flush: tuple[int, int] | None = None,
+) -> StageEstimate:
     calls = inp = out = 0
     for r in requests:
         chars = sum(len(m.content) for m in r.messages)
@@ -73,8 +98,7 @@ def _cost(stage: str, llm: Any, requests: Sequence[Any], repeat: int = 1, note: 
     calls, inp, out = calls * repeat, inp * repeat, out * repeat
     prices = _prices(llm)
     dollars = 0.0 if prices is None else (math.nan if prices is False else prices.dollars(inp, 0, out))
-    plan_jobs = getattr(llm, "batch_jobs", None)
-    jobs = plan_jobs(requests, repeat) if callable(plan_jobs) else 0
+    jobs = _batch_jobs(llm, requests, repeat, flush)
     return StageEstimate(stage, _backend_name(llm), calls, inp, out, dollars, note, jobs)
 
 
@@ -97,6 +121,9 @@ def estimate_run(settings: RunSettings, parts: dict[str, Any]) -> list[StageEsti
     length = int(getattr(parts["dataset"], "excerpt_len", 64))
     explainer, simulator = parts["explainer"], parts["simulator"]
     scorers = list(parts["scorers"].values())
+    engine = getattr(settings, "engine", None)
+    in_flight = int(getattr(engine, "units_in_flight", n_units) or n_units)
+    cost = functools.partial(_cost, flush=(n_units, in_flight))
     out: list[StageEstimate] = []
 
     inner = getattr(explainer, "explainer", None)
@@ -109,7 +136,7 @@ def estimate_run(settings: RunSettings, parts: dict[str, Any]) -> list[StageEsti
     else:
         if inner is not None and requests:  # best-of-k samples k explanations per unit
             requests = [requests[0]] * k
-        out.append(_cost("explain", getattr(writer, "llm", None), requests, repeat=n_units))
+        out.append(cost("explain", getattr(writer, "llm", None), requests, repeat=n_units))
     sim_llm = getattr(simulator, "llm", None)
     scoring = synthetic_records(2 * n, length)
     sim_requests = _simulator_requests(simulator, scoring)
@@ -117,12 +144,12 @@ def estimate_run(settings: RunSettings, parts: dict[str, Any]) -> list[StageEsti
         out.append(StageEstimate("simulate", "-", 0, 0, 0, 0.0, "no LLM"))
         return out
     if inner is not None:
-        out.append(_cost("rerank", sim_llm, sim_requests, repeat=n_units * k, note=f"best-of-{k} on calibration"))
-    out.append(_cost("simulate", sim_llm, sim_requests, repeat=n_units, note=f"{settings.scoring.split} split"))
+        out.append(cost("rerank", sim_llm, sim_requests, repeat=n_units * k, note=f"best-of-{k} on calibration"))
+    out.append(cost("simulate", sim_llm, sim_requests, repeat=n_units, note=f"{settings.scoring.split} split"))
     if settings.scoring.calibration != "none" and any(getattr(s, "needs_calibration", False) for s in scorers):
-        out.append(_cost("calibrate", sim_llm, sim_requests, repeat=n_units, note="calibration split"))
+        out.append(cost("calibrate", sim_llm, sim_requests, repeat=n_units, note="calibration split"))
     if settings.control.enabled and n_units >= 2:
-        out.append(_cost("control", sim_llm, sim_requests, repeat=n_units * settings.control.repeats))
+        out.append(cost("control", sim_llm, sim_requests, repeat=n_units * settings.control.repeats))
     return out
 
 
@@ -171,8 +198,8 @@ def format_estimate(settings: RunSettings, parts: dict[str, Any], title: str = "
     )
     if batched:
         lines.append(
-            "  batch jobs: one per stage across all units, split at the provider's limits (OpenAI 50,000 requests "
-            "/ 200 MB, Anthropic 100,000 / 256 MB)"
+            "  batch jobs: one per stage and flush of engine.units_in_flight units, split at the provider's limits "
+            "(OpenAI 50,000 requests / 200 MB, Anthropic 100,000 / 256 MB)"
         )
     lines += budget_notes(settings, total.dollars)
     with_llm = [name for name, scorer in parts["scorers"].items() if getattr(scorer, "llm", None) is not None]

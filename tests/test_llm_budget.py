@@ -238,11 +238,16 @@ def test_dry_run_counts_batch_jobs_per_stage_and_checks_the_cap() -> None:
     assert stages["explain"].batch_jobs == 1 and stages["simulate"].batch_jobs == 1  # one job per stage
     text = format_estimate(run, parts)
     assert "batch jobs" in text and "budget" not in text
-    # 60,000 units: the explain stage holds 60,000 requests -> two OpenAI jobs (50,000 per job)
-    run, parts = validate(compose([*base, *batch, "units.count=60000", "units.layers=[0]"]))
+    # the request engine sends one call per flush of engine.units_in_flight units: 200 units, 64 in flight
+    run, parts = validate(compose([*base[:2], *batch, "units.count=200", "units.layers=[0]"]))
+    flushed = {s.stage: s for s in estimate_run(run, parts)}
+    assert run.engine.units_in_flight == 64 and flushed["explain"].batch_jobs == 4  # ceil(200 / 64)
+    # 60,000 units all in flight: the explain stage holds 60,000 requests -> two OpenAI jobs (50,000 per job)
+    big_run = [*base[:2], *batch, "units.count=60000", "units.layers=[0]", "engine.units_in_flight=60000"]
+    run, parts = validate(compose(big_run))
     big = {s.stage: s for s in estimate_run(run, parts)}
     assert big["explain"].calls == 60_000 and big["explain"].batch_jobs == 2
-    assert big["simulate"].batch_jobs >= 2 * (big["simulate"].calls // 50_000) // 2
+    assert big["simulate"].batch_jobs >= 2
     # without batch mode: no job column; a cap under the planned dollars is reported
     run, parts = validate(compose([*base, "budget.max_usd=0.0001"]))
     text = format_estimate(run, parts)
