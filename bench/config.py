@@ -180,6 +180,18 @@ class WarnOnConfig:
             raise ValueError(f"unparsed_rate: must be in [0, 1], got {self.unparsed_rate}")
 
 
+@dataclass
+class BudgetConfig:
+    """The run's dollar cap (:mod:`bench.llm.budget`): a request that could take this invocation's LLM spend
+    past ``max_usd`` stops the run first (finished units kept); null: no cap."""
+
+    max_usd: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_usd is not None and not self.max_usd >= 0:
+            raise ValueError(f"max_usd: must be >= 0 dollars or null (no cap), got {self.max_usd}")
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """How many units the request engine keeps in flight (:mod:`bench.engine`).
@@ -225,6 +237,7 @@ RUN_NODES: dict[str, type] = {
     "scoring": ScoringConfig,
     "fail_on": FailOnConfig,
     "warn_on": WarnOnConfig,
+    "budget": BudgetConfig,
     "engine": EngineConfig,
     "runner": RunnerConfig,
 }
@@ -323,6 +336,7 @@ class RunSettings:
     config: dict[str, Any] | None = field(default=None, compare=False, repr=False)
     fail_on: FailOnConfig = field(default_factory=FailOnConfig)
     warn_on: WarnOnConfig = field(default_factory=WarnOnConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
 
 
 def validate(cfg: Any) -> tuple[RunSettings, dict[str, Any]]:

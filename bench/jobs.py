@@ -49,6 +49,7 @@ NOT_DETERMINING = (
     "runner",
     "fail_on",
     "warn_on",
+    "budget",
 )
 
 
@@ -88,6 +89,7 @@ def run_job(
 
     from bench import pipeline
     from bench.config import check_ready, validate
+    from bench.llm.budget import install as install_budget
     from bench.provenance import git_commit, package_versions
     from bench.run_lock import lock_run_folder, store_setup_lock
     from bench.summary import print_summary
@@ -100,6 +102,7 @@ def run_job(
     install_log_redaction()
     settings, parts = validate(cfg)
     check_ready(parts)  # a missing API key stops here, before mining
+    install_budget(settings.budget.max_usd)  # this job's dollar cap, nothing spent yet
     # before any run folder or MLflow run exists
     pipeline.check_layers(settings, parts["subject"].info, parts["dataset"])
     check_writable_dirs(settings)

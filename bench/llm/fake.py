@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.llm.client import in_process_meter
+from bench.llm.types import BackendStats
 from bench.protocols import (
     Capability,
     Generation,
@@ -129,12 +131,20 @@ class FakeLLM:
             )
 
     # ------------------------------------------------------------------------------------------------
+    @property
+    def stats(self) -> BackendStats:
+        """Running totals of this client (calls, tokens), as for every other client (:mod:`bench.llm.client`)."""
+        return in_process_meter(self).stats()
+
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         if self.coalesce:
             from bench.engine import gather
 
-            return gather(("fake/generate", id(self)), list(requests), self._generate_now)
-        return self._generate_now(requests)
+            out = gather(("fake/generate", id(self)), list(requests), self._generate_now)
+        else:
+            out = self._generate_now(requests)
+        in_process_meter(self).account([g.usage for g in out])  # in the caller's thread: its unit's meter
+        return out
 
     def _generate_now(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         self._require(Capability.GENERATE)
@@ -199,8 +209,11 @@ class FakeLLM:
         if self.coalesce:
             from bench.engine import gather
 
-            return gather(("fake/slots", id(self)), list(requests), self._slots_now)
-        return self._slots_now(requests)
+            out = gather(("fake/slots", id(self)), list(requests), self._slots_now)
+        else:
+            out = self._slots_now(requests)
+        in_process_meter(self).account([r.usage for r in out])
+        return out
 
     def _slots_now(self, requests: Sequence[SlotRequest]) -> list[SlotResult]:
         self._require(Capability.PROMPT_LOGPROBS)

@@ -37,6 +37,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bench.llm.client import in_process_meter
+from bench.llm.types import BackendStats
 from bench.protocols import (
     Capability,
     ChatMessage,
@@ -140,11 +142,18 @@ class LocalChatModel:
             }
         )
 
+    @property
+    def stats(self) -> BackendStats:
+        """Running totals of this client (calls, tokens), as for every other client (:mod:`bench.llm.client`)."""
+        return in_process_meter(self).stats()
+
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         """Generations; in a run, every unit in flight adds its requests to one call (:mod:`bench.engine`)."""
         from bench.engine import gather
 
-        return gather(("local/generate", id(self)), list(requests), self._generate_now)
+        out = gather(("local/generate", id(self)), list(requests), self._generate_now)
+        in_process_meter(self).account([g.usage for g in out])  # the shared wrapper's counters, this unit's meter
+        return out
 
     def _generate_now(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         from bench.model_lock import model_lock
@@ -177,7 +186,9 @@ class LocalChatModel:
         from bench.engine import gather
 
         tag = object()
-        return gather(("local/slots", id(self)), [(tag, r) for r in requests], self._slots_now)
+        out = gather(("local/slots", id(self)), [(tag, r) for r in requests], self._slots_now)
+        in_process_meter(self).account([r.usage for r in out])
+        return out
 
     def _slots_now(self, tagged: list[tuple[object, SlotRequest]]) -> list[SlotResult]:
         from bench.model_lock import model_lock

@@ -43,9 +43,12 @@ class UnitWorker:
         from omegaconf import OmegaConf
 
         from bench.config import validate
+        from bench.llm.budget import install as install_budget
         from bench.pipeline import UnitContext, load_records
 
         settings, parts = validate(OmegaConf.create(config))
+        cap = settings.budget.max_usd  # split evenly: the workers together never spend more than the cap
+        install_budget(None if cap is None else cap / settings.runner.workers)
         records, provenance = load_records(settings, parts["subject"], parts["dataset"])
         self.context = UnitContext(settings, parts, records, provenance)
 
