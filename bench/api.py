@@ -55,12 +55,9 @@ def load_run(path: str | Path) -> pd.DataFrame:
     ``<score>/reason``.  Failed units are rows too."""
     import pandas as pd
 
-    from bench.compare import load_results
+    from bench.run.folder import load_results
     from bench.unit_table import FIXED_COLUMNS, unit_rows
 
-    try:
-        results = load_results(str(path))
-    except UserError as err:
-        raise UserError(f"load_run: {str(err).removeprefix('compare: ')}") from None
+    results = load_results(path, command="load_run")
     rows: list[dict[str, Any]] = unit_rows(results)
     return pd.DataFrame(rows, columns=list(rows[0]) if rows else list(FIXED_COLUMNS))

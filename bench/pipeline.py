@@ -7,7 +7,6 @@ interrupted run resumes where it stopped; a unit that fails at any stage becomes
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import traceback
@@ -24,21 +23,17 @@ from bench.failures import is_transient
 from bench.llm.spend import metering
 from bench.protocols import ScoringContext, Simulator, Sink
 from bench.records import Explanation, Score, UnitRecord, UnitResult, Usage
-from bench.report.run_folder import write_train_excerpts
+from bench.run.folder import FAILED_SPEND, ExplanationStore, JsonlSink, write_train_excerpts
 from bench.scorers import metrics
 from bench.scorers.calibration import CalibrationError, fit_calibration
 from bench.scorers.correlation import pooled
 from bench.splits import make_splits
-from bench.state_files import parse_lines
-from bench.tracking.jsonl import JsonlSink, drop_torn_tail, rewrite_atomically
-from bench.tracking.redact import redact
 
 log = logging.getLogger(__name__)
 
 CONTROL_SCORE = "correlation/top_and_random"
 # The cost/<stage>/... bucket that a failure's spend counts in, by the stage where the unit failed.
 COST_STAGE = {"explain": "explainer", "simulate": "simulator", "score": "scorer", "control": "control"}
-FAILED_SPEND = "failed_spend"  # extras key: {cost stage: Usage dict} spent by failed attempts of this unit
 
 
 @dataclass
@@ -77,78 +72,6 @@ def derangement(n: int, shift: int, seed: int) -> list[int] | None:
     for pos, unit in enumerate(order):
         target[int(unit)] = int(order[(pos + shift) % n])
     return target
-
-
-EXPLANATIONS_FIX = "delete that line (its unit is explained again) or the file (every unit is explained again)"
-
-
-def _explanation_item(item: dict[str, Any]) -> dict[str, Any]:
-    """An explanations.jsonl object, checked so that :meth:`ExplanationStore.get` cannot fail on it."""
-    if not isinstance(item.get("unit"), str):
-        raise ValueError("no 'unit' key naming the unit")
-    e = item.get("explanation")
-    if e is None:
-        return item
-    if not isinstance(e, dict) or not isinstance(e.get("text"), str) or not isinstance(e.get("explainer"), str):
-        raise ValueError("'explanation' must hold 'text' and 'explainer' strings")
-    Usage(**(e.get("usage") or {}))  # TypeError for unknown usage fields
-    return item
-
-
-class ExplanationStore:
-    """explanations.jsonl in the run folder: written as each unit is explained, read back on resume."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.items: dict[str, dict[str, Any]] = {}
-        drop_torn_tail(path)
-        if path.exists():
-            for item in parse_lines(path, _explanation_item, EXPLANATIONS_FIX):
-                self.items[item["unit"]] = item
-
-    def add(
-        self,
-        key: str,
-        explanation: Explanation | None,
-        error: str | None,
-        transient: bool = False,
-        failed_spend: Usage | None = None,
-    ) -> None:
-        """Record a unit's explanation or failure; ``failed_spend``: what failed attempts at explaining
-        it spent (earlier runs' included), ``transient``: a re-run retries this failure."""
-        item: dict[str, Any] = {
-            "unit": key,
-            "explanation": asdict(explanation) if explanation else None,
-            "error": error,
-        }
-        if explanation is None:
-            item["transient"] = transient
-        if failed_spend is not None and failed_spend != Usage():
-            item[FAILED_SPEND] = asdict(failed_spend)
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(redact(item)) + "\n")
-        self.items[key] = item
-
-    def failed_spend(self, key: str) -> Usage:
-        return Usage(**(self.items.get(key) or {}).get(FAILED_SPEND) or {})
-
-    def forget(self, keys: set[str]) -> None:
-        """Drop these units' lines (failures about to be retried): one line per unit, atomically."""
-        if not keys:
-            return
-        for key in keys:
-            self.items.pop(key, None)
-        rewrite_atomically(self.path, "".join(json.dumps(redact(item)) + "\n" for item in self.items.values()))
-
-    def get(self, key: str) -> tuple[Explanation | None, str | None] | None:
-        item = self.items.get(key)
-        if item is None:
-            return None
-        e = item["explanation"]
-        if e is None:
-            return None, item["error"]
-        usage = Usage(**(e.get("usage") or {}))
-        return Explanation(text=e["text"], explainer=e["explainer"], meta=e.get("meta") or {}, usage=usage), None
 
 
 def as_finished(fn: Any, keys: Sequence[str], workers: int) -> Any:
