@@ -28,6 +28,8 @@ examples:
   neuronbench run --dry-run explainer=openai simulator=openai_all_at_once_logprobs   # calls, tokens, $ first
   neuronbench leaderboard --runs runs               # md/csv/html/tex + plots in a new outputs/leaderboards/<time>/
   neuronbench view runs/<name>-<hash>               # static HTML site of one run (RUN_DIR/viewer/index.html)
+  neuronbench run shard=0/4 ...; ... shard=3/4      # one run in 4 processes; the last to finish merges
+  neuronbench merge runs/<name>-<hash>              # ... or merge the finished shards by hand
   neuronbench card create my_bench units.count=20   # freeze a benchmark; then: neuronbench run card=my_bench
   neuronbench list [GROUP]                          # the options of each config group
   neuronbench judge-check simulator=proxy_lexical   # does the simulator separate true/shuffled/empty explanations?
@@ -109,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     view_p = sub.add_parser("view", help="write a static HTML site of one run (units, excerpts, scores)")
     view_p.add_argument("run_dir", help="run folder (runs/<name>-<hash>)")
     view_p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/viewer)")
+    merge_p = sub.add_parser("merge", help="join the shards of a sharded run (shard=i/n) into results.jsonl")
+    merge_p.add_argument("run_dir", help="run folder (runs/<name>-<hash>) its shards wrote into")
     card_p = sub.add_parser("card", help="benchmark cards: freeze a benchmark definition (results/cards/)")
     card_sub = card_p.add_subparsers(dest="card_command", required=True)
     create_p = card_sub.add_parser("create", help="write results/cards/NAME.vN.yaml from conf/ + overrides")
@@ -176,6 +180,8 @@ def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
             return 0
         if args.command == "view":
             return command_view(args.run_dir, args.out)
+        if args.command == "merge":
+            return command_merge(args.run_dir)
     except UserError as err:
         print(f"neuronbench: {err}", file=sys.stderr)
         return err.exit_code
@@ -390,6 +396,7 @@ NOT_DETERMINING = (
     "run_name",
     "cache_dir",
     "parallel_units",
+    "shard",  # all shards of a run share its folder (bench/run/shards.py)
     "fail_on",
     "warn_on",
 )
@@ -432,9 +439,9 @@ def run_job(
     from bench import pipeline
     from bench.config import check_ready, validate
     from bench.provenance import git_commit, package_versions
+    from bench.run.folder import JsonlSink, RunFolder
     from bench.run_lock import lock_run_folder, store_setup_lock
     from bench.summary import print_summary
-    from bench.tracking.jsonl import JsonlSink
     from bench.tracking.redact import install_log_redaction, register_config
 
     for noisy in ("transformers", "mlflow", "alembic"):
@@ -448,14 +455,15 @@ def run_job(
     check_writable_dirs(settings)
     choices = _hydra_choices() or dict(choices or {})
     name, digest = run_identity(cfg, choices)
-    run_dir = Path(settings.output_dir) / f"{name}-{digest}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    folder_lock = lock_run_folder(run_dir)  # a second run of this configuration stops here, in one line
-    store = JsonlSink(run_dir / "results.jsonl")
+    folder = RunFolder(Path(settings.output_dir) / f"{name}-{digest}").mkdir()
+    run_dir, shard = folder.root, settings.shard
+    folder_lock = lock_run_folder(run_dir, shard)  # a second run of this configuration stops here, in one line
+    store = JsonlSink(folder.results_of(shard), summary=shard is None)  # a shard: its own file, the merge sums up
     config = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"}
-    (run_dir / "config.json").write_text(json.dumps(_redacted(config), indent=2, default=str))
+    folder.write_config(config)
     mirrors = []
     tracked = None
+    mlflow_setup: dict[str, Any] = {}  # a shard leaves the MLflow run to the merge
     if settings.tracking.enabled:
         from bench.tracking.mlflow_sink import MlflowSink
 
@@ -470,9 +478,12 @@ def run_job(
         }
         sweep = json.loads(os.environ.get(SWEEP_ENV) or "{}")
         label = _child_name(sweep.get("swept", [])) or name
-        with store_setup_lock(settings.tracking.uri):  # a fresh sqlite store: one process migrates it
-            tracked = MlflowSink(settings.tracking, run_dir, label, config, tags, choices, sweep.get("parent_run_id"))
-        mirrors.append(tracked)
+        parent = sweep.get("parent_run_id")
+        mlflow_setup = {"label": label, "tags": tags, "choices": choices, "parent_run_id": parent}
+        if shard is None:
+            with store_setup_lock(settings.tracking.uri):  # a fresh sqlite store: one process migrates it
+                tracked = MlflowSink(settings.tracking, run_dir, label, config, tags, choices, parent)
+            mirrors.append(tracked)
     try:
         outcome = pipeline.run(settings, parts, store, mirrors, run_dir, progress=progress, retry_failed=retry_failed)
     except BaseException:
@@ -484,6 +495,11 @@ def run_job(
         tracked.describe(outcome.warnings)
     for sink in (store, *mirrors):
         sink.close(outcome.summary, outcome.results)
+    if shard is not None:
+        outcome = _finish_shard(settings, parts, folder, outcome, mlflow_setup)
+        if outcome is None:  # other shards still to finish: their last one merges
+            folder_lock.release()
+            return None
     folder_lock.release()
     print_summary(name, run_dir, outcome)
     if tracked is not None:
@@ -493,18 +509,69 @@ def run_job(
     return outcome
 
 
+def _finish_shard(settings: Any, parts: Any, folder: Any, outcome: Any, mlflow_setup: dict[str, Any]) -> Any:
+    """Leave this shard's done marker; the last shard to finish merges the run (bench/run/shards.py).
+    The run's outcome when merged, else None (after one line saying what is left)."""
+    from bench.pipeline import RunOutcome
+    from bench.run.shards import ShardDone, merge, missing_shards, write_done
+
+    shard = settings.shard
+    simulator = parts["simulator"]
+    write_done(
+        folder,
+        shard,
+        ShardDone(
+            units=[r.unit.key for r in outcome.results],
+            metrics={k: v for k, v in outcome.summary.items() if k.startswith("cost/backend/")},
+            mlflow=mlflow_setup,
+            simulator={
+                "estimator": getattr(simulator, "recorded_estimator", getattr(simulator, "estimator", "?")),
+                "top_k": getattr(simulator, "top_k", None),
+            },
+        ),
+    )
+    missing = missing_shards(folder, shard.count)
+    if missing:
+        print(
+            f"shard {shard} finished ({len(outcome.results)} units in {folder.results_of(shard)}); "
+            f"{len(missing)} of {shard.count} shards to go ({', '.join(f'shard={s}' for s in missing)}): "
+            f"the last one merges, or run `neuronbench merge {folder.root}`"
+        )
+        return None
+    merged = merge(folder.root, shard.count, tracking=settings.tracking)
+    print(f"shard {shard} finished last: merged {shard.count} shards into {folder.results}")
+    if merged.mlflow_url:
+        print(f"MLflow run: {merged.mlflow_url}")
+    return RunOutcome(results=merged.results, summary=merged.summary, warnings=merged.warnings, run_dir=folder.root)
+
+
+def command_merge(run_dir: str) -> int:
+    """``neuronbench merge RUN_DIR``: join a sharded run's shard files (what its last shard does itself)."""
+    from types import SimpleNamespace
+
+    from bench.pipeline import RunOutcome, check_failure_rate
+    from bench.run.folder import RunFolder
+    from bench.run.shards import merge
+    from bench.summary import print_summary
+
+    merged = merge(Path(run_dir))
+    outcome = RunOutcome(merged.results, merged.summary, merged.warnings, run_dir=merged.run_dir)
+    print_summary(merged.run_dir.name, merged.run_dir, outcome)
+    if merged.mlflow_url:
+        note = " (already complete: nothing logged again)" if merged.mlflow_already_complete else ""
+        print(f"MLflow run: {merged.mlflow_url}{note}")
+    config = json.loads(RunFolder(merged.run_dir).config.read_text())
+    fail_on = SimpleNamespace(failure_rate=float((config.get("fail_on") or {}).get("failure_rate", 1.0)))
+    check_failure_rate(merged.summary, SimpleNamespace(fail_on=fail_on))  # type: ignore[arg-type]
+    return 0
+
+
 def check_writable_dirs(settings: Any) -> None:
     """An unwritable output_dir or cache is one line before any work (not a PermissionError later)."""
     from bench.state_files import check_writable_dir
 
     check_writable_dir(settings.output_dir, "output_dir", "set output_dir=<a writable folder>")
     check_writable_dir(settings.cache_dir, "cache_dir", "set NEURONBENCH_CACHE or cache_dir=<a writable folder>")
-
-
-def _redacted(config: dict[str, Any]) -> dict[str, Any]:
-    from bench.tracking.redact import redact
-
-    return redact(config)
 
 
 def _scrub_hydra_outputs() -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import ConfigError, UserError
+from bench.run.shards import Shard, parse_shard
 
 COMPONENT_GROUPS = ("subject", "dataset", "explainer", "simulator")
 SCORING_SETS = ("top_and_random", "top_only", "random_only")
@@ -279,6 +280,7 @@ class RunSettings:
     cache_dir: str
     output_dir: str
     parallel_units: int = 1
+    shard: Shard | None = None  # this process runs one slice of the run's units (bench/run/shards.py)
     fail_on: FailOnConfig = field(default_factory=FailOnConfig)
     warn_on: WarnOnConfig = field(default_factory=WarnOnConfig)
 
@@ -302,6 +304,7 @@ def validate(cfg: Any) -> tuple[RunSettings, dict[str, Any]]:
         cache_dir=str(cfg.cache_dir),
         output_dir=str(cfg.output_dir),
         parallel_units=parallel,
+        shard=parse_shard(cfg.get("shard")),
         **settings,
     )
     need_top, need_random = 4 * run.units.examples_per_split, 3 * run.units.examples_per_split

@@ -23,7 +23,8 @@ from bench.failures import is_transient
 from bench.llm.spend import metering
 from bench.protocols import ScoringContext, Simulator, Sink
 from bench.records import Explanation, Score, UnitRecord, UnitResult, Usage
-from bench.run.folder import FAILED_SPEND, ExplanationStore, JsonlSink, write_train_excerpts
+from bench.run.folder import FAILED_SPEND, ExplanationStore, JsonlSink, RunFolder, write_train_excerpts
+from bench.run.shards import explain_shard, shard_units
 from bench.scorers import metrics
 from bench.scorers.calibration import CalibrationError, fit_calibration
 from bench.scorers.correlation import pooled
@@ -120,14 +121,23 @@ def run(
     run_dir.mkdir(parents=True, exist_ok=True)
     records, provenance = load_records(settings, subject, parts["dataset"])
     write_train_excerpts(run_dir, records, settings.units.examples_per_split)  # what the explainer saw (viewer)
-    explained = ExplanationStore(run_dir / "explanations.jsonl")
+    explained = ExplanationStore(RunFolder(run_dir).explanations)
+    own = dict.fromkeys(shard_units(settings.shard, list(records)))  # every unit, or this shard's slice (in order)
+    whole = records if settings.shard is None else {}  # a shard explains below
     explanations = explain_all(
-        settings, parts["explainer"], simulator, records, run_dir, progress, retry_failed=retry_failed, store=explained
+        settings, parts["explainer"], simulator, whole, run_dir, progress, retry_failed=retry_failed, store=explained
     )
+    if settings.shard is not None:  # the control borrows every unit's explanation: shards share them (run/shards.py)
+        explanations = explain_shard(
+            settings.shard, settings.control.enabled, RunFolder(run_dir), records, explained,
+            lambda keys, retry: explain_all(settings, parts["explainer"], simulator, {k: records[k] for k in keys},
+                                            run_dir, False, retry_failed=retry, store=explained),
+            retry_failed, settings.parallel_units,
+        )  # fmt: skip
     controls = assign_controls(settings, [k for k in records if explanations[k][0] is not None])
 
     done = store.finished_units()
-    previous = {r.unit.key: r for r in store.previous_results() if r.unit.key in records}
+    previous = {r.unit.key: r for r in store.previous_results() if r.unit.key in own}
     retry = {k for k, r in previous.items() if r.status == "failed" and (retry_failed or r.transient)}
     carried = {k: previous[k].extras.get(FAILED_SPEND) or {} for k in retry}  # earlier attempts' spend
     store.forget(retry)
@@ -168,17 +178,18 @@ def run(
             result.extras[FAILED_SPEND] = spend
         return result
 
-    pending = [k for k in records if k not in done]
+    pending = [k for k in own if k not in done]
     finished = as_finished(unit_result, pending, settings.parallel_units)
     for key, result in tqdm(finished, total=len(pending), desc="simulate+score", disable=not progress):
         for sink in (store, *mirrors):
             sink.write(result)
         previous[key] = result
-    results = [previous[k] for k in records if k in previous]  # in unit order, however they finished
+    results = [previous[k] for k in own if k in previous]  # in unit order, however they finished
 
     summary = aggregate(results, settings.scoring.bootstrap_resamples, settings.scoring.confidence, settings.seed)
     summary.update(backend_metrics(parts))  # retries, cache hits, dollars of the HTTP backends (this process)
-    write_score_correlations(results, run_dir)  # score_correlations.{json,csv}: how scorers agree across units
+    if settings.shard is None:  # a shard's slice is not the run: the merge writes them
+        write_score_correlations(results, run_dir)  # score_correlations.{json,csv}: how scorers agree across units
     warnings = specificity_warnings(summary, settings) + unparsed_warnings(summary, settings, simulator)
     outages = sum(1 for r in results if r.status == "failed" and r.transient)
     if outages:

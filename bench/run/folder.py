@@ -328,6 +328,18 @@ class ExplanationStore:
             self._seen = (-1, 0, 1)
             self.refresh()
 
+    def order(self, keys: list[str]) -> None:
+        """Rewrite the file with its units in ``keys`` order (a merge: the order an unsharded run writes)."""
+        with self._lock:
+            self.refresh()
+            rank = {k: i for i, k in enumerate(keys)}
+            items = sorted(self.items.values(), key=lambda item: rank.get(item["unit"], len(rank)))
+            text = "".join(json.dumps(redact(item)) + "\n" for item in items)
+            if not self.path.exists() or self.path.read_text() != text:
+                rewrite_atomically(self.path, text)
+            self._seen = (-1, 0, 1)
+            self.refresh()
+
     def get(self, key: str) -> tuple[Explanation | None, str | None] | None:
         item = self.items.get(key)
         if item is None:
