@@ -324,7 +324,7 @@ def explain_all(
     A failure recorded by an earlier run is kept unless it was transient (or ``retry_failed``)."""
     from tqdm.auto import tqdm
 
-    explained = store if store is not None else ExplanationStore(run_dir / "explanations.jsonl")
+    explained = store if store is not None else ExplanationStore(RunFolder(run_dir).explanations)
     explanations: dict[str, tuple[Explanation | None, str | None]] = {}
 
     def explain(key: str) -> tuple[Explanation | None, str | None, bool, Usage]:

@@ -148,14 +148,10 @@ def _same_run(a: Path, b: Path, counters: bool = True) -> None:
     for name in ("results.jsonl", "explanations.jsonl", "score_correlations.json"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     summaries = [json.loads((run / "summary.json").read_text()) for run in (a, b)]
-    split = [
-        ({k: v for k, v in s.items() if not k.startswith("cost/backend/")}, {k: v for k, v in s.items() if k not in m})
-        for s in summaries
-        for m in [{k for k in s if not k.startswith("cost/backend/")}]
-    ]
-    assert split[0][0] == split[1][0] and len(split[0][0]) > 20
+    aggregates = [{k: v for k, v in s.items() if not k.startswith("cost/backend/")} for s in summaries]
+    assert aggregates[0] == aggregates[1] and len(aggregates[0]) > 20
     if counters:
-        (_, backend_a), (_, backend_b) = split
+        backend_a, backend_b = ({k: v for k, v in s.items() if k.startswith("cost/backend/")} for s in summaries)
         assert set(backend_a) == set(backend_b) and backend_a
         for key, value in backend_a.items():
             assert backend_b[key] == (pytest.approx(value, rel=1e-9) if key.endswith("/dollars") else value), key
@@ -243,3 +239,36 @@ def test_a_shard_out_of_range_is_one_line_before_any_work(tmp_path, monkeypatch,
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "'shard'" in err and "Traceback" not in err, err
     assert not any(tmp_path.iterdir())
+
+
+def test_each_shard_holds_its_own_lock_so_shards_share_a_folder_but_a_shard_runs_once(tmp_path) -> None:
+    from bench.errors import UserError
+    from bench.run_lock import lock_run_folder
+
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from bench.run.shards import Shard\n"
+        "from bench.run_lock import lock_run_folder\n"
+        "lock = lock_run_folder(Path(sys.argv[1]), Shard(0, 2))\n"
+        "print('held', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        other = lock_run_folder(tmp_path, Shard(1, 2))  # another shard of the run: side by side
+        assert other.is_locked
+        with pytest.raises(UserError) as err:
+            lock_run_folder(tmp_path, Shard(0, 2))  # the same shard twice: one line
+        assert "shard 0/2" in str(err.value) and "in progress" in str(err.value) and "\n" not in str(err.value)
+        other.release()
+    finally:
+        holder.communicate("", timeout=60)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock.shard-0-of-2", ".lock.shard-1-of-2"]

@@ -22,7 +22,7 @@ from typing import Any
 
 from bench.records import UnitResult
 from bench.report.templating import TEMPLATES, render
-from bench.run.folder import FinishedRun, read_run
+from bench.run.folder import FinishedRun, RunFolder, read_run
 
 SORT_SCRIPT = (TEMPLATES / "sort.js").read_text()
 
@@ -126,7 +126,7 @@ def _unit_context(run: FinishedRun, r: UnitResult, names: list[str]) -> dict[str
 def write_site(run_dir: Path, out_dir: Path | None = None) -> Path:
     """Write the site (index.html + units/*.html) and return the index path."""
     run = read_run(Path(run_dir), command="view")
-    out = Path(out_dir) if out_dir is not None else run.path / "viewer"
+    out = Path(out_dir) if out_dir is not None else RunFolder(run.path).viewer
     if out.exists():
         shutil.rmtree(out / "units", ignore_errors=True)
     (out / "units").mkdir(parents=True, exist_ok=True)
