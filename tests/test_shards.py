@@ -78,6 +78,46 @@ def test_explanations_file_is_shared_first_line_wins_and_appends_of_others_are_s
     assert [json.loads(line)["unit"] for line in path.read_text().splitlines()] == ["u/3", "u/1"]
 
 
+def _line(index: int, value: float | None, status: str = "ok") -> str:
+    from bench.records import Score, UnitId, UnitResult
+
+    scores = {"correlation/top_and_random": Score("correlation/top_and_random", value)} if value is not None else {}
+    result = UnitResult(UnitId(1, index), status, scores=scores, error=None if value is not None else "boom")
+    return json.dumps(result.to_json()) + "\n"
+
+
+def test_merge_joins_shard_files_over_results_jsonl_in_unit_order_and_says_what_is_missing(tmp_path: Path) -> None:
+    from bench.errors import UserError
+    from bench.run.folder import JsonlSink
+    from bench.run.shards import ShardDone, merge, write_done
+
+    folder = RunFolder(tmp_path / "run").mkdir()
+    keys = [f"mlp_neuron/L1/{i}" for i in range(6)]
+    folder.write_units(keys)
+    folder.write_config({"seed": 0, "scoring": {"bootstrap_resamples": 50, "confidence": 0.9}, "tracking": {}})
+    lines = {k: _line(i, 0.1 * i if i != 4 else None, "ok" if i != 4 else "failed") for i, k in enumerate(keys)}
+    folder.results.write_text(lines[keys[2]])  # a unit an unsharded run finished before the shards started
+    for i in range(2):
+        shard = Shard(i, 2)
+        mine = [k for k in shard_units(shard, keys) if k != keys[2]]
+        folder.results_of(shard).write_text("".join(lines[k] for k in reversed(mine)))  # finishing order
+        assert keys[2] in JsonlSink(folder.results_of(shard), summary=False, base=folder.results).finished_units()
+        with pytest.raises(UserError) as err:
+            merge(folder.root, track=False)
+        assert "shard=1/2" in str(err.value) and "\n" not in str(err.value)
+        write_done(folder, shard, ShardDone(units=mine, metrics={"cost/backend/simulator/calls": 3.0}))
+    merged = merge(folder.root, track=False)
+    assert folder.results.read_text() == "".join(lines[k] for k in keys)  # verbatim, in the run's order
+    assert [r.unit.key for r in merged.results] == keys
+    summary = json.loads(folder.summary.read_text())
+    assert summary["units/failed"] == 1 and summary["units/ok"] == 5  # a failure is carried, never dropped
+    assert summary["cost/backend/simulator/calls"] == 6  # the shards' process counters, summed
+    with pytest.raises(UserError, match="no shard results"):
+        merge(tmp_path / "run" / "..", track=False)
+    with pytest.raises(UserError, match="not a run folder"):
+        merge(tmp_path / "nowhere", track=False)
+
+
 # ---------------------------------------------------------------------------------------------------
 # End to end: sharded + merged == unsharded
 # ---------------------------------------------------------------------------------------------------

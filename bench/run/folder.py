@@ -178,17 +178,21 @@ class JsonlSink:
 
     Re-running the same configuration reads it back and skips finished units, so an interrupted run loses
     nothing.  A torn last line (crash mid-write) is ignored and that unit is redone.  ``summary``: whether
-    :meth:`close` writes ``summary.json`` (a shard's slice is not the run's summary: the merge writes it)."""
+    :meth:`close` writes ``summary.json`` (a shard's slice is not the run's summary: the merge writes it).
+    ``base``: a results file whose units count as finished too, under this file's lines (a shard reads
+    the run's ``results.jsonl``: units an unsharded run or an earlier merge finished are not redone)."""
 
-    def __init__(self, path: Path, summary: bool = True) -> None:
+    def __init__(self, path: Path, summary: bool = True, base: Path | None = None) -> None:
         self.path = path
+        self.base = base
         self.writes_summary = summary
         path.parent.mkdir(parents=True, exist_ok=True)
         drop_torn_tail(path)
         self._previous = self._read()
 
     def _read(self) -> dict[str, UnitResult]:
-        return read_results(self.path) if self.path.exists() else {}
+        found = read_results(self.base) if self.base is not None and self.base.exists() else {}
+        return found | (read_results(self.path) if self.path.exists() else {})
 
     def finished_units(self) -> set[str]:
         return set(self._previous)

@@ -229,7 +229,9 @@ def merge(
     units: list[str] = json.loads(folder.units.read_text())
     config: dict[str, Any] = json.loads(folder.config.read_text())
     dones = [read_done(folder, Shard(i, count)) for i in range(count)]
-    lines: dict[str, str] = {}
+    # results.jsonl first (units an unsharded run or an earlier merge finished: a shard does not redo them),
+    # then every shard's lines over it
+    lines: dict[str, str] = read_result_lines(folder.results) if folder.results.exists() else {}
     for i in range(count):
         path = folder.results_of(Shard(i, count))
         if path.exists():
