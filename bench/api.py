@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 def evaluate(overrides: Sequence[str] = (), progress: bool = False) -> RunOutcome:
     """Run one configuration (Hydra overrides, as on the command line); a sweep is refused (use the CLI's
-    ``-m``).  Config mistakes raise :class:`~bench.errors.UserError` before any model loads."""
+    ``-m``).  Config mistakes raise :class:`~bench.errors.UserError` before any model loads.  With
+    ``shard=i/n`` it returns the merged run's outcome from the last shard to finish, None from the others."""
     from bench.cli import run_job
     from bench.config import compose, expand_sweep
 
