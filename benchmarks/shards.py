@@ -11,7 +11,7 @@ Asserted: ``results.jsonl``, ``explanations.jsonl`` and ``score_correlations.jso
 unsharded run's, ``summary.json`` identical except the process counters ``cost/backend/...``.  Reported:
 ``speedup = unsharded wall / sharded wall``, side by side in one run.
 
-    python benchmarks/shards.py [--latency 0.2] [--units 16] [--out results/benchmarks/shards.json]
+    python benchmarks/shards.py [--latency 1.0] [--units 16] [--out results/benchmarks/shards.json]
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def check_same(whole: Path, sharded: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--latency", type=float, default=0.2)
+    parser.add_argument("--latency", type=float, default=1.0)
     parser.add_argument("--units", type=int, default=16)
     parser.add_argument("--shards", default="1,2,4")
     parser.add_argument("--out", default=str(ROOT / "results" / "benchmarks" / "shards.json"))
@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ[KEY_ENV] = "sk-bench-not-a-secret"
     counts = [int(n) for n in args.shards.split(",")]
     rows = []
+    load_before = os.getloadavg()[0]  # other jobs on the machine take CPU from every process: say how many
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         subject = save_tiny_subject("llama", tmp / "tiny")
@@ -159,7 +160,11 @@ def main(argv: list[str] | None = None) -> int:
                 "latency_s": args.latency,
                 "units": args.units,
                 "identical": list(SAME_BYTES) + ["summary.json (all but cost/backend/* process counters)"],
-                "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "load_average_1min": {"start": round(load_before, 1), "end": round(os.getloadavg()[0], 1)},
+                },
                 "unsharded": whole,
                 "sharded": rows,
             },

@@ -88,11 +88,14 @@ def shard_units(shard: Shard | None, keys: Sequence[str]) -> list[str]:
 
 def help_order(shard: Shard, keys: Sequence[str]) -> list[str]:
     """The other shards' units in the order this shard explains the ones still missing: the next shard's
-    slice first, each slice from its end (its owner explains from the start)."""
+    slice first, each slice from its end (its owner explains from the start), and each of a slice's
+    n - 1 helpers starting at its own point of it (so concurrent helpers rarely meet at one unit)."""
     order: list[str] = []
     for step in range(1, shard.count):
         other = (shard.index + step) % shard.count
-        order.extend(reversed([k for k in keys if shard_of(k, shard.count) == other]))
+        tail = list(reversed([k for k in keys if shard_of(k, shard.count) == other]))
+        offset = (step - 1) * len(tail) // (shard.count - 1)  # helpers of `other` have distinct steps
+        order.extend(tail[offset:] + tail[:offset])
     return order
 
 
@@ -150,9 +153,12 @@ class ShardDone:
 
 
 def write_done(folder: RunFolder, shard: Shard, done: ShardDone) -> None:
+    """The marker, redacted like every file of the run folder (its MLflow tags hold the overrides)."""
     from dataclasses import asdict
 
-    rewrite_atomically(folder.done_of(shard), json.dumps(asdict(done), default=str))
+    from bench.tracking.redact import redact
+
+    rewrite_atomically(folder.done_of(shard), json.dumps(redact(asdict(done)), default=str))
 
 
 def read_done(folder: RunFolder, shard: Shard) -> ShardDone | None:
