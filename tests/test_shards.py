@@ -76,6 +76,10 @@ def test_explanations_file_is_shared_first_line_wins_and_appends_of_others_are_s
     assert set(b.items) == {"u/1", "u/3"} and set(ExplanationStore(path).items) == {"u/1", "u/3"}
     b.order(["u/3", "u/1"])
     assert [json.loads(line)["unit"] for line in path.read_text().splitlines()] == ["u/3", "u/1"]
+    with path.open("a") as fh:
+        fh.write('{"unit": "u/4", "expla')  # a shard killed mid-append
+    a.add("u/5", _explanation("five"), None)  # another appends: the fragment is cut, not glued to
+    assert set(ExplanationStore(path).items) == {"u/1", "u/3", "u/5"}
 
 
 def _line(index: int, value: float | None, status: str = "ok") -> str:

@@ -308,6 +308,8 @@ class ExplanationStore:
         if failed_spend is not None and failed_spend != Usage():
             item[FAILED_SPEND] = asdict(failed_spend)
         with self._lock:
+            if _ends_torn(self.path):  # a process killed mid-append: cut its fragment, not glue to it
+                drop_torn_tail(self.path)
             self.refresh()
             if key in self.items:  # another shard wrote this unit first: theirs is the run's
                 return
@@ -353,6 +355,18 @@ class ExplanationStore:
             return None, item["error"]
         usage = Usage(**(e.get("usage") or {}))
         return Explanation(text=e["text"], explainer=e["explainer"], meta=e.get("meta") or {}, usage=usage), None
+
+
+def _ends_torn(path: Path) -> bool:
+    """Whether ``path`` ends in a line without its newline (one byte read, not the file)."""
+    try:
+        with path.open("rb") as fh:
+            if fh.seek(0, os.SEEK_END) == 0:
+                return False
+            fh.seek(-1, os.SEEK_END)
+            return fh.read(1) != b"\n"
+    except FileNotFoundError:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------------
