@@ -458,6 +458,8 @@ def run_job(
     folder = RunFolder(Path(settings.output_dir) / f"{name}-{digest}").mkdir()
     run_dir, shard = folder.root, settings.shard
     folder_lock = lock_run_folder(run_dir, shard)  # a second run of this configuration stops here, in one line
+    if shard is None:
+        folder.adopt_shard_results()  # units that shards of this run finished are not redone
     # a shard: its own file (units already in results.jsonl count as finished); the merge sums up
     store = JsonlSink(folder.results_of(shard), summary=shard is None, base=None if shard is None else folder.results)
     config = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"}

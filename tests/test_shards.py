@@ -116,6 +116,10 @@ def test_merge_joins_shard_files_over_results_jsonl_in_unit_order_and_says_what_
     summary = json.loads(folder.summary.read_text())
     assert summary["units/failed"] == 1 and summary["units/ok"] == 5  # a failure is carried, never dropped
     assert summary["cost/backend/simulator/calls"] == 6  # the shards' process counters, summed
+    folder.results.write_text(lines[keys[0]])  # an unsharded run started in this folder adopts the shards' units
+    assert folder.adopt_shard_results() == 4
+    assert JsonlSink(folder.results).finished_units() == set(keys) - {keys[2]}
+    assert folder.adopt_shard_results() == 0
     with pytest.raises(UserError, match="no shard results"):
         merge(tmp_path / "run" / "..", track=False)
     with pytest.raises(UserError, match="not a run folder"):

@@ -94,6 +94,26 @@ class RunFolder:
     def done_of(self, shard: Shard) -> Path:
         return self.root / f"{shard.tag}.done.json"
 
+    def shard_results(self) -> list[Path]:
+        """Every shard's results file in this folder (any n)."""
+        return sorted(self.root.glob("results.shard-*-of-*.jsonl"))
+
+    def adopt_shard_results(self) -> int:
+        """Before an unsharded run: copy the units that shards finished (and results.jsonl lacks) into
+        results.jsonl, so switching from shards to one process redoes nothing.  How many were copied."""
+        shards = self.shard_results()
+        if not shards:
+            return 0
+        have = read_result_lines(self.results) if self.results.exists() else {}
+        found: dict[str, str] = {}
+        for path in shards:
+            found.update(read_result_lines(path))
+        new = {k: line for k, line in found.items() if k not in have}
+        if new:
+            drop_torn_tail(self.results)
+            rewrite_atomically(self.results, "".join([*have.values(), *new.values()]))
+        return len(new)
+
     def mkdir(self) -> RunFolder:
         self.root.mkdir(parents=True, exist_ok=True)
         return self
