@@ -13,14 +13,17 @@ run is explained, and the results must equal an unsharded run's.  The design: ``
 shared by the shards (appends under a lock; the first line written for a unit wins), and a shard first
 explains its own units, then every unit that no shard has explained yet -- the other shards' units,
 taken from the end of each slice while their owners work from the start, so concurrent shards rarely
-explain one unit twice (and when they do, the response cache answers the second request and the first
-line wins, so all shards score with the same explanation).  No shard ever waits for another: shards run
-one after another on one machine just as well as side by side on several.  With ``control.enabled=false``
-a shard explains only its own units.
+explain one unit twice (and when they do, the response cache's per-key claim makes the second wait for
+the first's answer instead of paying again, and the first line wins, so all shards score with the same
+explanation).  No shard ever waits for another: shards run one after another on one machine just as
+well as side by side on several.  With ``control.enabled=false`` a shard explains only its own units.
+Like an unsharded re-run, a shard that retries a unit's transient explaining failure gives the units it
+scores afterwards one more donor than units scored before the retry had.
 
 **Merge.**  When every shard has written its ``shard-i-of-n.done.json`` marker, :func:`merge` (run by the
 last shard to finish, or ``neuronbench merge RUN_DIR``) copies every unit's line verbatim into
-``results.jsonl`` in the run's unit order, puts ``explanations.jsonl`` in that order, aggregates
+``results.jsonl`` in the run's unit order (over the lines it already holds: a shard counts units in
+``results.jsonl`` as finished), puts ``explanations.jsonl`` in that order, aggregates
 ``summary.json`` exactly as an unsharded run does (the bootstrap sees the units in the same order) plus
 the shards' summed backend counters, and mirrors the run to MLflow through the ordinary sink.  The merge
 is idempotent: running it twice writes the same files and logs nothing twice.
