@@ -29,6 +29,8 @@ examples:
   neuronbench run --dry-run explainer=openai simulator=openai_all_at_once_logprobs   # calls, tokens, $ first
   neuronbench leaderboard --runs runs               # md/csv/html/tex + plots in a new outputs/leaderboards/<time>/
   neuronbench view runs/<name>-<hash>               # static HTML site of one run (RUN_DIR/viewer/index.html)
+  neuronbench run shard=0/4 ...; ... shard=3/4      # one run in 4 processes; the last to finish merges
+  neuronbench merge runs/<name>-<hash>              # ... or merge the finished shards by hand
   neuronbench card create my_bench units.count=20   # freeze a benchmark; then: neuronbench run card=my_bench
   neuronbench list [GROUP]                          # the options of each config group
   neuronbench judge-check simulator=proxy_lexical   # does the simulator separate true/shuffled/empty explanations?
@@ -110,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     view_p = sub.add_parser("view", help="write a static HTML site of one run (units, excerpts, scores)")
     view_p.add_argument("run_dir", help="run folder (runs/<name>-<hash>)")
     view_p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/viewer)")
+    merge_p = sub.add_parser("merge", help="join the shards of a sharded run (shard=i/n) into results.jsonl")
+    merge_p.add_argument("run_dir", help="run folder (runs/<name>-<hash>) its shards wrote into")
     card_p = sub.add_parser("card", help="benchmark cards: freeze a benchmark definition (results/cards/)")
     card_sub = card_p.add_subparsers(dest="card_command", required=True)
     create_p = card_sub.add_parser("create", help="write results/cards/NAME.vN.yaml from conf/ + overrides")
@@ -177,6 +181,8 @@ def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
             return 0
         if args.command == "view":
             return command_view(args.run_dir, args.out)
+        if args.command == "merge":
+            return command_merge(args.run_dir)
     except UserError as err:
         print(f"neuronbench: {err}", file=sys.stderr)
         return err.exit_code
@@ -261,6 +267,27 @@ def command_compare(run_a: str, run_b: str, score: str, as_json: bool) -> int:
         f"paired permutation p = {c.p_value:.4g}, {kind}) over {c.n_pairs} paired units "
         f"(A mean {c.mean_a:.4f}, B mean {c.mean_b:.4f}; {c.n_unpaired} units unpaired: missing, failed or NaN)"
     )
+    return 0
+
+
+def command_merge(run_dir: str) -> int:
+    """``neuronbench merge RUN_DIR``: join a sharded run's shard files (what its last shard does itself)."""
+    from types import SimpleNamespace
+
+    from bench.pipeline import RunOutcome, check_failure_rate
+    from bench.run.folder import RunFolder
+    from bench.run.shards import merge
+    from bench.summary import print_summary
+
+    merged = merge(Path(run_dir))
+    outcome = RunOutcome(merged.results, merged.summary, merged.warnings, run_dir=merged.run_dir)
+    print_summary(merged.run_dir.name, merged.run_dir, outcome)
+    if merged.mlflow_url:
+        note = " (already complete: nothing logged again)" if merged.mlflow_already_complete else ""
+        print(f"MLflow run: {merged.mlflow_url}{note}")
+    config = json.loads(RunFolder(merged.run_dir).config.read_text())
+    fail_on = SimpleNamespace(failure_rate=float((config.get("fail_on") or {}).get("failure_rate", 1.0)))
+    check_failure_rate(merged.summary, SimpleNamespace(fail_on=fail_on))  # type: ignore[arg-type]
     return 0
 
 

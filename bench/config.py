@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import ConfigError, UserError
+from bench.run.shards import Shard, parse_shard
 
 COMPONENT_GROUPS = ("subject", "dataset", "explainer", "simulator")
 SCORING_SETS = ("top_and_random", "top_only", "random_only")
@@ -334,6 +335,7 @@ class RunSettings:
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     # the composed config, resolved (without hydra's node): what a runner=ray worker rebuilds the run from
     config: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    shard: Shard | None = None  # this process runs one slice of the run's units (bench/run/shards.py)
     fail_on: FailOnConfig = field(default_factory=FailOnConfig)
     warn_on: WarnOnConfig = field(default_factory=WarnOnConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
@@ -359,6 +361,7 @@ def validate(cfg: Any) -> tuple[RunSettings, dict[str, Any]]:
         run_name=cfg.get("run_name"),
         cache_dir=str(cfg.cache_dir),
         output_dir=str(cfg.output_dir),
+        shard=parse_shard(cfg.get("shard")),
         **settings,
     )
     need_top, need_random = 4 * run.units.examples_per_split, 3 * run.units.examples_per_split

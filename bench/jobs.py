@@ -45,6 +45,7 @@ NOT_DETERMINING = (
     "output_dir",
     "run_name",
     "cache_dir",
+    "shard",  # all shards of a run share its folder (bench/run/shards.py)
     "engine",
     "runner",
     "fail_on",
@@ -91,9 +92,9 @@ def run_job(
     from bench.config import check_ready, validate
     from bench.llm.budget import install as install_budget
     from bench.provenance import git_commit, package_versions
+    from bench.run.folder import JsonlSink, RunFolder
     from bench.run_lock import lock_run_folder, store_setup_lock
     from bench.summary import print_summary
-    from bench.tracking.jsonl import JsonlSink
     from bench.tracking.redact import install_log_redaction, register_config
 
     for noisy in ("transformers", "mlflow", "alembic"):
@@ -108,14 +109,18 @@ def run_job(
     check_writable_dirs(settings)
     choices = _hydra_choices() or dict(choices or {})
     name, digest = run_identity(cfg, choices)
-    run_dir = Path(settings.output_dir) / f"{name}-{digest}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    folder_lock = lock_run_folder(run_dir)  # a second run of this configuration stops here, in one line
-    store = JsonlSink(run_dir / "results.jsonl")
+    folder = RunFolder(Path(settings.output_dir) / f"{name}-{digest}").mkdir()
+    run_dir, shard = folder.root, settings.shard
+    folder_lock = lock_run_folder(run_dir, shard)  # a second run of this configuration stops here, in one line
+    if shard is None:
+        folder.adopt_shard_results()  # units that shards of this run finished are not redone
+    # a shard: its own file (units already in results.jsonl count as finished); the merge sums up
+    store = JsonlSink(folder.results_of(shard), summary=shard is None, base=None if shard is None else folder.results)
     config = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"}
-    (run_dir / "config.json").write_text(json.dumps(_redacted(config), indent=2, default=str))
+    folder.write_config(config)
     mirrors = []
     tracked = None
+    mlflow_setup: dict[str, Any] = {}  # a shard leaves the MLflow run to the merge
     if settings.tracking.enabled:
         from bench.tracking.mlflow_sink import MlflowSink
 
@@ -130,9 +135,12 @@ def run_job(
         }
         sweep = json.loads(os.environ.get(SWEEP_ENV) or "{}")
         label = _child_name(sweep.get("swept", [])) or name
-        with store_setup_lock(settings.tracking.uri):  # a fresh sqlite store: one process migrates it
-            tracked = MlflowSink(settings.tracking, run_dir, label, config, tags, choices, sweep.get("parent_run_id"))
-        mirrors.append(tracked)
+        parent = sweep.get("parent_run_id")
+        mlflow_setup = {"label": label, "tags": tags, "choices": choices, "parent_run_id": parent}
+        if shard is None:
+            with store_setup_lock(settings.tracking.uri):  # a fresh sqlite store: one process migrates it
+                tracked = MlflowSink(settings.tracking, run_dir, label, config, tags, choices, parent)
+            mirrors.append(tracked)
     try:
         outcome = pipeline.run(settings, parts, store, mirrors, run_dir, progress=progress, retry_failed=retry_failed)
     except BaseException:
@@ -144,6 +152,11 @@ def run_job(
         tracked.describe(outcome.warnings)
     for sink in (store, *mirrors):
         sink.close(outcome.summary, outcome.results)
+    if shard is not None:
+        outcome = _finish_shard(settings, parts, folder, outcome, mlflow_setup)
+        if outcome is None:  # other shards still to finish: their last one merges
+            folder_lock.release()
+            return None
     folder_lock.release()
     print_summary(name, run_dir, outcome)
     if tracked is not None:
@@ -151,6 +164,42 @@ def run_job(
     outcome.run_dir = run_dir
     pipeline.check_failure_rate(outcome.summary, settings)  # all units failed: exit 1, results kept
     return outcome
+
+
+def _finish_shard(settings: Any, parts: Any, folder: Any, outcome: Any, mlflow_setup: dict[str, Any]) -> Any:
+    """Leave this shard's done marker; the last shard to finish merges the run (bench/run/shards.py).
+    The run's outcome when merged, else None (after one line saying what is left)."""
+    from bench.pipeline import RunOutcome
+    from bench.run.shards import ShardDone, merge, missing_shards, write_done
+
+    shard = settings.shard
+    simulator = parts["simulator"]
+    write_done(
+        folder,
+        shard,
+        ShardDone(
+            units=[r.unit.key for r in outcome.results],
+            metrics={k: v for k, v in outcome.summary.items() if k.startswith("cost/backend/")},
+            mlflow=mlflow_setup,
+            simulator={
+                "estimator": getattr(simulator, "recorded_estimator", getattr(simulator, "estimator", "?")),
+                "top_k": getattr(simulator, "top_k", None),
+            },
+        ),
+    )
+    missing = missing_shards(folder, shard.count)
+    if missing:
+        print(
+            f"shard {shard} finished ({len(outcome.results)} units in {folder.results_of(shard)}); "
+            f"{len(missing)} of {shard.count} shards to go ({', '.join(f'shard={s}' for s in missing)}): "
+            f"the last one merges, or run `neuronbench merge {folder.root}`"
+        )
+        return None
+    merged = merge(folder.root, shard.count, tracking=settings.tracking)
+    print(f"shard {shard} finished last: merged {shard.count} shards into {folder.results}")
+    if merged.mlflow_url:
+        print(f"MLflow run: {merged.mlflow_url}")
+    return RunOutcome(results=merged.results, summary=merged.summary, warnings=merged.warnings, run_dir=folder.root)
 
 
 def check_writable_dirs(settings: Any) -> None:

@@ -7,7 +7,6 @@ interrupted run resumes where it stopped; a unit that fails at any stage becomes
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import traceback
@@ -24,21 +23,18 @@ from bench.failures import is_transient
 from bench.llm.spend import metering
 from bench.protocols import ScoringContext, Simulator, Sink
 from bench.records import Explanation, Score, UnitRecord, UnitResult, Usage
-from bench.report.run_folder import write_train_excerpts
+from bench.run.folder import FAILED_SPEND, ExplanationStore, JsonlSink, RunFolder, write_train_excerpts
+from bench.run.shards import explain_shard, shard_units
 from bench.scorers import metrics
 from bench.scorers.calibration import CalibrationError, fit_calibration
 from bench.scorers.correlation import pooled
 from bench.splits import make_splits
-from bench.state_files import parse_lines
-from bench.tracking.jsonl import JsonlSink, drop_torn_tail, rewrite_atomically
-from bench.tracking.redact import redact
 
 log = logging.getLogger(__name__)
 
 CONTROL_SCORE = "correlation/top_and_random"
 # The cost/<stage>/... bucket that a failure's spend counts in, by the stage where the unit failed.
 COST_STAGE = {"explain": "explainer", "simulate": "simulator", "score": "scorer", "control": "control"}
-FAILED_SPEND = "failed_spend"  # extras key: {cost stage: Usage dict} spent by failed attempts of this unit
 
 
 @dataclass
@@ -79,78 +75,6 @@ def derangement(n: int, shift: int, seed: int) -> list[int] | None:
     return target
 
 
-EXPLANATIONS_FIX = "delete that line (its unit is explained again) or the file (every unit is explained again)"
-
-
-def _explanation_item(item: dict[str, Any]) -> dict[str, Any]:
-    """An explanations.jsonl object, checked so that :meth:`ExplanationStore.get` cannot fail on it."""
-    if not isinstance(item.get("unit"), str):
-        raise ValueError("no 'unit' key naming the unit")
-    e = item.get("explanation")
-    if e is None:
-        return item
-    if not isinstance(e, dict) or not isinstance(e.get("text"), str) or not isinstance(e.get("explainer"), str):
-        raise ValueError("'explanation' must hold 'text' and 'explainer' strings")
-    Usage(**(e.get("usage") or {}))  # TypeError for unknown usage fields
-    return item
-
-
-class ExplanationStore:
-    """explanations.jsonl in the run folder: written as each unit is explained, read back on resume."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.items: dict[str, dict[str, Any]] = {}
-        drop_torn_tail(path)
-        if path.exists():
-            for item in parse_lines(path, _explanation_item, EXPLANATIONS_FIX):
-                self.items[item["unit"]] = item
-
-    def add(
-        self,
-        key: str,
-        explanation: Explanation | None,
-        error: str | None,
-        transient: bool = False,
-        failed_spend: Usage | None = None,
-    ) -> None:
-        """Record a unit's explanation or failure; ``failed_spend``: what failed attempts at explaining
-        it spent (earlier runs' included), ``transient``: a re-run retries this failure."""
-        item: dict[str, Any] = {
-            "unit": key,
-            "explanation": asdict(explanation) if explanation else None,
-            "error": error,
-        }
-        if explanation is None:
-            item["transient"] = transient
-        if failed_spend is not None and failed_spend != Usage():
-            item[FAILED_SPEND] = asdict(failed_spend)
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(redact(item)) + "\n")
-        self.items[key] = item
-
-    def failed_spend(self, key: str) -> Usage:
-        return Usage(**(self.items.get(key) or {}).get(FAILED_SPEND) or {})
-
-    def forget(self, keys: set[str]) -> None:
-        """Drop these units' lines (failures about to be retried): one line per unit, atomically."""
-        if not keys:
-            return
-        for key in keys:
-            self.items.pop(key, None)
-        rewrite_atomically(self.path, "".join(json.dumps(redact(item)) + "\n" for item in self.items.values()))
-
-    def get(self, key: str) -> tuple[Explanation | None, str | None] | None:
-        item = self.items.get(key)
-        if item is None:
-            return None
-        e = item["explanation"]
-        if e is None:
-            return None, item["error"]
-        usage = Usage(**(e.get("usage") or {}))
-        return Explanation(text=e["text"], explainer=e["explainer"], meta=e.get("meta") or {}, usage=usage), None
-
-
 def as_finished(fn: Any, keys: Sequence[str], workers: int) -> Any:
     """Yield ``(key, fn(key))`` as each unit finishes, ``workers`` units in flight on the request
     engine (:mod:`bench.engine`: their LLM requests coalesce per backend).  Results are consumed --
@@ -189,17 +113,27 @@ def run(
     run_dir.mkdir(parents=True, exist_ok=True)
     records, provenance = load_records(settings, subject, parts["dataset"])
     write_train_excerpts(run_dir, records, settings.units.examples_per_split)  # what the explainer saw (viewer)
-    explained = ExplanationStore(run_dir / "explanations.jsonl")
+    explained = ExplanationStore(RunFolder(run_dir).explanations)
     context = UnitContext(settings, parts, records, provenance)
     runner = _runner(settings, run_dir)
+    own = dict.fromkeys(shard_units(settings.shard, list(records)))  # every unit, or this shard's slice (in order)
+    whole = records if settings.shard is None else {}  # a shard explains below
     explanations = explain_all(
-        settings, parts["explainer"], simulator, records, run_dir, progress, retry_failed=retry_failed, store=explained,
+        settings, parts["explainer"], simulator, whole, run_dir, progress, retry_failed=retry_failed, store=explained,
         runner=runner, context=context,
     )  # fmt: skip
+    if settings.shard is not None:  # the control borrows every unit's explanation: shards share them (run/shards.py)
+        explanations = explain_shard(
+            settings.shard, settings.control.enabled, RunFolder(run_dir), records, explained,
+            lambda keys, retry: explain_all(settings, parts["explainer"], simulator, {k: records[k] for k in keys},
+                                            run_dir, False, retry_failed=retry, store=explained, runner=runner,
+                                            context=context),
+            retry_failed, settings.engine.units_in_flight,
+        )  # fmt: skip
     controls = assign_controls(settings, [k for k in records if explanations[k][0] is not None])
 
     done = store.finished_units()
-    previous = {r.unit.key: r for r in store.previous_results() if r.unit.key in records}
+    previous = {r.unit.key: r for r in store.previous_results() if r.unit.key in own}
     retry = {k for k, r in previous.items() if r.status == "failed" and (retry_failed or r.transient)}
     carried = {k: previous[k].extras.get(FAILED_SPEND) or {} for k in retry}  # earlier attempts' spend
     store.forget(retry)
@@ -243,7 +177,7 @@ def run(
             extras={"provenance": provenance}, transient=True,
         )  # fmt: skip
 
-    pending = [k for k in records if k not in done]
+    pending = [k for k in own if k not in done]
     scored: dict[str, UnitResult] = {}  # scored elsewhere (runner=ray), finished here
     if runner is not None:
         remote = [k for k in pending if explanations[k][0] is not None]
@@ -255,13 +189,14 @@ def run(
         for sink in (store, *mirrors):
             sink.write(result)
         previous[key] = result
-    results = [previous[k] for k in records if k in previous]  # in unit order, however they finished
+    results = [previous[k] for k in own if k in previous]  # in unit order, however they finished
 
     if runner is not None:
         runner.close()
     summary = aggregate(results, settings.scoring.bootstrap_resamples, settings.scoring.confidence, settings.seed)
     summary.update(backend_metrics(parts))  # retries, cache hits, dollars of the HTTP backends (this process)
-    write_score_correlations(results, run_dir)  # score_correlations.{json,csv}: how scorers agree across units
+    if settings.shard is None:  # a shard's slice is not the run: the merge writes them
+        write_score_correlations(results, run_dir)  # score_correlations.{json,csv}: how scorers agree across units
     warnings = specificity_warnings(summary, settings) + unparsed_warnings(summary, settings, simulator)
     outages = sum(1 for r in results if r.status == "failed" and r.transient)
     if outages:
@@ -467,7 +402,7 @@ def explain_all(
     A failure recorded by an earlier run is kept unless it was transient (or ``retry_failed``)."""
     from tqdm.auto import tqdm
 
-    explained = store if store is not None else ExplanationStore(run_dir / "explanations.jsonl")
+    explained = store if store is not None else ExplanationStore(RunFolder(run_dir).explanations)
     explanations: dict[str, tuple[Explanation | None, str | None]] = {}
 
     if context is None:
