@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 def evaluate(overrides: Sequence[str] = (), progress: bool = False) -> RunOutcome:
     """Run one configuration (Hydra overrides, as on the command line); a sweep is refused (use the CLI's
-    ``-m``).  Config mistakes raise :class:`~bench.errors.UserError` before any model loads."""
+    ``-m``).  Config mistakes raise :class:`~bench.errors.UserError` before any model loads.  With
+    ``shard=i/n`` it returns the merged run's outcome from the last shard to finish, None from the others."""
     from bench.cli import run_job
     from bench.config import compose, expand_sweep
 
@@ -55,12 +56,11 @@ def load_run(path: str | Path) -> pd.DataFrame:
     ``<score>/reason``.  Failed units are rows too."""
     import pandas as pd
 
-    from bench.compare import load_results
+    from bench.run.folder import load_results
     from bench.unit_table import FIXED_COLUMNS, unit_rows
 
-    try:
-        results = load_results(str(path))
-    except UserError as err:
-        raise UserError(f"load_run: {str(err).removeprefix('compare: ')}") from None
+    results = load_results(path, command="load_run")
+    # results.jsonl holds units in the order they finished (many are in flight): rows in unit order
+    results = sorted(results, key=lambda r: (r.unit.kind, r.unit.layer, r.unit.index))
     rows: list[dict[str, Any]] = unit_rows(results)
     return pd.DataFrame(rows, columns=list(rows[0]) if rows else list(FIXED_COLUMNS))

@@ -1,8 +1,9 @@
-"""``neuronbench`` command line.
+"""``neuronbench`` command line: it parses arguments and hands each command to its module.
 
-``neuronbench run [-m] [overrides ...]`` composes ``conf/`` with Hydra, validates every combination
-(one-line errors, exit code 2, before any model loads), then hands over to Hydra, which runs the job
-or the sweep.  Imports stay light until a run really starts, so ``--help`` answers instantly.
+``neuronbench run [-m] [overrides ...]`` goes to the Hydra app in :mod:`bench.launch` (a plain
+``@hydra.main``): its callback (:mod:`bench.sweep`) validates every job of a sweep before any starts
+(one-line errors, exit code 2), and Hydra's configured launcher runs the jobs (:mod:`bench.jobs`).
+Imports stay light until a run really starts, so ``--help`` answers instantly.
 """
 
 from __future__ import annotations
@@ -11,23 +12,25 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
 
 from bench.errors import UserError
+from bench.jobs import SWEEP_ENV, run_identity, run_job, swept_keys  # noqa: F401 - moved there; kept importable
 
 HELP = """\
 examples:
   neuronbench run                                   # offline default: SmolLM2 explains + simulates 5 neurons
   neuronbench run explainer=token_list units.count=3
   neuronbench run -m explainer=smollm2,token_list   # a sweep: one MLflow parent run, a child per combination
+  neuronbench run -m explainer=smollm2,token_list hydra/launcher=joblib   # jobs in parallel (ray, submitit_slurm)
   neuronbench run --cfg job                         # print the composed config and exit
   neuronbench run --dry-run explainer=openai simulator=openai_all_at_once_logprobs   # calls, tokens, $ first
   neuronbench leaderboard --runs runs               # md/csv/html/tex + plots in a new outputs/leaderboards/<time>/
   neuronbench view runs/<name>-<hash>               # static HTML site of one run (RUN_DIR/viewer/index.html)
+  neuronbench run shard=0/4 ...; ... shard=3/4      # one run in 4 processes; the last to finish merges
+  neuronbench merge runs/<name>-<hash>              # ... or merge the finished shards by hand
   neuronbench card create my_bench units.count=20   # freeze a benchmark; then: neuronbench run card=my_bench
   neuronbench list [GROUP]                          # the options of each config group
   neuronbench judge-check simulator=proxy_lexical   # does the simulator separate true/shuffled/empty explanations?
@@ -109,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     view_p = sub.add_parser("view", help="write a static HTML site of one run (units, excerpts, scores)")
     view_p.add_argument("run_dir", help="run folder (runs/<name>-<hash>)")
     view_p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/viewer)")
+    merge_p = sub.add_parser("merge", help="join the shards of a sharded run (shard=i/n) into results.jsonl")
+    merge_p.add_argument("run_dir", help="run folder (runs/<name>-<hash>) its shards wrote into")
     card_p = sub.add_parser("card", help="benchmark cards: freeze a benchmark definition (results/cards/)")
     card_sub = card_p.add_subparsers(dest="card_command", required=True)
     create_p = card_sub.add_parser("create", help="write results/cards/NAME.vN.yaml from conf/ + overrides")
@@ -176,6 +181,8 @@ def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
             return 0
         if args.command == "view":
             return command_view(args.run_dir, args.out)
+        if args.command == "merge":
+            return command_merge(args.run_dir)
     except UserError as err:
         print(f"neuronbench: {err}", file=sys.stderr)
         return err.exit_code
@@ -207,84 +214,13 @@ def command_run(
     log_level: str | None = None,
     retry_failed: bool = False,
 ) -> int:
-    """Validate every combination, then run them through Hydra.
+    """``neuronbench run``: handed to the Hydra app (``bench.launch``), which validates and runs the jobs."""
+    from bench.jobs import RunOptions
+    from bench.launch import launch
 
-    ``hydra_flags`` are Hydra's own options (``--cfg job``, ``--resolve``); with ``--cfg`` Hydra prints the
-    config and runs nothing, so API keys and caches are not checked.
-    """
-    from bench.config import check_ready, compose, expand_sweep, validate
+    options = RunOptions(progress=progress, log_level=log_level, retry_failed=retry_failed)
+    return launch(overrides, multirun, options, dry_run=dry_run, hydra_flags=hydra_flags)
 
-    passthrough = [o for o in overrides if o.startswith("--")]
-    plain = [o for o in overrides if not o.startswith("--")]
-    if any(o.startswith("card=") for o in plain):
-        from bench.cards import apply
-
-        plain = apply(plain)  # the card's overrides + the user's, refused if they change its definition
-    combos = expand_sweep(plain)
-    if not multirun and len(combos) > 1:
-        raise UserError("the overrides contain a sweep (a,b or range(...)); add -m to run a sweep")
-    from bench.tracking.redact import register_config
-
-    composed = [(combo, compose(combo)) for combo in combos]
-    for _combo, cfg in composed:
-        register_config(cfg)  # the values of its key variables and URL userinfo are masked everywhere
-    validated = [(combo, validate(cfg)) for combo, cfg in composed]
-    if dry_run:
-        from bench.dryrun import format_estimate
-
-        for combo, (settings, parts) in validated:
-            print(format_estimate(settings, parts, " ".join(combo)))
-        return 0
-    hydra_flags = list(hydra_flags or [])
-    if "--cfg" in hydra_flags:  # Hydra prints the config and runs nothing: no keys to check, no MLflow parent
-        return _launch_hydra(plain, [*hydra_flags, *passthrough], multirun, progress, log_level=log_level)
-    for _combo, (_settings, parts) in validated:
-        check_ready(parts)  # API keys set, caches writable: one line before any job starts
-    launch: dict[str, Any] = dict(log_level=log_level, retry_failed=retry_failed)
-    if not multirun:
-        return _launch_hydra(plain, passthrough, multirun, progress, **launch)
-    return _launch_sweep(plain, passthrough, progress, [settings for _combo, (settings, _parts) in validated], launch)
-
-
-def _launch_sweep(
-    plain: list[str], passthrough: list[str], progress: bool, settings: list[Any], launch: dict[str, Any]
-) -> int:
-    """A ``-m`` sweep: one MLflow parent run (when every job tracks to the same experiment), whose id and
-    swept keys reach the jobs through the environment (so launchers in other processes see them too)."""
-    from bench.run_lock import store_setup_lock
-    from bench.tracking.mlflow_sink import close_sweep_parent, open_sweep_parent
-
-    trackings = {(s.tracking.uri, s.tracking.experiment, s.tracking.artifact_location) for s in settings}
-    tracking = settings[0].tracking
-    if not tracking.enabled or len(trackings) != 1:
-        return _launch_hydra(plain, passthrough, True, progress, **launch)
-    swept = swept_keys(plain)
-    with store_setup_lock(tracking.uri):  # a fresh sqlite store: one process migrates it
-        parent = open_sweep_parent(tracking, plain, swept)
-    saved = os.environ.get(SWEEP_ENV)
-    os.environ[SWEEP_ENV] = json.dumps({"parent_run_id": parent, "swept": swept})
-    status = "KILLED"  # interrupted or crashed: re-running the same sweep resumes this parent
-    try:
-        code = _launch_hydra(plain, passthrough, True, progress, **launch)
-        status = "FINISHED" if code == 0 else "FAILED"
-    finally:
-        if saved is None:
-            os.environ.pop(SWEEP_ENV, None)
-        else:
-            os.environ[SWEEP_ENV] = saved
-        print(f"MLflow sweep: {close_sweep_parent(tracking, parent, status)}")
-    return code
-
-
-SWEEP_ENV = "NEURONBENCH_MLFLOW_SWEEP"
-
-
-def swept_keys(overrides: list[str]) -> list[str]:
-    """The keys an override list sweeps (``explainer=a,b`` or ``range(...)``), in command-line order."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    return [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
 
 
 # judge-check's defaults; an override of the same key replaces them.
@@ -334,6 +270,27 @@ def command_compare(run_a: str, run_b: str, score: str, as_json: bool) -> int:
     return 0
 
 
+def command_merge(run_dir: str) -> int:
+    """``neuronbench merge RUN_DIR``: join a sharded run's shard files (what its last shard does itself)."""
+    from types import SimpleNamespace
+
+    from bench.pipeline import RunOutcome, check_failure_rate
+    from bench.run.folder import RunFolder
+    from bench.run.shards import merge
+    from bench.summary import print_summary
+
+    merged = merge(Path(run_dir))
+    outcome = RunOutcome(merged.results, merged.summary, merged.warnings, run_dir=merged.run_dir)
+    print_summary(merged.run_dir.name, merged.run_dir, outcome)
+    if merged.mlflow_url:
+        note = " (already complete: nothing logged again)" if merged.mlflow_already_complete else ""
+        print(f"MLflow run: {merged.mlflow_url}{note}")
+    config = json.loads(RunFolder(merged.run_dir).config.read_text())
+    fail_on = SimpleNamespace(failure_rate=float((config.get("fail_on") or {}).get("failure_rate", 1.0)))
+    check_failure_rate(merged.summary, SimpleNamespace(fail_on=fail_on))  # type: ignore[arg-type]
+    return 0
+
+
 def command_view(run_dir: str, out: str | None) -> int:
     """Write the viewer site; mirror it to the run's MLflow run when it has one."""
     from bench.report.viewer import write_site
@@ -345,221 +302,6 @@ def command_view(run_dir: str, out: str | None) -> int:
     if logged:
         print(f"viewer: logged to MLflow run {logged} as artifacts viewer/")
     return 0
-
-
-def _launch_hydra(
-    overrides: list[str],
-    passthrough: list[str],
-    multirun: bool,
-    progress: bool,
-    log_level: str | None = None,
-    retry_failed: bool = False,
-) -> int:
-    import hydra
-
-    from bench.config import conf_dir
-
-    status: dict[str, int] = {"code": 0}
-
-    def task(cfg: Any) -> None:
-        if log_level:  # after Hydra set up its job logging (console + <job dir>/cli.log)
-            logging.getLogger().setLevel(log_level)
-        _scrub_hydra_outputs()
-        try:
-            run_job(cfg, progress=progress, retry_failed=retry_failed)
-        except UserError as err:
-            print(f"neuronbench: {err}", file=sys.stderr)
-            status["code"] = err.exit_code
-
-    main_fn = hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(task)
-    saved = sys.argv
-    sys.argv = ["neuronbench", *(["-m"] if multirun else []), *passthrough, *overrides]
-    try:
-        main_fn()
-    finally:
-        sys.argv = saved
-    return status["code"]
-
-
-# ---------------------------------------------------------------------------------------------------
-# Config keys that do not change results: a run resumes across changes of these.
-NOT_DETERMINING = (
-    "hydra",
-    "tracking",
-    "output_dir",
-    "run_name",
-    "cache_dir",
-    "parallel_units",
-    "fail_on",
-    "warn_on",
-)
-
-
-# ... and component fields that never change results, wherever they sit (e.g. subject.cache_dir).
-# batch_tokens / prefix_reuse (local LLMs) only regroup forward passes: equal results to float noise.
-NOT_DETERMINING_ANYWHERE = ("cache_dir", "progress", "batch_tokens", "prefix_reuse")
-
-
-def _without_keys(node: Any, keys: tuple[str, ...]) -> Any:
-    if isinstance(node, dict):
-        return {k: _without_keys(v, keys) for k, v in node.items() if k not in keys}
-    if isinstance(node, list):
-        return [_without_keys(v, keys) for v in node]
-    return node
-
-
-def run_identity(cfg: Any, choices: dict[str, str]) -> tuple[str, str]:
-    """(run name, config hash).  The hash covers everything that determines results, so re-running
-    the same configuration resumes the same run folder."""
-    from bench.config import plain_dict
-
-    resolved = plain_dict(cfg)
-    top = {k: v for k, v in resolved.items() if k not in NOT_DETERMINING}
-    determining = _without_keys(top, NOT_DETERMINING_ANYWHERE)
-    digest = hashlib.sha256(json.dumps(determining, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    name = cfg.get("run_name") or "__".join(choices.get(group, "?") for group in ("explainer", "simulator", "subject"))
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name), digest
-
-
-def run_job(
-    cfg: Any, progress: bool = True, retry_failed: bool = False, choices: dict[str, str] | None = None
-) -> Any:
-    """One job: validate, build parts, run the pipeline with its sinks, print the summary.
-
-    ``choices`` are the config group choices when no Hydra job is running (the Python API)."""
-    from bench import pipeline
-    from bench.config import check_ready, plain_dict, validate
-    from bench.protocols import Sink
-    from bench.provenance import git_commit, package_versions
-    from bench.run_lock import lock_run_folder, store_setup_lock
-    from bench.summary import print_summary
-    from bench.tracking.jsonl import JsonlSink
-    from bench.tracking.redact import install_log_redaction, register_config
-
-    for noisy in ("transformers", "mlflow", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    register_config(cfg)  # also in a launcher's worker process, which never ran main()
-    install_log_redaction()
-    settings, parts = validate(cfg)
-    check_ready(parts)  # a missing API key stops here, before mining
-    # before any run folder or MLflow run exists
-    pipeline.check_layers(settings, parts.subject.info, parts.dataset)
-    check_writable_dirs(settings)
-    choices = _hydra_choices() or dict(choices or {})
-    name, digest = run_identity(cfg, choices)
-    run_dir = Path(settings.output_dir) / f"{name}-{digest}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    folder_lock = lock_run_folder(run_dir)  # a second run of this configuration stops here, in one line
-    store = JsonlSink(run_dir / "results.jsonl")
-    config = {k: v for k, v in plain_dict(cfg).items() if k != "hydra"}
-    (run_dir / "config.json").write_text(json.dumps(_redacted(config), indent=2, default=str))
-    mirrors: list[Sink] = []
-    tracked = None
-    if settings.tracking.enabled:
-        from bench.tracking.mlflow_sink import MlflowSink
-
-        tags = {
-            "git_commit": git_commit(),
-            "config_hash": digest,
-            "run_dir": str(run_dir),
-            # "llm@simulator.llm" (a preset pulled into a package) is tagged by its package: choice/simulator.llm
-            **{f"choice/{k.split('@', 1)[-1]}": str(v) for k, v in choices.items()},
-            **_sweep_tags(),
-            **{f"version/{k}": v for k, v in package_versions().items()},
-        }
-        sweep = json.loads(os.environ.get(SWEEP_ENV) or "{}")
-        label = _child_name(sweep.get("swept", [])) or name
-        with store_setup_lock(settings.tracking.uri):  # a fresh sqlite store: one process migrates it
-            tracked = MlflowSink(settings.tracking, run_dir, label, config, tags, choices, sweep.get("parent_run_id"))
-        mirrors.append(tracked)
-    try:
-        outcome = pipeline.run(settings, parts, store, mirrors, run_dir, progress=progress, retry_failed=retry_failed)
-    except BaseException:
-        for mirror in mirrors:
-            mirror.abort()
-        folder_lock.release()
-        raise
-    if tracked is not None:
-        tracked.describe(outcome.warnings)
-    sinks: list[Sink] = [store, *mirrors]
-    for sink in sinks:
-        sink.close(outcome.summary, outcome.results)
-    folder_lock.release()
-    print_summary(name, run_dir, outcome)
-    if tracked is not None:
-        print(f"MLflow run: {tracked.url}" + (" (already complete: nothing logged again)" if tracked.finished else ""))
-    outcome.run_dir = run_dir
-    pipeline.check_failure_rate(outcome.summary, settings)  # all units failed: exit 1, results kept
-    return outcome
-
-
-def check_writable_dirs(settings: Any) -> None:
-    """An unwritable output_dir or cache is one line before any work (not a PermissionError later)."""
-    from bench.state_files import check_writable_dir
-
-    check_writable_dir(settings.output_dir, "output_dir", "set output_dir=<a writable folder>")
-    check_writable_dir(settings.cache_dir, "cache_dir", "set NEURONBENCH_CACHE or cache_dir=<a writable folder>")
-
-
-def _redacted(config: dict[str, Any]) -> dict[str, Any]:
-    from bench.tracking.redact import redact
-
-    return redact(config)
-
-
-def _scrub_hydra_outputs() -> None:
-    """Hydra saved the overrides and the composed config (``.hydra/*.yaml``, ``multirun.yaml``) before
-    the job starts: mask any key in them (e.g. a ``base_url`` with userinfo)."""
-    from bench.tracking.redact import scrub_file
-
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        hc = HydraConfig.get()
-    except ValueError:
-        return
-    if hc.output_subdir:
-        for path in (Path(hc.runtime.output_dir) / str(hc.output_subdir)).glob("*.yaml"):
-            scrub_file(path)
-    if str(hc.mode) == "RunMode.MULTIRUN":
-        scrub_file(Path(hc.sweep.dir) / "multirun.yaml")
-
-
-def _sweep_tags() -> dict[str, str]:
-    """Jobs of one ``-m`` sweep share a ``sweep`` tag, so MLflow can group and compare them."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        hc = HydraConfig.get()
-    except ValueError:
-        return {}
-    if str(hc.mode) != "RunMode.MULTIRUN":
-        return {}
-    return {"sweep": str(hc.sweep.dir), "sweep_job": str(hc.job.num), "sweep_overrides": " ".join(hc.overrides.task)}
-
-
-def _child_name(swept: list[str]) -> str | None:
-    """A sweep job's MLflow name from its swept choices (``explainer=openai,prompt=v1_no_examples``)."""
-    if not swept:
-        return None
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        task = list(HydraConfig.get().overrides.task)
-    except ValueError:
-        return None
-    from bench.tracking.mlflow_sink import child_name
-
-    return child_name(task, swept)
-
-
-def _hydra_choices() -> dict[str, str]:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra/")}
-    except ValueError:  # not inside a Hydra job (tests call run_job directly)
-        return {}
 
 
 if __name__ == "__main__":

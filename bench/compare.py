@@ -7,10 +7,8 @@ left out of the pairing, never filled in.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +16,7 @@ import numpy as np
 from bench.aggregate import bootstrap_ci
 from bench.errors import UserError
 from bench.records import UnitResult
-from bench.tracking.jsonl import read_results
+from bench.run.folder import load_config, load_results  # noqa: F401 - the readers `compare` is known by
 
 
 @dataclass(frozen=True)
@@ -36,16 +34,6 @@ class PairedComparison:
 
 
 EXACT_MAX_N = 16  # 2^16 sign patterns: exact and still instant
-
-
-def load_results(run: str) -> list[UnitResult]:
-    """Results of a run, given its folder (``runs/<name>-<hash>``) or its results.jsonl."""
-    path = Path(run)
-    if path.is_dir():
-        path = path / "results.jsonl"
-    if not path.exists():
-        raise UserError(f"compare: no results at {path}; give a run folder such as runs/<name>-<hash>")
-    return list(read_results(path).values())  # a damaged line: one line naming it (bench/state_files.py)
 
 
 def permutation_p_value(diffs: np.ndarray, resamples: int, seed: int) -> float:
@@ -128,10 +116,3 @@ def check_comparable(a: dict[str, Any], b: dict[str, Any]) -> None:
         raise UserError(
             f"compare: the runs differ in {key} ({detail}); pair runs over the same subject, excerpts and units"
         )
-
-
-def load_config(run: str) -> dict[str, Any]:
-    """A run folder's config.json (``{}`` when given a bare results.jsonl)."""
-    path = Path(run)
-    path = path / "config.json" if path.is_dir() else path.with_name("config.json")
-    return json.loads(path.read_text()) if path.exists() else {}

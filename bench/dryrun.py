@@ -1,10 +1,12 @@
 """``neuronbench run --dry-run``: what a configuration would send, before anything is spent.
 
-Per stage (explain, rerank for best-of-k, simulate, calibrate, control): LLM calls, prompt tokens and
-an upper bound of output tokens and dollars.  The components build their real requests (the same
-code ``simulate`` / ``explain`` use) for synthetic excerpts of the dataset's length, so the counts
-follow the strategy and estimator exactly (one-at-a-time: one call per token and sample).  Nothing is
-loaded, mined or called; no API key is needed.
+Per stage (explain, rerank for best-of-k, simulate, calibrate, control): LLM calls, provider batch jobs
+(batch mode: one per stage and flush of ``engine.units_in_flight`` units, split at the provider's
+request and byte limits), prompt tokens and an upper bound of output tokens and dollars -- and whether
+that fits ``budget.max_usd``.
+The components build their real requests (the same code ``simulate`` / ``explain`` use) for synthetic
+excerpts of the dataset's length, so the counts follow the strategy and estimator exactly (one-at-a-time:
+one call per token and sample).  Nothing is loaded, mined or called; no API key is needed.
 
 Estimates: prompt tokens are characters / 4 of the synthetic prompts (real excerpts differ); output
 tokens assume every call writes its ``max_tokens`` (an upper bound), and dollars follow from the
@@ -15,6 +17,7 @@ already in the response cache would cost nothing; scorers that call LLMs themsel
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,6 +51,7 @@ class StageEstimate:
     output_tokens: int
     dollars: float
     note: str = ""
+    batch_jobs: int = 0  # provider batch jobs (batch mode): one per stage across all units, split at its limits
 
 
 def synthetic_records(count: int, length: int) -> list[ActivationRecord]:
@@ -64,15 +68,34 @@ def _prices(llm: LLMClient | None) -> Any:
     """The backend's prices; None for local backends (free) -- ``False`` marks unknown prices."""
     if not isinstance(llm, PaidAPI):
         return None
-    from bench.llm import pricing
-
-    prices = pricing.resolve(llm.model, llm.prices)
-    if prices is not None and llm.batch:  # batch mode: billed at prices x batch_discount
-        prices = prices.scaled(float(llm.batch_discount))
+    prices = llm.resolved_prices(batched=bool(llm.batch))  # batch: prices x batch_discount
     return prices or False
 
 
-def _cost(stage: str, llm: LLMClient | None, requests: Sequence[Any], repeat: int = 1, note: str = "") -> StageEstimate:
+def _batch_jobs(llm: LLMClient | None, requests: Sequence[Any], repeat: int, flush: tuple[int, int] | None) -> int:
+    """Provider batch jobs of one stage: the request engine sends each flush of ``units_in_flight`` units'
+    requests as one call (split at the provider's limits), so a stage takes ceil(units / in flight)
+    flushes.  ``flush``: (units, units in flight); None: everything in one call."""
+    if not isinstance(llm, PaidAPI):
+        return 0
+    plan = llm.batch_jobs
+    if flush is None or flush[0] < 1:
+        return int(plan(requests, repeat))
+    n_units, in_flight = flush
+    per_unit = max(repeat // n_units, 1)
+    size = max(1, min(in_flight, n_units))
+    full, rest = divmod(n_units, size)
+    return full * int(plan(requests, per_unit * size)) + (int(plan(requests, per_unit * rest)) if rest else 0)
+
+
+def _cost(
+    stage: str,
+    llm: LLMClient | None,
+    requests: Sequence[Any],
+    repeat: int = 1,
+    note: str = "",
+    flush: tuple[int, int] | None = None,
+) -> StageEstimate:
     calls = inp = out = 0
     for r in requests:
         chars = sum(len(m.content) for m in r.messages)
@@ -86,7 +109,8 @@ def _cost(stage: str, llm: LLMClient | None, requests: Sequence[Any], repeat: in
     calls, inp, out = calls * repeat, inp * repeat, out * repeat
     prices = _prices(llm)
     dollars = 0.0 if prices is None else (math.nan if prices is False else prices.dollars(inp, 0, out))
-    return StageEstimate(stage, _backend_name(llm), calls, inp, out, dollars, note)
+    jobs = _batch_jobs(llm, requests, repeat, flush)
+    return StageEstimate(stage, _backend_name(llm), calls, inp, out, dollars, note, jobs)
 
 
 def _simulator_requests(simulator: Simulator, records: Sequence[ActivationRecord]) -> list[Any] | None:
@@ -108,6 +132,8 @@ def estimate_run(settings: RunSettings, parts: RunParts) -> list[StageEstimate]:
     length = int(parts.dataset.excerpt_len)
     explainer, simulator = parts.explainer, parts.simulator
     scorers = list(parts.scorers.values())
+    in_flight = int(settings.engine.units_in_flight or n_units)
+    cost = functools.partial(_cost, flush=(n_units, in_flight))
     out: list[StageEstimate] = []
 
     inner = explainer.explainer if isinstance(explainer, WrapsExplainer) else None
@@ -120,7 +146,7 @@ def estimate_run(settings: RunSettings, parts: RunParts) -> list[StageEstimate]:
     else:
         if inner is not None and requests:  # best-of-k samples k explanations per unit
             requests = [requests[0]] * k
-        out.append(_cost("explain", writer.llm, requests, repeat=n_units))
+        out.append(cost("explain", writer.llm, requests, repeat=n_units))
     sim_llm = simulator.llm
     scoring = synthetic_records(2 * n, length)
     sim_requests = _simulator_requests(simulator, scoring)
@@ -128,12 +154,12 @@ def estimate_run(settings: RunSettings, parts: RunParts) -> list[StageEstimate]:
         out.append(StageEstimate("simulate", "-", 0, 0, 0, 0.0, "no LLM"))
         return out
     if inner is not None:
-        out.append(_cost("rerank", sim_llm, sim_requests, repeat=n_units * k, note=f"best-of-{k} on calibration"))
-    out.append(_cost("simulate", sim_llm, sim_requests, repeat=n_units, note=f"{settings.scoring.split} split"))
+        out.append(cost("rerank", sim_llm, sim_requests, repeat=n_units * k, note=f"best-of-{k} on calibration"))
+    out.append(cost("simulate", sim_llm, sim_requests, repeat=n_units, note=f"{settings.scoring.split} split"))
     if settings.scoring.calibration != "none" and any(s.needs_calibration for s in scorers):
-        out.append(_cost("calibrate", sim_llm, sim_requests, repeat=n_units, note="calibration split"))
+        out.append(cost("calibrate", sim_llm, sim_requests, repeat=n_units, note="calibration split"))
     if settings.control.enabled and n_units >= 2:
-        out.append(_cost("control", sim_llm, sim_requests, repeat=n_units * settings.control.repeats))
+        out.append(cost("control", sim_llm, sim_requests, repeat=n_units * settings.control.repeats))
     return out
 
 
@@ -149,16 +175,20 @@ def format_estimate(settings: RunSettings, parts: RunParts, title: str = "") -> 
     n_units = per_layer * len(units.layers or [0])  # an SAE (layers null) reads one layer
     length = int(parts.dataset.excerpt_len)
     strategy = parts.simulator.recorded_estimator
+    batched = any(s.batch_jobs for s in stages)
+    jobs_head = f" {'batch jobs':>10}" if batched else ""
     lines = [
         f"neuronbench dry run{': ' + title if title else ''}",
         f"  {n_units} units, {2 * units.examples_per_split} scored excerpts each of {length} tokens; "
         f"simulator estimator {strategy}",
-        f"  {'stage':<10} {'backend':<32} {'calls':>9} {'input tokens':>14} {'output tokens':>14} {'dollars':>12}",
+        f"  {'stage':<10} {'backend':<32} {'calls':>9}{jobs_head} {'input tokens':>14} {'output tokens':>14} "
+        f"{'dollars':>12}",
     ]
     total = StageEstimate("total", "", 0, 0, 0, 0.0)
     for s in stages:
+        jobs = f" {s.batch_jobs:>10,}" if batched else ""
         lines.append(
-            f"  {s.stage:<10} {s.backend[:32]:<32} {s.calls:>9,} {s.input_tokens:>14,} {s.output_tokens:>14,} "
+            f"  {s.stage:<10} {s.backend[:32]:<32} {s.calls:>9,}{jobs} {s.input_tokens:>14,} {s.output_tokens:>14,} "
             f"{_money(s.dollars):>12}" + (f"  ({s.note})" if s.note else "")
         )
         total = StageEstimate(
@@ -168,11 +198,19 @@ def format_estimate(settings: RunSettings, parts: RunParts, title: str = "") -> 
             total.input_tokens + s.input_tokens,
             total.output_tokens + s.output_tokens,
             total.dollars + s.dollars,
+            batch_jobs=total.batch_jobs + s.batch_jobs,
         )
+    jobs = f" {total.batch_jobs:>10,}" if batched else ""
     lines.append(
-        f"  {'total':<10} {'':<32} {total.calls:>9,} {total.input_tokens:>14,} {total.output_tokens:>14,} "
+        f"  {'total':<10} {'':<32} {total.calls:>9,}{jobs} {total.input_tokens:>14,} {total.output_tokens:>14,} "
         f"{_money(total.dollars):>12}"
     )
+    if batched:
+        lines.append(
+            "  batch jobs: one per stage and flush of engine.units_in_flight units, split at the provider's limits "
+            "(OpenAI 50,000 requests / 200 MB, Anthropic 100,000 / 256 MB)"
+        )
+    lines += budget_notes(settings, total.dollars)
     with_llm = [name for name, scorer in parts.scorers.items() if scorer.llm is not None]
     if with_llm:
         lines.append(f"  not counted: LLM calls of scorer(s) {', '.join(with_llm)}")
@@ -182,6 +220,21 @@ def format_estimate(settings: RunSettings, parts: RunParts, title: str = "") -> 
         "call writes max_tokens); cached answers cost nothing; nothing was loaded or called"
     )
     return "\n".join(lines)
+
+
+def budget_notes(settings: RunSettings, dollars: float) -> list[str]:
+    """Whether the planned dollars fit ``budget.max_usd`` (the run stops before a call would pass it)."""
+    cap = settings.budget.max_usd
+    if cap is None:
+        return []
+    if math.isnan(dollars):
+        return [f"  budget: cannot check budget.max_usd=${cap:,.4f}: dollars unknown (give the backend's prices)"]
+    if dollars > cap:
+        return [
+            f"  budget: the planned spend (up to {_money(dollars)}) EXCEEDS budget.max_usd=${cap:,.4f}: the run would "
+            "stop before finishing (finished units kept); raise budget.max_usd or run fewer units"
+        ]
+    return [f"  budget: the planned spend (up to {_money(dollars)}) fits budget.max_usd=${cap:,.4f}"]
 
 
 def caching_notes(stages: Sequence[StageEstimate], parts: RunParts) -> list[str]:

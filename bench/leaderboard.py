@@ -24,7 +24,7 @@ from typing import Any
 
 from bench.errors import UserError
 from bench.records import _nan_to_none
-from bench.report.run_folder import RunFolder, read_run, run_folders
+from bench.run.folder import FinishedRun, read_run, run_folders
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class Leaderboard:
     primary: str
     rows: list[Row]
     score_names: list[str]
-    runs: dict[str, RunFolder]  # row.run -> its folder (plots read per-unit values)
+    runs: dict[str, FinishedRun]  # row.run -> its folder (plots read per-unit values)
 
 
 # ----------------------------------------------------------------------------------------- labels
@@ -100,7 +100,7 @@ def _component(node: Any) -> str:
     return f"{name}{f' ({model})' if model else ''}{_version(node)}"
 
 
-def _simulator(node: Any, run: RunFolder) -> str:
+def _simulator(node: Any, run: FinishedRun) -> str:
     label = _component(node)
     sims = [r.simulation for r in run.results if r.simulation is not None]
     if sims:
@@ -124,7 +124,7 @@ def _subject(node: Any) -> str:
     return f"{name}@{node['revision']}" if node.get("revision") else name
 
 
-def group_labels(run: RunFolder) -> dict[str, str]:
+def group_labels(run: FinishedRun) -> dict[str, str]:
     """What each swept group was in this run (``v1_no_examples · v1``, never just ``v1``)."""
     c = run.config
     return {
@@ -144,15 +144,15 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: node}
 
 
-def differing_settings(runs: list[RunFolder]) -> list[str]:
+def differing_settings(runs: list[FinishedRun]) -> list[str]:
     """One ``key=value, ...`` per run: config fields that differ between the runs and that the group
     columns do not already show (e.g. ``explainer.top_n=3``).  Fields that never change results
     (paths, tracking, progress) are left out."""
-    from bench.cli import NOT_DETERMINING, NOT_DETERMINING_ANYWHERE
+    from bench.jobs import NOT_DETERMINING, NOT_DETERMINING_ANYWHERE
 
     flat = [_flatten(r.config) for r in runs]
 
-    def name_of(run: RunFolder, node: str) -> str:
+    def name_of(run: FinishedRun, node: str) -> str:
         value = run.config.get(node)
         if node == "scorer" and isinstance(value, dict):  # a multi-select group: its choice is the set of scorers
             return json.dumps(sorted(value))
@@ -173,7 +173,7 @@ def differing_settings(runs: list[RunFolder]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------- pairing
-def check_pairable(runs: list[RunFolder]) -> None:
+def check_pairable(runs: list[FinishedRun]) -> None:
     """Refuse (one line) to pair runs over different subjects, unit sets or excerpt fingerprints."""
     if len(runs) < 2:
         return
@@ -194,7 +194,7 @@ def check_pairable(runs: list[RunFolder]) -> None:
                 )
 
 
-def _difference(what: str, a: RunFolder, b: RunFolder) -> str:
+def _difference(what: str, a: FinishedRun, b: FinishedRun) -> str:
     if what == "unit sets":
         sa, sb = set(a.unit_keys), set(b.unit_keys)
         return f"{len(sa)} vs {len(sb)} units, {len(sa & sb)} shared"
@@ -206,7 +206,7 @@ def _difference(what: str, a: RunFolder, b: RunFolder) -> str:
     return f"{a.provenance.get('excerpts')} vs {b.provenance.get('excerpts')}"
 
 
-def check_same_card(runs: list[RunFolder]) -> None:
+def check_same_card(runs: list[FinishedRun]) -> None:
     """Refuse (one line) to rank runs of different benchmark cards together."""
     from bench.cards import card_label
 
@@ -222,14 +222,14 @@ def check_same_card(runs: list[RunFolder]) -> None:
 
 
 # ---------------------------------------------------------------------------------------- rows
-def _control(run: RunFolder) -> str:
+def _control(run: FinishedRun) -> str:
     low, high = run.metric(f"score/{SPECIFICITY}/ci_low"), run.metric(f"score/{SPECIFICITY}/ci_high")
     if math.isnan(low) or math.isnan(high):
         return CONTROL_NONE
     return CONTROL_PASS if low > 0 else CONTROL_FAIL
 
 
-def score_names(runs: list[RunFolder]) -> list[str]:
+def score_names(runs: list[FinishedRun]) -> list[str]:
     from bench.summary import DETAIL_SUFFIXES, HEADLINE
 
     names = {
@@ -242,13 +242,13 @@ def score_names(runs: list[RunFolder]) -> list[str]:
     return [n for n in HEADLINE if n in names] + sorted(names - set(HEADLINE))
 
 
-def _per_unit(run: RunFolder, total: str) -> float:
+def _per_unit(run: FinishedRun, total: str) -> float:
     units = run.metric("units/total")
     value = sum(run.metric(f"cost/total/{field}") for field in total.split("+"))
     return value / units if units else math.nan
 
 
-def build(runs: list[RunFolder], primary: str = PRIMARY, pairing: bool = True) -> Leaderboard:
+def build(runs: list[FinishedRun], primary: str = PRIMARY, pairing: bool = True) -> Leaderboard:
     """Rank the runs and compute every column (no files written)."""
     from bench.compare import compare
 
@@ -261,7 +261,7 @@ def build(runs: list[RunFolder], primary: str = PRIMARY, pairing: bool = True) -
     if primary not in names:
         raise UserError(f"leaderboard: no score {primary!r} in these runs (--score); available: {', '.join(names)}")
 
-    def sort_key(r: RunFolder) -> tuple[int, float]:
+    def sort_key(r: FinishedRun) -> tuple[int, float]:
         mean = r.metric(f"score/{primary}/mean")
         return (_control(r) != CONTROL_PASS, -mean if not math.isnan(mean) else math.inf)
 
@@ -300,7 +300,7 @@ def build(runs: list[RunFolder], primary: str = PRIMARY, pairing: bool = True) -
     return Leaderboard(primary=primary, rows=rows, score_names=names, runs={r.name: r for r in runs})
 
 
-def _card(run: RunFolder) -> str | None:
+def _card(run: FinishedRun) -> str | None:
     from bench.cards import card_label
 
     return card_label(run.config)

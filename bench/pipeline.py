@@ -7,14 +7,13 @@ interrupted run resumes where it stopped; a unit that fails at any stage becomes
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from bench.aggregate import aggregate, backend_metrics, write_score_correlations
 from bench.config import RunSettings
@@ -24,7 +23,6 @@ from bench.failures import is_transient
 from bench.llm.spend import metering
 from bench.protocols import (
     Dataset,
-    Explainer,
     RecordSource,
     RunParts,
     Scorer,
@@ -33,25 +31,21 @@ from bench.protocols import (
     Sink,
     SourceMining,
     Subject,
-    SubjectInfo,
 )
 from bench.records import Explanation, Score, Simulation, UnitRecord, UnitResult, Usage
-from bench.report.run_folder import write_train_excerpts
+from bench.run.folder import FAILED_SPEND, ExplanationStore, JsonlSink, RunFolder, write_train_excerpts
+from bench.run.shards import explain_shard, shard_units
 from bench.scorers import metrics
 from bench.scorers.calibration import CalibrationError, fit_calibration
 from bench.scorers.correlation import pooled
 from bench.simulators.parsing import SimulationParseError
 from bench.splits import make_splits
-from bench.state_files import parse_lines
-from bench.tracking.jsonl import JsonlSink, drop_torn_tail, rewrite_atomically
-from bench.tracking.redact import redact
 
 log = logging.getLogger(__name__)
 
 CONTROL_SCORE = "correlation/top_and_random"
 # The cost/<stage>/... bucket that a failure's spend counts in, by the stage where the unit failed.
 COST_STAGE = {"explain": "explainer", "simulate": "simulator", "score": "scorer", "control": "control"}
-FAILED_SPEND = "failed_spend"  # extras key: {cost stage: Usage dict} spent by failed attempts of this unit
 
 
 @dataclass
@@ -92,97 +86,18 @@ def derangement(n: int, shift: int, seed: int) -> list[int] | None:
     return target
 
 
-EXPLANATIONS_FIX = "delete that line (its unit is explained again) or the file (every unit is explained again)"
+def as_finished(fn: Any, keys: Sequence[Any], workers: int) -> Any:
+    """Yield ``(key, fn(key))`` as each unit finishes, ``workers`` units in flight on the request
+    engine (:mod:`bench.engine`: their LLM requests coalesce per backend).  Results are consumed --
+    and written -- by the caller's thread, one at a time."""
+    from bench.engine import active, running
 
-
-def _explanation_item(item: dict[str, Any]) -> dict[str, Any]:
-    """An explanations.jsonl object, checked so that :meth:`ExplanationStore.get` cannot fail on it."""
-    if not isinstance(item.get("unit"), str):
-        raise ValueError("no 'unit' key naming the unit")
-    e = item.get("explanation")
-    if e is None:
-        return item
-    if not isinstance(e, dict) or not isinstance(e.get("text"), str) or not isinstance(e.get("explainer"), str):
-        raise ValueError("'explanation' must hold 'text' and 'explainer' strings")
-    Usage(**(e.get("usage") or {}))  # TypeError for unknown usage fields
-    return item
-
-
-class ExplanationStore:
-    """explanations.jsonl in the run folder: written as each unit is explained, read back on resume."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.items: dict[str, dict[str, Any]] = {}
-        drop_torn_tail(path)
-        if path.exists():
-            for item in parse_lines(path, _explanation_item, EXPLANATIONS_FIX):
-                self.items[item["unit"]] = item
-
-    def add(
-        self,
-        key: str,
-        explanation: Explanation | None,
-        error: str | None,
-        transient: bool = False,
-        failed_spend: Usage | None = None,
-    ) -> None:
-        """Record a unit's explanation or failure; ``failed_spend``: what failed attempts at explaining
-        it spent (earlier runs' included), ``transient``: a re-run retries this failure."""
-        item: dict[str, Any] = {
-            "unit": key,
-            "explanation": asdict(explanation) if explanation else None,
-            "error": error,
-        }
-        if explanation is None:
-            item["transient"] = transient
-        if failed_spend is not None and failed_spend != Usage():
-            item[FAILED_SPEND] = asdict(failed_spend)
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(redact(item)) + "\n")
-        self.items[key] = item
-
-    def failed_spend(self, key: str) -> Usage:
-        return Usage(**(self.items.get(key) or {}).get(FAILED_SPEND) or {})
-
-    def forget(self, keys: set[str]) -> None:
-        """Drop these units' lines (failures about to be retried): one line per unit, atomically."""
-        if not keys:
-            return
-        for key in keys:
-            self.items.pop(key, None)
-        rewrite_atomically(self.path, "".join(json.dumps(redact(item)) + "\n" for item in self.items.values()))
-
-    def get(self, key: str) -> tuple[Explanation | None, str | None] | None:
-        item = self.items.get(key)
-        if item is None:
-            return None
-        e = item["explanation"]
-        if e is None:
-            return None, item["error"]
-        usage = Usage(**(e.get("usage") or {}))
-        return Explanation(text=e["text"], explainer=e["explainer"], meta=e.get("meta") or {}, usage=usage), None
-
-
-def as_finished(fn: Any, keys: Sequence[str], workers: int) -> Any:
-    """Yield ``(key, fn(key))`` as each finishes, ``workers`` at a time (threads: API backends wait on
-    the network, so several units keep their concurrency limit busy).  Results are consumed -- and
-    written -- by the caller's thread, one at a time."""
-    if workers <= 1:
-        for key in keys:
-            yield key, fn(key)
+    engine = active()
+    if engine is not None:
+        yield from engine.run_units(fn, keys, workers)
         return
-    from concurrent.futures import ThreadPoolExecutor, as_completed
-
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="unit") as pool:
-        futures = {pool.submit(fn, key): key for key in keys}
-        try:
-            for future in as_completed(futures):
-                yield futures[future], future.result()
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+    with running() as engine:
+        yield from engine.run_units(fn, keys, workers)
 
 
 def _error_text(err: BaseException) -> str:
@@ -206,18 +121,30 @@ def run(
     from tqdm.auto import tqdm
 
     subject, simulator = parts.subject, parts.simulator
-    scorers = list(parts.scorers.values())
     run_dir.mkdir(parents=True, exist_ok=True)
     records, provenance = load_records(settings, subject, parts.dataset)
     write_train_excerpts(run_dir, records, settings.units.examples_per_split)  # what the explainer saw (viewer)
-    explained = ExplanationStore(run_dir / "explanations.jsonl")
+    explained = ExplanationStore(RunFolder(run_dir).explanations)
+    context = UnitContext(settings, parts, records, provenance)
+    runner = _runner(settings, run_dir)
+    own = dict.fromkeys(shard_units(settings.shard, list(records)))  # every unit, or this shard's slice (in order)
+    whole = records if settings.shard is None else {}  # a shard explains below
     explanations = explain_all(
-        settings, parts.explainer, simulator, records, run_dir, progress, retry_failed=retry_failed, store=explained
-    )
+        settings, parts.explainer, simulator, whole, run_dir, progress, retry_failed=retry_failed, store=explained,
+        runner=runner, context=context,
+    )  # fmt: skip
+    if settings.shard is not None:  # the control borrows every unit's explanation: shards share them (run/shards.py)
+        explanations = explain_shard(
+            settings.shard, settings.control.enabled, RunFolder(run_dir), records, explained,
+            lambda keys, retry: explain_all(settings, parts.explainer, simulator, {k: records[k] for k in keys},
+                                            run_dir, False, retry_failed=retry, store=explained, runner=runner,
+                                            context=context),
+            retry_failed, settings.engine.units_in_flight,
+        )  # fmt: skip
     controls = assign_controls(settings, [k for k in records if explanations[k][0] is not None])
 
     done = store.finished_units()
-    previous = {r.unit.key: r for r in store.previous_results() if r.unit.key in records}
+    previous = {r.unit.key: r for r in store.previous_results() if r.unit.key in own}
     retry = {k for k, r in previous.items() if r.status == "failed" and (retry_failed or r.transient)}
     carried = {k: previous[k].extras.get(FAILED_SPEND) or {} for k in retry}  # earlier attempts' spend
     store.forget(retry)
@@ -238,16 +165,7 @@ def run(
                 transient=bool(failure.get("transient")),
             )
         else:
-            control_texts = [explanations[c][0].text for c in controls.get(key, [])]  # type: ignore[union-attr]
-            with metering() as meter:  # what this unit's scoring spent, should it fail
-                result = score_unit(
-                    settings, records[key], explanation, simulator, scorers, subject, control_texts, provenance
-                )
-            if result.status == "failed":  # spend not on a kept record (the simulation's usage is)
-                kept = result.simulation.usage if result.simulation is not None else Usage()
-                result.extras[FAILED_SPEND] = {
-                    COST_STAGE.get(result.stage or "", "simulator"): _minus(meter.total, kept)
-                }
+            result = scored[key] if key in scored else score_task(context, key, score_payload(key))
         spend = {k: Usage(**v) for k, v in carried.get(key, {}).items() if k != "explainer"}
         spend["explainer"] = explained.failed_spend(key)  # every failed explaining attempt, earlier runs' too
         for stage, usage in (result.extras.get(FAILED_SPEND) or {}).items():
@@ -258,18 +176,39 @@ def run(
             result.extras[FAILED_SPEND] = spent
         return result
 
-    pending = [k for k in records if k not in done]
-    finished = as_finished(unit_result, pending, settings.parallel_units)
+    def score_payload(key: str) -> tuple[Explanation, list[str]]:
+        explanation = explanations[key][0]
+        assert explanation is not None
+        return explanation, [explanations[c][0].text for c in controls.get(key, [])]  # type: ignore[union-attr]
+
+    def lost_unit(key: str, why: str) -> UnitResult:
+        explanation = explanations[key][0]
+        return UnitResult(
+            unit=records[key].unit, status="failed", explanation=explanation, error=why, stage="simulate",
+            extras={"provenance": provenance}, transient=True,
+        )  # fmt: skip
+
+    pending = [k for k in own if k not in done]
+    scored: dict[str, UnitResult] = {}  # scored elsewhere (runner=ray), finished here
+    if runner is not None:
+        remote = [k for k in pending if explanations[k][0] is not None]
+        items = [(k, score_payload(k)) for k in remote]
+        finished = _finish(runner.map("score", items, lost=lost_unit), scored, unit_result, pending)
+    else:
+        finished = as_finished(unit_result, pending, settings.engine.units_in_flight)
     sinks: list[Sink] = [store, *mirrors]
     for key, result in tqdm(finished, total=len(pending), desc="simulate+score", disable=not progress):
         for sink in sinks:
             sink.write(result)
         previous[key] = result
-    results = [previous[k] for k in records if k in previous]  # in unit order, however they finished
+    results = [previous[k] for k in own if k in previous]  # in unit order, however they finished
 
+    if runner is not None:
+        runner.close()
     summary = aggregate(results, settings.scoring.bootstrap_resamples, settings.scoring.confidence, settings.seed)
     summary.update(backend_metrics(parts))  # retries, cache hits, dollars of the HTTP backends (this process)
-    write_score_correlations(results, run_dir)  # score_correlations.{json,csv}: how scorers agree across units
+    if settings.shard is None:  # a shard's slice is not the run: the merge writes them
+        write_score_correlations(results, run_dir)  # score_correlations.{json,csv}: how scorers agree across units
     warnings = specificity_warnings(summary, settings) + unparsed_warnings(summary, settings, simulator)
     outages = sum(1 for r in results if r.status == "failed" and r.transient)
     if outages:
@@ -280,7 +219,76 @@ def run(
     return RunOutcome(results=results, summary=summary, warnings=warnings)
 
 
-def check_layers(settings: RunSettings, info: SubjectInfo, dataset: Dataset | None = None) -> None:
+@dataclass(frozen=True)
+class UnitContext:
+    """What a unit's work needs besides its key: built once per process (the driver's, or each
+    ``runner=ray`` worker's own from the same config)."""
+
+    settings: RunSettings
+    parts: RunParts
+    records: dict[str, UnitRecord]
+    provenance: dict[str, Any]
+
+
+ExplainOutcome = tuple[Explanation | None, str | None, bool, Usage]  # explanation, error, transient, failed spend
+
+
+def explain_task(context: UnitContext, key: str, _payload: Any = None) -> ExplainOutcome:
+    """Explain one unit (best-of-k reranks here); a failure is returned with what it spent."""
+    settings, record = context.settings, context.records[key]
+    with metering() as meter:  # what this unit's explaining spent, should it fail
+        try:
+            splits = make_splits(record, settings.units.examples_per_split)
+            found = explain_unit(context.parts.explainer, context.parts.simulator, record.unit, splits)
+            if not found:
+                raise RuntimeError("explainer returned no explanation")
+            return found[0], None, False, Usage()
+        except UserError:
+            raise  # a user mistake (missing package, bad key ...) stops the run with one line
+        except Exception as err:  # noqa: BLE001 - a failed unit is recorded, the run goes on
+            log.debug("explain failed for %s", key, exc_info=True)
+            return None, _error_text(err), is_transient(err), meter.total
+
+
+def score_task(context: UnitContext, key: str, payload: tuple[Explanation, Sequence[str]]) -> UnitResult:
+    """Simulate, score and control one explained unit; a failed one carries what its scoring spent."""
+    explanation, control_texts = payload
+    parts = context.parts
+    with metering() as meter:  # what this unit's scoring spent, should it fail
+        result = score_unit(
+            context.settings, context.records[key], explanation, parts.simulator,
+            list(parts.scorers.values()), parts.subject, control_texts, context.provenance,
+        )  # fmt: skip
+    if result.status == "failed":  # spend not on a kept record (the simulation's usage is)
+        kept = result.simulation.usage if result.simulation is not None else Usage()
+        result.extras[FAILED_SPEND] = {COST_STAGE.get(result.stage or "", "simulator"): _minus(meter.total, kept)}
+    return result
+
+
+TASKS: dict[str, Callable[..., Any]] = {"explain": explain_task, "score": score_task}
+
+
+def _runner(settings: RunSettings, run_dir: Path) -> Any:
+    """The runner that executes units elsewhere (``runner.kind=ray``), or None: this process's engine."""
+    if settings.runner.kind == "local":
+        return None
+    from bench.runners.ray_runner import RayRunner
+
+    return RayRunner(settings, run_dir)
+
+
+def _finish(remote: Any, done: dict[str, Any], finish: Any, keys: Sequence[str]) -> Any:
+    """Finish units whose work ran elsewhere (``done`` filled from ``remote`` as each arrives), then
+    the rest (failed explanations: nothing to run remotely) -- each through ``finish`` here."""
+    for key, value in remote:
+        done[key] = value
+        yield key, finish(key)
+    for key in keys:
+        if key not in done:
+            yield key, finish(key)
+
+
+def check_layers(settings: RunSettings, info: Any, dataset: Any = None) -> None:
     """Every requested layer exists (the subject's config alone says so: no weights loaded); an SAE's
     folder is read and checked too (``cfg.json`` and the weights' hash: no model needed)."""
     if isinstance(dataset, RecordSource):  # published records: the files' layers (GPT-2 XL: 48)
@@ -394,35 +402,31 @@ def _mine_records_per_layer(
 
 def explain_all(
     settings: RunSettings,
-    explainer: Explainer,
+    explainer: Any,
     simulator: Simulator,
     records: dict[str, UnitRecord],
     run_dir: Path,
     progress: bool,
     retry_failed: bool = False,
     store: ExplanationStore | None = None,
+    runner: Any = None,
+    context: UnitContext | None = None,
 ) -> dict[str, tuple[Explanation | None, str | None]]:
     """Explain every unit first (resumable via explanations.jsonl): the control borrows them.
 
     A failure recorded by an earlier run is kept unless it was transient (or ``retry_failed``)."""
     from tqdm.auto import tqdm
 
-    explained = store if store is not None else ExplanationStore(run_dir / "explanations.jsonl")
+    explained = store if store is not None else ExplanationStore(RunFolder(run_dir).explanations)
     explanations: dict[str, tuple[Explanation | None, str | None]] = {}
 
-    def explain(key: str) -> tuple[Explanation | None, str | None, bool, Usage]:
-        with metering() as meter:  # what this unit's explaining spent, should it fail
-            try:
-                splits = make_splits(records[key], settings.units.examples_per_split)
-                found = explain_unit(explainer, simulator, records[key].unit, splits)  # best-of-k reranks here
-                if not found:
-                    raise RuntimeError("explainer returned no explanation")
-                return found[0], None, False, Usage()
-            except UserError:
-                raise  # a user mistake (missing package, bad key ...) stops the run with one line
-            except Exception as err:  # noqa: BLE001 - a failed unit is recorded, the run goes on
-                log.debug("explain failed for %s", key, exc_info=True)
-                return None, _error_text(err), is_transient(err), meter.total
+    if context is None:  # explaining reads only the explainer and simulator of the parts
+        no_subject, no_dataset = cast(Subject, None), cast(Dataset, None)
+        parts = RunParts(subject=no_subject, dataset=no_dataset, explainer=explainer, simulator=simulator, scorers={})
+        context = UnitContext(settings, parts, records, {})
+
+    def explain(key: str) -> ExplainOutcome:
+        return explain_task(context, key)
 
     retry: set[str] = set()
     for key in records:
@@ -434,7 +438,10 @@ def explain_all(
     earlier = {key: explained.failed_spend(key) for key in retry}
     explained.forget(retry)
     pending = [k for k in records if k not in explanations]
-    finished = as_finished(explain, pending, settings.parallel_units)
+    if runner is not None:
+        finished = runner.map("explain", [(k, None) for k in pending], lost=lambda k, why: (None, why, True, Usage()))
+    else:
+        finished = as_finished(explain, pending, settings.engine.units_in_flight)
     for key, (explanation, error, transient, spent) in tqdm(
         finished, total=len(pending), desc="explain", disable=not progress
     ):
@@ -461,8 +468,8 @@ def score_unit(
     record: UnitRecord,
     explanation: Explanation,
     simulator: Simulator,
-    scorers: Sequence[Scorer],
-    subject: Subject,
+    scorers: Sequence[Any],
+    subject: Any,
     control_texts: Sequence[str],
     provenance: dict[str, Any],
 ) -> UnitResult:

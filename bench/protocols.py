@@ -200,7 +200,7 @@ class CountsCalls(Protocol):
 
 @runtime_checkable
 class PaidAPI(Protocol):
-    """A provider billed per token: what ``--dry-run`` needs to price its calls."""
+    """A provider billed per token: what ``--dry-run`` needs to price its calls and count batch jobs."""
 
     @property
     def model(self) -> str: ...
@@ -209,13 +209,15 @@ class PaidAPI(Protocol):
     def api_key_env(self) -> str | None: ...
 
     @property
-    def prices(self) -> Mapping[str, float] | None: ...
-
-    @property
     def batch(self) -> bool: ...
 
-    @property
-    def batch_discount(self) -> float: ...
+    def resolved_prices(self, batched: bool = False) -> Any:
+        """Per-token prices (``bench.llm.pricing.Prices``; batch mode: times the batch discount), None: unknown."""
+        ...
+
+    def batch_jobs(self, requests: Sequence[Any], repeat: int = 1) -> int:
+        """Provider batch jobs these requests (times ``repeat``) would fill (0 when not in batch mode)."""
+        ...
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -28,12 +28,15 @@ STORE_SETUP_TIMEOUT_S = 600.0  # migrations take seconds; this only bounds a wai
 _HELD: dict[str, Any] = {}
 
 
-def lock_run_folder(run_dir: Path) -> Any:
+def lock_run_folder(run_dir: Path, shard: Any = None) -> Any:
     """Take the run folder's lock (a held ``filelock.FileLock``; call ``release()`` when done) or stop
-    with a :class:`~bench.errors.UserError` when another process holds it."""
+    with a :class:`~bench.errors.UserError` when another process holds it.  A shard
+    (:class:`bench.run.shards.Shard`) takes its own lock: the shards of one run share the folder."""
     from filelock import FileLock, Timeout
 
-    path = Path(run_dir) / LOCK_FILE
+    from bench.run.folder import RunFolder
+
+    path = RunFolder(Path(run_dir)).lock_of(shard)
     stale = _HELD.pop(str(path.resolve()), None)
     if stale is not None:  # this process ran the folder before and stopped without releasing: take over
         stale.release(force=True)
@@ -42,7 +45,8 @@ def lock_run_folder(run_dir: Path) -> Any:
         lock.acquire(timeout=0)
     except Timeout:
         raise UserError(
-            f"run folder {run_dir} is in use: another neuronbench run of this configuration is in progress "
+            f"run folder {run_dir} is in use: another neuronbench run of this configuration"
+            f"{f' (shard {shard})' if shard is not None else ''} is in progress "
             f"(it holds {path}); wait for it to finish -- re-running then resumes, nothing is duplicated"
         ) from None
     except OSError as err:

@@ -58,8 +58,14 @@ def jsonl_objects(path: Path, fix: str) -> Iterator[tuple[int, dict[str, Any]]]:
         data = path.read_bytes()
     except OSError as err:
         raise DamagedFile(path, _short(err), fix) from None
+    yield from jsonl_objects_in(data, path, fix)
+
+
+def jsonl_objects_in(data: bytes, path: Path, fix: str, first_line: int = 1) -> Iterator[tuple[int, dict[str, Any]]]:
+    """:func:`jsonl_objects` of bytes read from ``path`` (e.g. what was appended since an offset, whose first
+    line is line ``first_line``); a last line without its newline is left out."""
     data = data[: data.rfind(b"\n") + 1]
-    for number, raw in enumerate(data.split(b"\n"), start=1):
+    for number, raw in enumerate(data.split(b"\n"), start=first_line):
         if not raw.strip():
             continue
         try:
@@ -75,8 +81,15 @@ def jsonl_objects(path: Path, fix: str) -> Iterator[tuple[int, dict[str, Any]]]:
 
 def parse_lines(path: Path, parse: Callable[[dict[str, Any]], Any], fix: str) -> list[Any]:
     """``parse`` applied to every object of a JSONL file; a shape it rejects is :class:`DamagedFile`."""
+    return parse_objects(jsonl_objects(path, fix), parse, path, fix)
+
+
+def parse_objects(
+    objects: Iterator[tuple[int, dict[str, Any]]], parse: Callable[[dict[str, Any]], Any], path: Path, fix: str
+) -> list[Any]:
+    """``parse`` applied to ``(line number, object)`` pairs of ``path``; a rejected shape is :class:`DamagedFile`."""
     out = []
-    for number, item in jsonl_objects(path, fix):
+    for number, item in objects:
         try:
             out.append(parse(item))
         except (KeyError, TypeError, ValueError, AttributeError) as err:

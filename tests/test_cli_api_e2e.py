@@ -104,7 +104,9 @@ def test_cli_scores_every_unit_through_faults_and_logs_costs(
     assert m["cost/explainer/calls"] >= 3 and m["cost/simulator/input_tokens"] > 0
     assert m["cost/backend/simulator/retries"] > 0 and m["cost/backend/simulator/calls"] > m["cost/simulator/calls"] / 2
     if "simulator.llm.batch=true" in extra:  # every call went through Message Batches, at half price
-        assert m["cost/backend/simulator/batches"] >= 3 and m["cost/backend/explainer/batches"] >= 3
+        # the request engine coalesces the units in flight: a stage's requests share batch jobs (not one per unit)
+        assert m["cost/backend/simulator/batches"] >= 1 and m["cost/backend/explainer/batches"] >= 1
+        assert m["cost/backend/explainer/batches"] < 3 * (1 + m["cost/backend/explainer/retries"])
         assert not any(e["path"] == "/v1/messages" for e in server.log)
     if explainer == "openai_compatible":  # a self-hosted server: its preset prices tokens at 0
         assert m["cost/total/dollars"] == 0 and m["cost/total/input_tokens"] > 0

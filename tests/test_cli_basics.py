@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 import bench.cli
+import bench.jobs
 from bench.cli import main
 from bench.summary import print_summary, wrap_name
 
@@ -61,7 +62,7 @@ def test_quiet_and_log_level_reach_the_run(flags, progress, level, monkeypatch) 
 def test_log_level_applies_inside_the_hydra_job(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     levels = []
-    monkeypatch.setattr(bench.cli, "run_job", lambda cfg, progress=True, **_: levels.append(logging.getLogger().level))
+    monkeypatch.setattr(bench.jobs, "run_job", lambda cfg, progress=True, **_: levels.append(logging.getLogger().level))
     root = logging.getLogger()
     saved = root.level, list(root.handlers)
     try:

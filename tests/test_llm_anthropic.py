@@ -10,8 +10,8 @@ import pytest
 from fake_servers import FakeLLMServer
 
 from bench.errors import UserError
-from bench.llm._http import BackendError
 from bench.llm.anthropic_backend import AnthropicModel
+from bench.llm.errors import BackendError
 from bench.protocols import Capability, ChatMessage, GenerationRequest, LLMClient, SlotRequest
 
 KEY = "sk-ant-test-DO-NOT-LEAK-9876543210"

@@ -14,9 +14,9 @@ import pytest
 from fake_servers import FakeLLMServer
 
 from bench.failures import is_transient
-from bench.llm._http import BackendError
 from bench.llm.anthropic_backend import AnthropicModel
 from bench.llm.batch import BatchPending
+from bench.llm.errors import BackendError
 from bench.llm.openai_backend import OpenAIChatModel
 from bench.protocols import ChatMessage, GenerationRequest
 
@@ -109,6 +109,25 @@ def test_openai_batch_round_trip(server: FakeLLMServer, tmp_path: Path) -> None:
     assert [g.text for g in again] == [g.text for g in gens] and len(server.log) == before
     assert plain.stats.cache_hits == 3 and plain.stats.calls == 0
     assert client.estimate(requests).calls == 0
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_one_call_is_split_into_jobs_at_the_providers_byte_limit(
+    provider: str, server: FakeLLMServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    from bench.llm.batch.state import BatchMode
+
+    client = make(provider, server, tmp_path / "c")
+    requests = [req(f"REPLY: answer {i}", max_tokens=12) for i in range(5)]
+    mode = client._batch_mode()
+    one = max(mode.api.item_bytes(job.key, job.request) for job in map(client._request_job, requests))
+    small = BatchMode(dataclasses.replace(mode.api, max_bytes=2 * one + 1), mode.poll_s, mode.timeout_s)
+    monkeypatch.setattr(type(client), "_batch_mode", lambda self: small)
+    assert [g.text for g in client.generate(requests)] == [f"answer {i}" for i in range(5)]
+    assert client.stats.batches == 3  # 2 + 2 + 1 requests: no job over the byte limit
+    assert server.count(BATCH_CREATE[provider], "POST") == 3 and model_calls(server) == 0
 
 
 def test_anthropic_batch_round_trip(server: FakeLLMServer, tmp_path: Path) -> None:

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.llm._http import BackendStats, parse_retry_after
 from bench.llm.cache import ResponseCache, cache_key, default_cache_dir
+from bench.llm.errors import parse_retry_after
 from bench.llm.pricing import Prices, check_prices, lookup, resolve
+from bench.llm.types import BackendStats
 
 
 def test_key_is_canonical_and_sensitive_to_every_part() -> None:

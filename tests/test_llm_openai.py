@@ -13,7 +13,7 @@ import pytest
 from fake_servers import FakeLLMServer
 
 from bench.errors import UserError
-from bench.llm._http import BackendError
+from bench.llm.errors import BackendError
 from bench.llm.openai_backend import FOLD_INSTRUCTION, OpenAIChatModel, render_chat
 from bench.protocols import Capability, ChatMessage, GenerationRequest, LLMClient, SlotRequest
 
@@ -368,10 +368,12 @@ def test_estimate(server: FakeLLMServer, tmp_path: Path) -> None:
     assert (calls, tokens) == (2, 200)
     assert dollars == pytest.approx((200 * 0.15 + 200 * 0.60) / 1e6)
     assert server.count() == 0
-    unpriced = make(server, tmp_path, model="some-local-model")
+    local = make(server, tmp_path, model="some-local-model")  # a local server of an unlisted model: free
+    assert local.estimate(requests).dollars == 0.0
+    unpriced = make(server, tmp_path, model="some-local-model", base_url=None)  # the official API: unknown
     assert math.isnan(unpriced.estimate(requests).dollars)
-    free = make(server, tmp_path, model="some-local-model", prices={"input": 0.0, "output": 0.0})
-    assert free.estimate(requests).dollars == 0.0
+    priced = make(server, tmp_path, model="some-local-model", prices={"input": 1.0, "output": 2.0})
+    assert priced.estimate(requests).dollars == pytest.approx((200 * 1.0 + 200 * 2.0) / 1e6)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from fake_servers import FakeLLMServer, benchmark_responder, simulating_next_tok
 
 from bench.errors import UserError
 from bench.failures import is_transient
-from bench.llm._http import BackendError
+from bench.llm.errors import BackendError
 
 UNITS = 3
 

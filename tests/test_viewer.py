@@ -142,7 +142,7 @@ def test_unit_page_injected_script_stays_inert_text(site, browser, tmp_path):
 
 def test_pipeline_keeps_the_train_excerpts_the_viewer_shows(tmp_path):
     from bench.records import ActivationRecord, UnitId, UnitRecord, UnitStats
-    from bench.report.run_folder import read_run, write_train_excerpts
+    from bench.run.folder import read_run, write_train_excerpts
 
     top = [ActivationRecord([f"t{i}", " x"], [float(10 - i), 0.0]) for i in range(20)]
     rand = [ActivationRecord([f"r{i}", " y"], [0.0, 0.1]) for i in range(15)]

@@ -18,7 +18,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from bench.errors import ConfigError, UserError
 from bench.records import UnitRecord
@@ -37,7 +37,7 @@ class ReferenceRecords:
     n_excerpts: int = 0
     excerpt_len: int = 64
 
-    provides_records: ClassVar[bool] = True  # the pipeline reads records here instead of mining
+    # bench.protocols.RecordSource (check_units, unit_records): the pipeline reads records here instead of mining
 
     def __post_init__(self) -> None:
         if not Path(self.root).expanduser().is_dir():

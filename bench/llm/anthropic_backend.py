@@ -1,7 +1,7 @@
 """Anthropic messages API as an LLMClient (generation only: the API returns no logprobs).
 
 The ``anthropic`` SDK is imported on first use; limits, retries, cache and counters come from
-:mod:`bench.llm._http`.
+:mod:`bench.llm.client` (the engine); requests are built and parsed by :mod:`bench.llm.providers.anthropic`.
 
 * ``temperature`` goes through ``extra_body`` (``messages.create()`` of SDK 2.14 has no such
   parameter); the API accepts 0..1.
@@ -26,21 +26,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.llm._http import (
-    CostEstimate,
-    ErrorInfo,
-    HTTPBackend,
-    Job,
-    Outcome,
-    apply_stops,
-    check_common_fields,
-    describe_sdk_error,
-)
 from bench.llm.cache import cache_key
+from bench.llm.errors import ErrorInfo, describe_sdk_error
+from bench.llm.http_backend import HTTPBackend, check_common_fields
+from bench.llm.providers.anthropic import EPHEMERAL, messages_request, parse_messages
+from bench.llm.text import apply_stops
+from bench.llm.types import CostEstimate, Job, Outcome
 from bench.protocols import Capability, Generation, GenerationRequest, SlotRequest, SlotResult
 
 OFFICIAL_BASE_URL = "https://api.anthropic.com"
-EPHEMERAL = {"type": "ephemeral"}
+__all__ = ["EPHEMERAL", "OFFICIAL_BASE_URL", "AnthropicModel"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +70,8 @@ class AnthropicModel(HTTPBackend):
     prices: dict[str, float] | None = field(default=None, hash=False)
     name: str = ""
     version: int = 1
+
+    provider_id = "anthropic"  # for genai-prices (a class attribute: not a config field)
 
     # The messages API accepts temperatures in 0..1 only; the config check refuses others up front.
     temperature_range = (0.0, 1.0)
@@ -129,54 +126,24 @@ class AnthropicModel(HTTPBackend):
 
         return describe_sdk_error(err, anthropic)
 
+    def _request_job(self, request: GenerationRequest) -> Job:
+        return self._plan(request)[0]
+
     def _batch_mode(self) -> Any:
         """``None``, or what the engine needs to send messages as a Message Batch."""
         if not self.batch:
             return None
-        from bench.llm.batch import AnthropicBatches, BatchMode
+        from bench.llm.batch.anthropic import AnthropicBatches
+        from bench.llm.batch.state import BatchMode
 
         return BatchMode(
-            AnthropicBatches(self.resolved_base_url, _messages_value), self.batch_poll_s, self.batch_timeout_s
+            AnthropicBatches(self.resolved_base_url, _batch_message_value), self.batch_poll_s, self.batch_timeout_s
         )
 
     def _plan(self, r: GenerationRequest) -> tuple[Job, str]:
         """The request's job, and the whitespace cut from the prefill (to cut from the reply too)."""
-        if r.top_logprobs > 0:
-            raise ValueError(f"{self.name} cannot return logprobs (top_logprobs={r.top_logprobs} requested)")
-        system = "\n\n".join(m.content for m in r.messages if m.role == "system")
-        turns: list[dict[str, Any]] = []
-        for m in r.messages:
-            if m.role == "system":
-                continue
-            if turns and turns[-1]["role"] == m.role:
-                turns[-1]["content"] += "\n\n" + m.content
-            else:
-                turns.append({"role": m.role, "content": m.content})
-        if self.prompt_caching and len(turns) >= 2 and turns[-1]["role"] == "user":
-            shared = turns[-2]  # end of the few-shot prefix
-            turns[-2] = {
-                "role": shared["role"],
-                "content": [{"type": "text", "text": shared["content"], "cache_control": EPHEMERAL}],
-            }
-        cut = ""
-        if r.assistant_prefix:
-            prefill = r.assistant_prefix.rstrip()
-            cut = r.assistant_prefix[len(prefill) :]
-            if prefill:
-                if turns and turns[-1]["role"] == "assistant":
-                    turns[-1]["content"] += prefill
-                else:
-                    turns.append({"role": "assistant", "content": prefill})
-        params: dict[str, Any] = {"model": self.model, "max_tokens": r.max_tokens, "messages": turns}
-        if system:
-            block: dict[str, Any] = {"type": "text", "text": system}
-            if self.prompt_caching:
-                block["cache_control"] = EPHEMERAL
-            params["system"] = [block]
-        stops = [s for s in r.stop if s.strip()]
-        if stops:
-            params["stop_sequences"] = stops
-        extra = {"temperature": r.temperature}
+        payload = messages_request(r, model=self.model, prompt_caching=self.prompt_caching, name=self.name)
+        params, extra = payload.params, payload.extra
         key = cache_key(
             {
                 "provider": "anthropic-messages",
@@ -187,13 +154,20 @@ class AnthropicModel(HTTPBackend):
                 "seed": self.seed,
             }
         )
-        chars = len(system) + sum(len(m.content) for m in r.messages) + len(r.assistant_prefix)
 
         async def send(client: Any) -> dict[str, Any]:
             response = await client.messages.create(**params, extra_body=extra)
-            return _messages_value(response)
+            return parse_messages(response.model_dump())
 
-        return Job(key=key, send=send, est_tokens=chars // 4 + r.max_tokens, request={**params, **extra}), cut
+        job = Job(
+            key=key,
+            send=send,
+            est_tokens=payload.prompt_chars // 4 + r.max_tokens,
+            request={**params, **extra},
+            input_chars=payload.prompt_chars,
+            max_output=r.max_tokens,
+        )
+        return job, payload.cut
 
     def _generation(self, r: GenerationRequest, cut: str, outcome: Outcome) -> Generation:
         if outcome.error is not None:
@@ -206,20 +180,6 @@ class AnthropicModel(HTTPBackend):
         return Generation(text=text, usage=self.engine.spent(outcome.value.get("usage") or {}, outcome))
 
 
-def _messages_value(response: Any) -> dict[str, Any]:
-    content = getattr(response, "content", None)
-    if content is None:
-        raise ValueError("the response has no content")
-    text = "".join(getattr(block, "text", "") for block in content if getattr(block, "type", "") == "text")
-    u = response.usage
-    read = int(getattr(u, "cache_read_input_tokens", None) or 0)
-    write = int(getattr(u, "cache_creation_input_tokens", None) or 0)
-    return {
-        "result": {"text": text, "stop_reason": getattr(response, "stop_reason", None)},
-        "usage": {
-            "input_tokens": int(u.input_tokens or 0) + read + write,
-            "cached_input_tokens": read,
-            "cache_write_tokens": write,
-            "output_tokens": int(u.output_tokens or 0),
-        },
-    }
+def _batch_message_value(message: Any) -> dict[str, Any]:
+    """A batch result's ``Message`` (an SDK object) -> the cached value."""
+    return parse_messages(message.model_dump())

@@ -241,5 +241,5 @@ class ResponseCache:
 
 
 def answer_shape(value: dict[str, Any]) -> bool:
-    """The shape every backend stores (``Job`` in bench/llm/_http.py): ``{"result": ..., "usage": {...}}``."""
+    """The shape every backend stores (``Job`` in bench/llm/types.py): ``{"result": ..., "usage": {...}}``."""
     return "result" in value and isinstance(value.get("usage") or {}, dict)

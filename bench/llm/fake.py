@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.llm.client import in_process_meter
+from bench.llm.types import BackendStats
 from bench.protocols import (
     Capability,
     Generation,
@@ -99,7 +101,9 @@ class FakeLLM:
     supports: tuple[str, ...] = ("generate", "generated_logprobs", "prompt_logprobs", "exact_prompt_logprobs")
     max_context: int | None = None
     version: int = 1
+    coalesce: bool = False  # like a batch/in-process backend: the request engine gathers many units' requests
     calls: list[Any] = field(default_factory=list, compare=False, repr=False)
+    backend_calls: list[tuple[str, int]] = field(default_factory=list, compare=False, repr=False)  # (kind, size)
 
     def __post_init__(self) -> None:
         known = {c.value for c in Capability}
@@ -127,8 +131,24 @@ class FakeLLM:
             )
 
     # ------------------------------------------------------------------------------------------------
+    @property
+    def stats(self) -> BackendStats:
+        """Running totals of this client (calls, tokens), as for every other client (:mod:`bench.llm.client`)."""
+        return in_process_meter(self).stats()
+
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        if self.coalesce:
+            from bench.engine import gather
+
+            out = gather(("fake/generate", id(self)), list(requests), self._generate_now)
+        else:
+            out = self._generate_now(requests)
+        in_process_meter(self).account([g.usage for g in out])  # in the caller's thread: its unit's meter
+        return out
+
+    def _generate_now(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         self._require(Capability.GENERATE)
+        self.backend_calls.append(("generate", len(requests)))
         out = []
         for r in requests:
             self.calls.append(r)
@@ -187,7 +207,18 @@ class FakeLLM:
         )
 
     def slot_distributions(self, requests: Sequence[SlotRequest]) -> list[SlotResult]:
+        if self.coalesce:
+            from bench.engine import gather
+
+            out = gather(("fake/slots", id(self)), list(requests), self._slots_now)
+        else:
+            out = self._slots_now(requests)
+        in_process_meter(self).account([r.usage for r in out])
+        return out
+
+    def _slots_now(self, requests: Sequence[SlotRequest]) -> list[SlotResult]:
         self._require(Capability.PROMPT_LOGPROBS)
+        self.backend_calls.append(("slots", len(requests)))
         out = []
         for r in requests:
             self.calls.append(r)

@@ -2,7 +2,8 @@
 
 ``base_url: null`` is the official API; any OpenAI-compatible server works by URL (vLLM, Ollama,
 llama.cpp server, OpenRouter ...).  The ``openai`` SDK is imported on first use.  Limits, retries,
-the response cache and the counters are shared with the other HTTP backends (:mod:`bench.llm._http`).
+the response cache and the counters are shared with the other HTTP backends (:mod:`bench.llm.client`);
+requests are built and parsed by :mod:`bench.llm.providers.openai`.
 
 Generation (``generate``)
     One chat completion per request; k samples of a prompt are k requests told apart by
@@ -50,19 +51,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.errors import UserError
-from bench.llm._http import (
-    CostEstimate,
-    ErrorInfo,
-    HTTPBackend,
-    Job,
-    Outcome,
-    apply_stops,
-    check_common_fields,
-    cut_tokens,
-    describe_sdk_error,
-    merge_top,
-)
 from bench.llm.cache import cache_key
+from bench.llm.errors import ErrorInfo, describe_sdk_error
+from bench.llm.http_backend import HTTPBackend, check_common_fields
+from bench.llm.providers.openai import (
+    FOLD_INSTRUCTION,
+    chat_request,
+    completions_request,
+    parse_chat,
+    parse_completions,
+)
+from bench.llm.text import apply_stops, cut_tokens, merge_top
+from bench.llm.types import CostEstimate, Job, Outcome
 from bench.protocols import (
     VALUE_STRINGS,
     Capability,
@@ -77,7 +77,6 @@ from bench.simulators.topk_values import value_probabilities, wanted_pieces
 
 OFFICIAL_BASE_URL = "https://api.openai.com/v1"
 PREFILL_MODES = ("auto", "fold", "continue_final_message", "trailing_assistant")
-FOLD_INSTRUCTION = "\n\nBegin your reply with exactly this text, then continue it:\n"
 
 # name -> (one message, generation prompt); BOS is left to the server (vLLM adds it when the tokenizer does).
 CHAT_TEMPLATES: dict[str, tuple[str, str]] = {
@@ -119,8 +118,9 @@ class OpenAIChatModel(HTTPBackend):
     e.g. a local vLLM/Ollama); the key itself is read when the client is first needed and lives only
     inside the SDK client -- never in a field, a log line, the cache or a result.
     ``cache_dir``: the response cache (``null``: ``$NEURONBENCH_CACHE/llm``); ``cache: false`` turns it
-    off.  ``prices``: USD per 1M tokens ``{input, cached_input, output}`` (``null``: the built-in
-    table, else dollars are unknown).  ``seed``: sent per sample as ``seed*1000003 + sample_index``.
+    off.  ``prices``: USD per 1M tokens ``{input, cached_input, output}`` (``null``: genai-prices' list
+    prices, free for an unlisted model on a local server, else unknown: :mod:`bench.llm.pricing`).
+    ``seed``: sent per sample as ``seed*1000003 + sample_index``.
     ``batch: true`` sends ``generate``'s cache misses through the Batch API (:mod:`bench.llm.batch`):
     polled every ``batch_poll_s``, given up after ``batch_timeout_s`` (the run stops; a re-run resumes),
     billed at prices times ``batch_discount``.  Prompt-logprob requests (vLLM) never go in batches.
@@ -153,6 +153,8 @@ class OpenAIChatModel(HTTPBackend):
     context_length: int | None = None
     name: str = ""
     version: int = 1
+
+    provider_id = "openai"  # for genai-prices (a class attribute: not a config field)
 
     def __post_init__(self) -> None:
         check_common_fields(self)
@@ -331,49 +333,33 @@ class OpenAIChatModel(HTTPBackend):
 
         return describe_sdk_error(err, openai)
 
+    def _request_job(self, request: GenerationRequest) -> Job:
+        return self._chat_plan(request)[0]
+
     def _batch_mode(self) -> Any:
         """``None``, or what the engine needs to send chat completions through the Batch API."""
         if not self.batch:
             return None
-        from bench.llm.batch import BatchMode, OpenAIBatches
+        from bench.llm.batch.openai import OpenAIBatches
+        from bench.llm.batch.state import BatchMode
 
-        return BatchMode(
-            OpenAIBatches(self.resolved_base_url, _chat_body_value), self.batch_poll_s, self.batch_timeout_s
-        )
+        return BatchMode(OpenAIBatches(self.resolved_base_url, parse_chat), self.batch_poll_s, self.batch_timeout_s)
 
     # ------------------------------------------------------------------------------------------------
     # Chat completions
     # ------------------------------------------------------------------------------------------------
     def _chat_plan(self, r: GenerationRequest) -> tuple[Job, str | None]:
         """The request's job, and the prefix to strip from the reply (fold mode)."""
-        messages = [{"role": m.role, "content": m.content} for m in r.messages]
-        extra: dict[str, Any] = {}
-        fold: str | None = None
-        if r.assistant_prefix:
-            mode = self.prefill_mode
-            if mode == "fold":
-                fold = r.assistant_prefix
-                users = [i for i, m in enumerate(messages) if m["role"] == "user"]
-                if users:
-                    i = users[-1]
-                    messages[i] = {**messages[i], "content": messages[i]["content"] + FOLD_INSTRUCTION + fold}
-                else:
-                    messages.append({"role": "user", "content": FOLD_INSTRUCTION.lstrip() + fold})
-            else:
-                messages.append({"role": "assistant", "content": r.assistant_prefix})
-                if mode == "continue_final_message":
-                    extra = {"continue_final_message": True, "add_generation_prompt": False}
-        params: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": r.temperature}
-        params["max_completion_tokens" if self.base_url is None else "max_tokens"] = r.max_tokens
-        if r.stop:
-            params["stop"] = list(r.stop[:4])  # the API takes at most 4; all are applied client-side
-        if self.seed is not None:
-            params["seed"] = (self.seed * 1_000_003 + r.sample_index) % 2**31
-        if r.top_logprobs > 0:
-            if not self.generated_logprobs:
-                raise ValueError(f"{self.name} is configured without logprobs (generated_logprobs: false)")
-            params["logprobs"] = True
-            params["top_logprobs"] = r.top_logprobs
+        payload = chat_request(
+            r,
+            model=self.model,
+            official=self.base_url is None,
+            prefill_mode=self.prefill_mode,
+            seed=self.seed,
+            logprobs_allowed=self.generated_logprobs,
+            name=self.name,
+        )
+        params, extra = payload.params, payload.extra
         key = cache_key(
             {
                 "provider": "openai-chat",
@@ -383,13 +369,20 @@ class OpenAIChatModel(HTTPBackend):
                 "sample_index": r.sample_index,
             }
         )
-        chars = sum(len(m["content"]) for m in messages)
 
         async def send(client: Any) -> dict[str, Any]:
             response = await client.chat.completions.create(**params, extra_body=extra or None)
-            return _chat_value(response)
+            return parse_chat(response.model_dump())
 
-        return Job(key=key, send=send, est_tokens=chars // 4 + r.max_tokens, request={**params, **extra}), fold
+        job = Job(
+            key=key,
+            send=send,
+            est_tokens=payload.prompt_chars // 4 + r.max_tokens,
+            request={**params, **extra},
+            input_chars=payload.prompt_chars,
+            max_output=r.max_tokens,
+        )
+        return job, payload.fold
 
     def _generation(self, r: GenerationRequest, fold: str | None, outcome: Outcome) -> Generation:
         if outcome.error is not None:
@@ -428,15 +421,7 @@ class OpenAIChatModel(HTTPBackend):
         return k
 
     def _completions_job(self, prompt: str | list[str], echo: bool, kind: str, k: int) -> Job:
-        params: dict[str, Any] = {
-            "model": self.model,
-            "prompt": prompt,
-            "max_tokens": 1,
-            "temperature": 0.0,
-            "logprobs": k,
-            "echo": echo,
-        }
-        extra = {"prompt_logprobs": k} if echo else {}
+        params, extra = completions_request(self.model, prompt, echo, k)
         key = cache_key(
             {
                 "provider": "openai-completions",
@@ -450,9 +435,16 @@ class OpenAIChatModel(HTTPBackend):
 
         async def send(client: Any) -> dict[str, Any]:
             response = await client.completions.create(**params, extra_body=extra or None)
-            return _completions_value(response)
+            return parse_completions(response.model_dump())
 
-        return Job(key=key, send=send, est_tokens=chars // 4 + 1, request={**params, **extra})
+        return Job(
+            key=key,
+            send=send,
+            est_tokens=chars // 4 + 1,
+            request={**params, **extra},
+            input_chars=chars,
+            max_output=1 if isinstance(prompt, str) else len(prompt),
+        )
 
     def _slot_job(self, prompt: str, k: int) -> Job:
         return self._completions_job(prompt, echo=True, kind="slots", k=k)
@@ -533,55 +525,6 @@ class _SlotRun:
 # ---------------------------------------------------------------------------------------------------
 # Response -> cached value -> records
 # ---------------------------------------------------------------------------------------------------
-def _chat_value(response: Any) -> dict[str, Any]:
-    if not getattr(response, "choices", None):
-        raise ValueError("the response has no choices")
-    choice = response.choices[0]
-    logprobs = None
-    content = getattr(choice.logprobs, "content", None) if choice.logprobs is not None else None
-    if content is not None:
-        logprobs = [[t.token, t.logprob, [[a.token, a.logprob] for a in (t.top_logprobs or [])]] for t in content]
-    return {
-        "result": {"text": choice.message.content or "", "logprobs": logprobs, "finish_reason": choice.finish_reason},
-        "usage": _openai_usage(response.usage),
-    }
-
-
-def _chat_body_value(body: dict[str, Any]) -> dict[str, Any]:
-    """The cached value of a chat completion given as JSON (a batch's output line)."""
-    from openai.types.chat import ChatCompletion
-
-    return _chat_value(ChatCompletion.model_validate(body))
-
-
-def _openai_usage(usage: Any) -> dict[str, int]:
-    if usage is None:
-        return {}
-    details = getattr(usage, "prompt_tokens_details", None)
-    return {
-        "input_tokens": int(usage.prompt_tokens or 0),
-        "cached_input_tokens": int(getattr(details, "cached_tokens", None) or 0),
-        "output_tokens": int(usage.completion_tokens or 0),
-    }
-
-
-def _completions_value(response: Any) -> dict[str, Any]:
-    if not getattr(response, "choices", None):
-        raise ValueError("the response has no choices")
-    choices = []
-    for choice in sorted(response.choices, key=lambda c: c.index):
-        lp = choice.logprobs
-        extra = choice.model_extra or {}
-        choices.append(
-            {
-                "tokens": list(lp.tokens) if lp is not None and lp.tokens is not None else None,
-                "top_logprobs": list(lp.top_logprobs) if lp is not None and lp.top_logprobs is not None else None,
-                "prompt_logprobs": extra.get("prompt_logprobs"),
-            }
-        )
-    return {"result": {"choices": choices}, "usage": _openai_usage(response.usage)}
-
-
 def _strip_echoed_prefix(
     text: str, tokens: list[TokenLogprobs] | None, prefix: str
 ) -> tuple[str, list[TokenLogprobs] | None]:
@@ -645,4 +588,4 @@ def _first_generated(choice: dict[str, Any], k: int | None = None) -> dict[str, 
     return merge_top(ranked if k is None else ranked[:k])
 
 
-__all__ = ["OpenAIChatModel", "render_chat", "CHAT_TEMPLATES", "VALUE_STRINGS"]
+__all__ = ["CHAT_TEMPLATES", "FOLD_INSTRUCTION", "VALUE_STRINGS", "OpenAIChatModel", "render_chat"]

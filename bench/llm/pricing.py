@@ -1,13 +1,23 @@
 """Token prices (USD per 1M tokens) and the dollars of a call.
 
-A backend takes its prices from its ``prices`` config field when given (``conf/llm/*.yaml`` carry
-them, dated), else from :data:`PRICE_TABLE` by the longest model-id prefix, else it has none: then
-token counts are still recorded and dollars are NaN ("unknown"), never a made-up zero.
-List prices change; the table is a convenience, the YAML's ``prices`` is what a run records.
+Where a backend's prices come from, first match wins:
+
+1. its ``prices`` config field (``conf/llm/*.yaml``): the override, and what a run records;
+2. the ``genai-prices`` package (pydantic's maintained price data, shipped inside the package and read
+   offline: it never downloads an update unless someone starts its ``UpdatePrices``, which we never do)
+   for a hosted API -- the official API (``base_url: null``) by provider and model id, or a base URL that
+   genai-prices knows (OpenRouter, Together ...);
+3. a server genai-prices does not know (localhost, your own vLLM): the backend provider's list price when
+   it lists the model id (a proxy or stand-in for the official API; an upper bound for the budget), else
+   free: ``Prices(0, 0)``;
+4. else (a hosted API serving a model genai-prices does not list) the prices are unknown: token counts are
+   recorded, dollars are NaN ("unknown", never a made-up zero) and one warning says so.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,29 +56,46 @@ class Prices:
         return total / 1e6
 
 
-# List prices as of 2025 (check the provider's pricing page before trusting a budget to them).
-PRICE_TABLE: dict[str, Prices] = {
-    "gpt-4o-mini": Prices(input=0.15, cached_input=0.075, output=0.60),
-    "gpt-4o": Prices(input=2.50, cached_input=1.25, output=10.00),
-    "gpt-4.1-nano": Prices(input=0.10, cached_input=0.025, output=0.40),
-    "gpt-4.1-mini": Prices(input=0.40, cached_input=0.10, output=1.60),
-    "gpt-4.1": Prices(input=2.00, cached_input=0.50, output=8.00),
-    "gpt-4-turbo": Prices(input=10.00, output=30.00),
-    "gpt-4": Prices(input=30.00, output=60.00),
-    "gpt-3.5-turbo": Prices(input=0.50, output=1.50),
-    "claude-3-5-haiku": Prices(input=0.80, cached_input=0.08, cache_write=1.00, output=4.00),
-    "claude-3-haiku": Prices(input=0.25, cached_input=0.03, cache_write=0.30, output=1.25),
-    "claude-haiku-4-5": Prices(input=1.00, cached_input=0.10, cache_write=1.25, output=5.00),
-    "claude-sonnet-4": Prices(input=3.00, cached_input=0.30, cache_write=3.75, output=15.00),
-    "claude-3-7-sonnet": Prices(input=3.00, cached_input=0.30, cache_write=3.75, output=15.00),
-    "claude-opus-4": Prices(input=15.00, cached_input=1.50, cache_write=18.75, output=75.00),
-}
+FREE = Prices(input=0.0, output=0.0)
+_log = logging.getLogger(__name__)
+_WARNED: set[tuple[str, str | None]] = set()
 
 
-def lookup(model: str) -> Prices | None:
-    """Prices of the longest table key that ``model`` starts with (``gpt-4o-mini-2024-07-18`` -> ``gpt-4o-mini``)."""
-    matches = [key for key in PRICE_TABLE if model == key or model.startswith(key + "-")]
-    return PRICE_TABLE[max(matches, key=len)] if matches else None
+@functools.lru_cache(maxsize=256)
+def lookup(model: str, provider: str | None = None, base_url: str | None = None) -> Prices | None:
+    """genai-prices' current list prices of ``model`` at ``provider`` (an id such as ``openai``) or at the
+    provider serving ``base_url``; ``gpt-4o-mini-2024-07-18`` finds ``gpt-4o-mini``.  None: not listed."""
+    from datetime import datetime
+
+    from genai_prices import data_snapshot
+
+    snapshot = data_snapshot.get_snapshot()
+    try:
+        _, info = snapshot.find_provider_model(model, None, None if base_url else provider, base_url)
+    except LookupError:
+        return None
+    price = info.get_prices(datetime.now())
+
+    def number(name: str) -> float | None:
+        value = getattr(price, name, None)
+        value = getattr(value, "base", value)  # tiered prices: the base tier (prompts under the first tier)
+        return None if value is None else float(value)
+
+    inp, out = number("input_mtok"), number("output_mtok")
+    if inp is None or out is None:
+        return None
+    return Prices(input=inp, output=out, cached_input=number("cache_read_mtok"), cache_write=number("cache_write_mtok"))
+
+
+def known_host(base_url: str) -> bool:
+    """Whether genai-prices knows the provider behind ``base_url`` (a hosted API, billed by token)."""
+    from genai_prices import data_snapshot
+
+    try:
+        data_snapshot.get_snapshot().find_provider(None, None, base_url)
+    except LookupError:
+        return False
+    return True
 
 
 def check_prices(prices: Mapping[str, float] | None) -> None:
@@ -86,8 +113,11 @@ def check_prices(prices: Mapping[str, float] | None) -> None:
             raise ValueError(f"prices: {key} must be a number >= 0 (USD per 1M tokens), got {value!r}")
 
 
-def resolve(model: str, prices: Mapping[str, float] | None) -> Prices | None:
-    """The config's prices if given, else the table's, else None (dollars unknown)."""
+def resolve(
+    model: str, prices: Mapping[str, float] | None, provider: str | None = None, base_url: str | None = None
+) -> Prices | None:
+    """A backend's prices (see the module docstring): config, else genai-prices for a hosted API, else free
+    for an unknown server, else None (unknown; warned once per model)."""
     if prices is not None:
         return Prices(
             input=float(prices["input"]),
@@ -95,13 +125,25 @@ def resolve(model: str, prices: Mapping[str, float] | None) -> Prices | None:
             cached_input=None if prices.get("cached_input") is None else float(prices["cached_input"]),
             cache_write=None if prices.get("cache_write") is None else float(prices["cache_write"]),
         )
-    return lookup(model)
+    hosted = base_url is None or known_host(base_url)
+    found = lookup(model, provider, base_url if hosted else None)
+    if found is None and not hosted:
+        return FREE  # a local or self-hosted server of a model no provider lists: free unless priced
+    if found is None and (model, provider) not in _WARNED:
+        _WARNED.add((model, provider))
+        _log.warning(
+            "no prices for model %r of %s in genai-prices: its dollars are unknown (give the backend's prices, "
+            "USD per 1M tokens, e.g. prices: {input: 0.15, output: 0.6})",
+            model,
+            provider or base_url,
+        )
+    return found
 
 
 # Prompt caching applies only to prompts of at least this many tokens (a shorter prompt is billed in
 # full, however often it repeats).  OpenAI: 1,024 for every model that caches (hits in 128-token steps);
 # Anthropic, per model (its prompt-caching docs, late 2025): Opus 4.5 and Haiku 4.5 4,096; Haiku 3 / 3.5
-# 2,048; Sonnet and the older Opus 1,024.  Keys match like PRICE_TABLE's (longest prefix).
+# 2,048; Sonnet and the older Opus 1,024.  Keys match by the longest prefix.
 CACHE_MIN_TOKENS: dict[str, int] = {
     "gpt-": 1024,
     "o1": 1024,

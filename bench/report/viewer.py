@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.records import UnitResult
-from bench.report.run_folder import RunFolder, read_run
 from bench.report.templating import TEMPLATES, render
+from bench.run.folder import FinishedRun, RunFolder, read_run
 
 SORT_SCRIPT = (TEMPLATES / "sort.js").read_text()
 
@@ -77,7 +77,7 @@ def _excerpt_pairs(result: UnitResult) -> list[dict[str, Any]]:
     return out
 
 
-def _train(run: RunFolder, key: str) -> dict[str, Any]:
+def _train(run: FinishedRun, key: str) -> dict[str, Any]:
     """The train excerpts (top; random too if a split ever gives the explainer some), shaded by activation."""
     item = run.train.get(key) or {}
     records = [*item.get("top", []), *item.get("random", [])]
@@ -102,7 +102,7 @@ def _csp(script: str | None) -> str:
     return f"default-src 'none'; style-src 'unsafe-inline'; img-src data:; script-src {allowed}"
 
 
-def _unit_context(run: RunFolder, r: UnitResult, names: list[str]) -> dict[str, Any]:
+def _unit_context(run: FinishedRun, r: UnitResult, names: list[str]) -> dict[str, Any]:
     control = r.extras.get("control") or {}
     return {
         "key": r.unit.key,
@@ -126,7 +126,7 @@ def _unit_context(run: RunFolder, r: UnitResult, names: list[str]) -> dict[str, 
 def write_site(run_dir: Path, out_dir: Path | None = None) -> Path:
     """Write the site (index.html + units/*.html) and return the index path."""
     run = read_run(Path(run_dir), command="view")
-    out = Path(out_dir) if out_dir is not None else run.path / "viewer"
+    out = Path(out_dir) if out_dir is not None else RunFolder(run.path).viewer
     if out.exists():
         shutil.rmtree(out / "units", ignore_errors=True)
     (out / "units").mkdir(parents=True, exist_ok=True)

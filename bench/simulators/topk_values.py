@@ -18,7 +18,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 
-from bench.llm._http import merge_top
+from bench.llm.text import merge_top
 
 __all__ = ["chain_pieces", "continues", "merge_top", "value_probabilities", "wanted_pieces"]
 

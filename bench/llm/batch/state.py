@@ -4,7 +4,7 @@ within 24 hours), resumable across process restarts.
 With ``batch: true`` on an :class:`~bench.llm.openai_backend.OpenAIChatModel` or an
 :class:`~bench.llm.anthropic_backend.AnthropicModel`, ``generate(requests)`` answers what it can from the
 response cache and sends **every other request as one batch job** (split only above the provider's
-per-batch request limit), then polls until the batch has ended:
+per-job limits: OpenAI 50,000 requests / 200 MB, Anthropic 100,000 / 256 MB), then polls until it ended:
 
 * OpenAI: the requests go up as a JSONL file (``files.create(purpose="batch")``, one line
   ``{custom_id, method: POST, url: /v1/chat/completions, body}`` each), ``batches.create(endpoint=
@@ -35,7 +35,7 @@ cache.  The locks are ``filelock`` (kernel) locks: a process that dies releases 
 
 **Errors are per request.**  A request the batch reports as failed (an HTTP error of its own, expired,
 cancelled, a batch that failed validation, no result line at all) becomes a
-:class:`~bench.llm._http.BackendError` for that request only -- never an empty answer, never cached --
+:class:`~bench.llm.errors.BackendError` for that request only -- never an empty answer, never cached --
 so the pipeline records that unit as failed and a later run submits it again.  A batch still running
 after ``batch_timeout_s`` raises :class:`BatchPending` (a :class:`~bench.errors.UserError`: the run
 stops with one line, finished units are kept, and re-running the same command resumes polling).
@@ -45,9 +45,14 @@ stops with one line, finished units are kept, and re-running the same command re
 counters (``batches`` counts the jobs), billed at the backend's prices times ``batch_discount``
 (default 0.5).  Polls and file transfers are not model calls and are not counted.
 
-The pipeline calls ``generate()`` once per unit (and stage), so a run submits one small batch per call
-and waits for it; gathering every unit's requests into one batch would need the pipeline to collect
-them first.
+Provider adapters live beside this module (:mod:`bench.llm.batch.openai`, :mod:`bench.llm.batch.anthropic`);
+this module holds what they share: the persisted batch state, the submit / poll / collect loop and the
+split of a stage's requests into jobs at the provider's limits (requests and bytes per job,
+:func:`plan_jobs`).  Each ``Engine.run(jobs, batch=...)`` call sends its cache misses as one job per limit.
+
+In a run, the request engine (:mod:`bench.engine`) gathers the requests of every unit in flight
+(``engine.units_in_flight``) before ``Engine.run`` sends them, so one stage of all those units is ONE
+batch job (split only at the provider's limits), not one per unit.
 """
 
 from __future__ import annotations
@@ -64,9 +69,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from bench.errors import UserError
+from bench.llm.errors import BackendError
+from bench.llm.types import Job, Outcome
 
-if TYPE_CHECKING:
-    from bench.llm._http import Engine, Job, Outcome
+if TYPE_CHECKING:  # type hints only: the engine imports this module, never the other way round
+    from bench.llm.client import Engine
 
 _log = logging.getLogger(__name__)
 STATE_FORMAT = 1
@@ -86,10 +93,7 @@ class ItemResult(NamedTuple):
     transient: bool = False  # expired, cancelled, overloaded, 429/5xx: a re-run submits it again
 
 
-TRANSIENT_ANTHROPIC_ERRORS = ("api_error", "overloaded_error", "rate_limit_error", "timeout_error")
-
-
-def _transient_status(status: int | None) -> bool:
+def transient_status(status: int | None) -> bool:
     return status is not None and (status in (408, 429) or status >= 500)
 
 
@@ -107,7 +111,10 @@ class BatchAPI(Protocol):
 
     provider: str
     base_url: str
-    max_requests: int
+    max_requests: int  # requests per job
+    max_bytes: int  # bytes of request data per job (the upload file / the request body)
+
+    def item_bytes(self, custom_id: str, body: dict[str, Any]) -> int: ...
 
     def parse(self, raw: Any) -> dict[str, Any]: ...
 
@@ -129,130 +136,20 @@ class BatchMode:
     timeout_s: float = 25 * 3600.0
 
 
-# ---------------------------------------------------------------------------------------------------
-# Provider adapters
-# ---------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class OpenAIBatches:
-    """The OpenAI Batch API for chat completions; ``parse`` turns a response body into the cached value."""
-
-    base_url: str
-    parse_body: Callable[[dict[str, Any]], dict[str, Any]]
-    endpoint: str = "/v1/chat/completions"
-    provider: str = "openai"
-    max_requests: int = 50_000
-
-    def parse(self, raw: Any) -> dict[str, Any]:
-        return self.parse_body(raw)
-
-    async def submit(self, client: Any, call: Call, items: list[tuple[str, dict[str, Any]]]) -> tuple[str, dict]:
-        lines = [
-            json.dumps({"custom_id": cid, "method": "POST", "url": self.endpoint, "body": body}, ensure_ascii=False)
-            for cid, body in items
-        ]
-        data = ("\n".join(lines) + "\n").encode()
-        uploaded = await call(
-            lambda: client.files.create(file=("neuronbench-batch.jsonl", data, "application/jsonl"), purpose="batch")
-        )
-        created = await call(
-            lambda: client.batches.create(
-                input_file_id=uploaded.id,
-                endpoint=self.endpoint,
-                completion_window="24h",
-                metadata={"source": "neuronbench"},
-            )
-        )
-        return created.id, {"input_file_id": uploaded.id}
-
-    async def poll(self, client: Any, call: Call, batch_id: str) -> BatchStatus:
-        batch = await call(lambda: client.batches.retrieve(batch_id))
-        return BatchStatus(batch.status in ("completed", "expired", "cancelled", "failed"), batch.status, batch)
-
-    async def results(self, client: Any, call: Call, status: BatchStatus) -> tuple[dict[str, ItemResult], str | None]:
-        batch = status.info
-        if batch.status == "failed":
-            errors = getattr(getattr(batch, "errors", None), "data", None) or []
-            detail = "; ".join(
-                f"{e.code or 'error'}: {e.message}" + (f" (line {e.line})" if e.line is not None else "")
-                for e in errors
-            )
-            return {}, f"the batch failed: {detail or 'no reason given'}"
-        out: dict[str, ItemResult] = {}
-        for file_id in (batch.output_file_id, batch.error_file_id):
-            if not file_id:
-                continue
-            content = await call(lambda fid=file_id: client.files.content(fid))  # type: ignore[misc]
-            for line in content.text.splitlines():
-                if line.strip():
-                    entry = json.loads(line)
-                    out[entry["custom_id"]] = _openai_line(entry)
-        default = None if batch.status == "completed" else f"the batch ended as {batch.status}"
-        return out, default
-
-
-def _openai_line(entry: dict[str, Any]) -> ItemResult:
-    response = entry.get("response") or {}
-    status = response.get("status_code")
-    if entry.get("error"):
-        err = entry["error"]
-        gone = err.get("code") in ("batch_expired", "batch_cancelled")  # never ran: worth another try
-        return ItemResult(
-            None, status, f"{err.get('message') or err} [{err.get('code')}]", gone or _transient_status(status)
-        )
-    if status is not None and 200 <= int(status) < 300:
-        return ItemResult(response.get("body"))
-    body = response.get("body") or {}
-    inner = body.get("error", body) if isinstance(body, dict) else body
-    if isinstance(inner, dict):
-        kind = inner.get("type") or inner.get("code")
-        message = f"{inner.get('message') or inner}" + (f" [{kind}]" if kind else "")
-    else:
-        message = str(inner)
-    code = int(status) if status is not None else None
-    return ItemResult(None, code, message, _transient_status(code))
-
-
-@dataclass(frozen=True)
-class AnthropicBatches:
-    """Anthropic Message Batches; ``parse`` turns a result's ``Message`` into the cached value."""
-
-    base_url: str
-    parse_message: Callable[[Any], dict[str, Any]]
-    provider: str = "anthropic"
-    max_requests: int = 100_000
-
-    def parse(self, raw: Any) -> dict[str, Any]:
-        return self.parse_message(raw)
-
-    async def submit(self, client: Any, call: Call, items: list[tuple[str, dict[str, Any]]]) -> tuple[str, dict]:
-        requests = [{"custom_id": cid, "params": body} for cid, body in items]
-        created = await call(lambda: client.messages.batches.create(requests=requests))
-        return created.id, {}
-
-    async def poll(self, client: Any, call: Call, batch_id: str) -> BatchStatus:
-        batch = await call(lambda: client.messages.batches.retrieve(batch_id))
-        return BatchStatus(batch.processing_status == "ended", batch.processing_status, batch)
-
-    async def results(self, client: Any, call: Call, status: BatchStatus) -> tuple[dict[str, ItemResult], str | None]:
-        batch_id = status.info.id
-
-        async def fetch() -> dict[str, ItemResult]:
-            out: dict[str, ItemResult] = {}
-            decoder = await client.messages.batches.results(batch_id)
-            async for item in decoder:
-                result = item.result
-                if result.type == "succeeded":
-                    out[item.custom_id] = ItemResult(result.message)
-                elif result.type == "errored":
-                    err = getattr(result.error, "error", None)
-                    kind = getattr(err, "type", "error")
-                    message = f"{getattr(err, 'message', err)} [{kind}]"
-                    out[item.custom_id] = ItemResult(None, None, message, kind in TRANSIENT_ANTHROPIC_ERRORS)
-                else:  # canceled, expired
-                    out[item.custom_id] = ItemResult(None, None, f"the request was {result.type} before it ran", True)
-            return out
-
-        return await call(fetch), None
+def plan_jobs(sizes: Sequence[int], max_requests: int, max_bytes: int) -> list[tuple[int, int]]:
+    """Split requests of these byte ``sizes`` (in order) into ``[start, end)`` jobs of at most
+    ``max_requests`` requests and ``max_bytes`` bytes each (a single larger request still gets a job of its
+    own: the provider will refuse it, and that request alone fails).  The dry run counts jobs with it."""
+    jobs: list[tuple[int, int]] = []
+    start, used = 0, 0
+    for i, size in enumerate(sizes):
+        if i > start and (i - start >= max_requests or used + size > max_bytes):
+            jobs.append((start, i))
+            start, used = i, 0
+        used += size
+    if start < len(sizes):
+        jobs.append((start, len(sizes)))
+    return jobs
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -353,9 +250,18 @@ class _Lost(Exception):
 
 
 async def run_batch(engine: Engine, jobs: Sequence[Job], mode: BatchMode) -> list[Outcome]:
-    """Answer ``jobs`` (all cache misses) through batch jobs; one :class:`Outcome` per job, in order."""
-    from bench.llm._http import BackendError, Outcome
+    """Answer ``jobs`` (all cache misses) through batch jobs; one :class:`Outcome` per job, in order.
 
+    The budget reservations of the submitted jobs are released once their answers were spent (or the
+    call stopped): answers are charged to the budget one by one as they are collected."""
+    reserved: list[float] = []
+    try:
+        return await _run_batch(engine, jobs, mode, reserved)
+    finally:
+        engine.release(sum(reserved))
+
+
+async def _run_batch(engine: Engine, jobs: Sequence[Job], mode: BatchMode, reserved: list[float]) -> list[Outcome]:
     api = mode.api
     assert engine.cache.directory is not None, "batch mode needs the response cache"
     store = PendingStore(engine.cache.directory / STATE_DIR, api.provider, api.base_url)
@@ -377,14 +283,14 @@ async def run_batch(engine: Engine, jobs: Sequence[Job], mode: BatchMode) -> lis
                 )
                 claims.append(pending)
                 remaining = [k for k in remaining if k not in mine]
-        claims += await _submit(engine, api, store, remaining, first, answers)
+        claims += await _submit(engine, api, store, remaining, first, answers, reserved)
         remaining = []
 
     for _round in range(2):  # a second round only for the requests of batches the API had lost
         if remaining:
             async with store.lock():
                 remaining = await _cached(engine, remaining, answers)
-                claims += await _submit(engine, api, store, remaining, first, answers)
+                claims += await _submit(engine, api, store, remaining, first, answers, reserved)
         done = await asyncio.gather(*(_collect(engine, store, p, mode) for p in claims), return_exceptions=True)
         stop: BaseException | None = None
         lost: list[str] = []
@@ -419,7 +325,6 @@ async def run_batch(engine: Engine, jobs: Sequence[Job], mode: BatchMode) -> lis
 async def _cached(engine: Engine, keys: list[str], answers: dict[str, Outcome]) -> list[str]:
     """The ``keys`` still missing from the response cache; the others go into ``answers`` as cache hits
     (another process collected them while this one waited for the lock)."""
-    from bench.llm._http import Outcome
 
     missing = []
     for key in keys:
@@ -439,13 +344,18 @@ async def _submit(
     keys: list[str],
     first: dict[str, Job],
     answers: dict[str, Outcome],
+    reserved: list[float],
 ) -> list[Pending]:
-    """Submit ``keys`` as batch jobs (split at the provider's limit) and save each one's state file."""
-    from bench.llm._http import BackendError, Outcome
+    """Submit ``keys`` as batch jobs (split at the provider's limits) and save each one's state file.
+
+    Each job's upper-bound dollars are reserved against the run's budget first (:meth:`Engine.reserve`):
+    a job that would not fit stops the run before it is submitted."""
 
     claims = []
-    for start in range(0, len(keys), api.max_requests):
-        chunk = keys[start : start + api.max_requests]
+    sizes = [api.item_bytes(key, first[key].request) for key in keys]
+    for start, end in plan_jobs(sizes, api.max_requests, api.max_bytes):
+        chunk = keys[start:end]
+        reserved.append(engine.reserve([first[key] for key in chunk], batched=True))
         try:
             batch_id, extra = await api.submit(engine.client, engine.call, [(key, first[key].request) for key in chunk])
         except BackendError as err:
@@ -482,7 +392,6 @@ async def _collect(engine: Engine, store: PendingStore, pending: Pending, mode: 
 
 
 async def _from_cache(engine: Engine, pending: Pending) -> dict[str, Outcome]:
-    from bench.llm._http import BackendError, Outcome
 
     answers: dict[str, Outcome] = {}
     await _cached(engine, list(pending.custom_ids), answers)
@@ -505,7 +414,6 @@ async def _poll_and_collect(
     engine: Engine, store: PendingStore, pending: Pending, mode: BatchMode, deadline: float
 ) -> dict[str, Outcome]:
     """Poll one batch until it ends, cache its answers, forget its state; answers by custom id."""
-    from bench.llm._http import BackendError, Outcome
 
     api = mode.api
     loop = asyncio.get_running_loop()
@@ -570,6 +478,3 @@ async def _poll_and_collect(
         )
     await asyncio.to_thread(store.forget, pending)
     return answers
-
-
-__all__ = ["AnthropicBatches", "BatchMode", "BatchPending", "OpenAIBatches", "PendingStore", "run_batch"]
