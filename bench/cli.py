@@ -28,6 +28,7 @@ examples:
   neuronbench run --dry-run explainer=openai simulator=openai_all_at_once_logprobs   # calls, tokens, $ first
   neuronbench leaderboard --runs runs               # md/csv/html/tex + plots in a new outputs/leaderboards/<time>/
   neuronbench view runs/<name>-<hash>               # static HTML site of one run (RUN_DIR/viewer/index.html)
+  neuronbench sync runs/*                           # complete the MLflow mirror (e.g. after a server outage)
   neuronbench card create my_bench units.count=20   # freeze a benchmark; then: neuronbench run card=my_bench
   neuronbench list [GROUP]                          # the options of each config group
   neuronbench judge-check simulator=proxy_lexical   # does the simulator separate true/shuffled/empty explanations?
@@ -109,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     view_p = sub.add_parser("view", help="write a static HTML site of one run (units, excerpts, scores)")
     view_p.add_argument("run_dir", help="run folder (runs/<name>-<hash>)")
     view_p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/viewer)")
+    sync_p = sub.add_parser("sync", help="re-create or complete runs' MLflow mirror from their run folders")
+    sync_p.add_argument("run_dirs", nargs="+", help="run folders (runs/<name>-<hash>); safe to repeat")
+    sync_p.add_argument("--tracking-uri", default=None, help="MLflow store/server (default: the run's tracking.uri)")
+    sync_p.add_argument("--experiment", default=None, help="MLflow experiment (default: the run's)")
     card_p = sub.add_parser("card", help="benchmark cards: freeze a benchmark definition (results/cards/)")
     card_sub = card_p.add_subparsers(dest="card_command", required=True)
     create_p = card_sub.add_parser("create", help="write results/cards/NAME.vN.yaml from conf/ + overrides")
@@ -176,6 +181,12 @@ def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
             return 0
         if args.command == "view":
             return command_view(args.run_dir, args.out)
+        if args.command == "sync":
+            from bench.tracking.sync import sync_run
+
+            for run_dir in args.run_dirs:
+                print(sync_run(Path(run_dir), args.tracking_uri, args.experiment).line())
+            return 0
     except UserError as err:
         print(f"neuronbench: {err}", file=sys.stderr)
         return err.exit_code
@@ -240,6 +251,10 @@ def command_run(
         return _launch_hydra(plain, [*hydra_flags, *passthrough], multirun, progress, log_level=log_level)
     for _combo, (_settings, parts) in validated:
         check_ready(parts)  # API keys set, caches writable: one line before any job starts
+    from bench.tracking.server import check_reachable
+
+    for uri in dict.fromkeys(s.tracking.uri for _combo, (s, _parts) in validated if s.tracking.enabled):
+        check_reachable(uri)  # a tracking server that is down: one line naming tracking.uri, before any job
     launch = dict(log_level=log_level, retry_failed=retry_failed)
     if not multirun:
         return _launch_hydra(plain, passthrough, multirun, progress, **launch)
@@ -446,6 +461,10 @@ def run_job(
     # before any run folder or MLflow run exists
     pipeline.check_layers(settings, parts["subject"].info, parts["dataset"])
     check_writable_dirs(settings)
+    if settings.tracking.enabled:  # also in a launcher's worker process and the Python API
+        from bench.tracking.server import check_reachable
+
+        check_reachable(settings.tracking.uri)
     choices = _hydra_choices() or dict(choices or {})
     name, digest = run_identity(cfg, choices)
     run_dir = Path(settings.output_dir) / f"{name}-{digest}"
@@ -488,6 +507,8 @@ def run_job(
     print_summary(name, run_dir, outcome)
     if tracked is not None:
         print(f"MLflow run: {tracked.url}" + (" (already complete: nothing logged again)" if tracked.finished else ""))
+        if tracked.lost:
+            print(f"MLflow mirror incomplete (the server went away): neuronbench sync {run_dir}")
     outcome.run_dir = run_dir
     pipeline.check_failure_rate(outcome.summary, settings)  # all units failed: exit 1, results kept
     return outcome
