@@ -460,11 +460,11 @@ def run_job(
     check_ready(parts)  # a missing API key stops here, before mining
     # before any run folder or MLflow run exists
     pipeline.check_layers(settings, parts["subject"].info, parts["dataset"])
-    check_writable_dirs(settings)
     if settings.tracking.enabled:  # also in a launcher's worker process and the Python API
         from bench.tracking.server import check_reachable
 
         check_reachable(settings.tracking.uri)
+    check_writable_dirs(settings)
     choices = _hydra_choices() or dict(choices or {})
     name, digest = run_identity(cfg, choices)
     run_dir = Path(settings.output_dir) / f"{name}-{digest}"
