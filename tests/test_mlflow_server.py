@@ -342,3 +342,85 @@ def test_four_concurrent_workers_log_one_sweep_to_a_postgresql_server(
     assert codes == [0, 0, 0, 0], logs
     close_sweep_parent(TrackingConfig(uri=uri), parent)
     _check_sweep(uri, postgres_server.artifacts)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Without a server: what counts as an outage, the start-up probe, sync into another store
+# ---------------------------------------------------------------------------------------------------
+def test_server_gone_tells_an_outage_from_a_mistake():
+    import requests
+    from mlflow.exceptions import MlflowException, RestException
+
+    from bench.tracking.server import server_gone
+
+    def wrapped(inner: BaseException) -> MlflowException:  # how MLflow's REST client raises
+        try:
+            try:
+                raise inner
+            except Exception as e:
+                raise MlflowException(f"API request to http://x/api failed with exception {e}") from None
+        except MlflowException as outer:
+            outer.__suppress_context__ = False
+            return outer
+
+    assert server_gone(wrapped(requests.exceptions.ConnectionError("Connection refused")))
+    assert server_gone(MlflowException("API request to http://x failed with exception Max retries exceeded"))
+    assert server_gone(RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "db down"}))
+    assert server_gone(ConnectionRefusedError())
+    assert not server_gone(RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "bad param"}))
+    assert not server_gone(RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no run"}))
+    assert not server_gone(ValueError("a bug"))
+
+
+def test_the_start_up_probe_passes_local_stores_and_any_answer_below_500():
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from bench.errors import ConfigError
+    from bench.tracking.server import check_reachable
+
+    status = {"code": 404}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(status["code"])
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://user:pw-secret-123@127.0.0.1:{httpd.server_address[1]}"
+        check_reachable("sqlite:///nowhere/mlflow.db")  # a local store: nothing to ask
+        check_reachable(None)
+        check_reachable(url)  # 404 at /health: something answers (a proxy path, an auth wall)
+        status["code"] = 502  # a proxy in front of a dead server
+        with pytest.raises(ConfigError, match="HTTP 502") as err:
+            check_reachable(url)
+        assert "pw-secret-123" not in str(err.value)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_sync_mirrors_a_run_without_tracking_into_a_store_once(subject, corpus, tmp_path, mlflow_store, monkeypatch):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root for a store named on the command line
+    argv = ["run", "--no-progress", "explainer=token_list", "simulator=proxy_lexical", *tiny_run(subject, corpus)]
+    argv += ["tracking=none", f"output_dir={tmp_path / 'runs'}", f"cache_dir={tmp_path / 'cache'}"]
+    assert main(argv) == 0
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert not (run_dir / "mlflow_run.json").exists()
+    for _ in range(2):
+        assert main(["sync", str(run_dir), "--tracking-uri", mlflow_store["uri"]]) == 0
+    runs = _experiment_runs(mlflow_store["uri"])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].info.run_name == run_dir.name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert runs[0].data.metrics[MAIN] == pytest.approx(summary[MAIN], abs=1e-9)
+    assert runs[0].data.params["explainer"] == "token_list (v1)"
+    client = mlflow.MlflowClient(tracking_uri=mlflow_store["uri"])
+    assert len(client.list_artifacts(runs[0].info.run_id, "units")) == 3
+    assert len(client.get_metric_history(runs[0].info.run_id, MAIN)) == 1
