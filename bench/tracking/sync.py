@@ -83,7 +83,8 @@ def sync_run(run_dir: Path, tracking_uri: str | None = None, experiment: str | N
 
 
 def _tracking(config: dict[str, Any], run_dir: Path, uri: str | None, experiment: str | None) -> TrackingConfig:
-    node = config.get("tracking") if isinstance(config.get("tracking"), dict) else {}
+    found = config.get("tracking")
+    node: dict[str, Any] = found if isinstance(found, dict) else {}
     configured = node.get("uri") if node.get("enabled", True) else None
     if uri is None:
         if not configured:
