@@ -424,3 +424,32 @@ def test_sync_mirrors_a_run_without_tracking_into_a_store_once(subject, corpus, 
     client = mlflow.MlflowClient(tracking_uri=mlflow_store["uri"])
     assert len(client.list_artifacts(runs[0].info.run_id, "units")) == 3
     assert len(client.get_metric_history(runs[0].info.run_id, MAIN)) == 1
+
+
+def test_sync_of_a_sweeps_run_folders_into_an_empty_store_rebuilds_one_parent(
+    subject, corpus, tmp_path, mlflow_store, _mlflow_template, monkeypatch
+):
+    """A wiped or new server: syncing every run folder of a sweep groups the children under one parent again
+    (found by its sweep key after the first child re-created it), twice without duplicates."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["run", "-m", "--no-progress", "explainer=token_list", "simulator=proxy_lexical", "prompt=v1,v1_no_examples"]
+    argv += [*tiny_run(subject, corpus), f"tracking.uri={mlflow_store['uri']}"]
+    argv += [f"tracking.artifact_location={mlflow_store['artifacts']}", f"output_dir={tmp_path / 'runs'}"]
+    argv += [f"cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    assert main(argv) == 0
+    run_dirs = sorted(str(p) for p in (tmp_path / "runs").iterdir())
+    assert len(run_dirs) == 2
+    fresh = tmp_path / "fresh" / "mlflow.db"
+    fresh.parent.mkdir()
+    shutil.copyfile(_mlflow_template, fresh)
+    uri = f"sqlite:///{fresh}"
+    for _ in range(2):
+        assert main(["sync", *run_dirs, "--tracking-uri", uri]) == 0
+    runs = _experiment_runs(uri)
+    parents = [r for r in runs if PARENT_TAG not in r.data.tags]
+    children = [r for r in runs if PARENT_TAG in r.data.tags]
+    assert len(parents) == 1 and len(children) == 2, [r.info.run_name for r in runs]
+    assert parents[0].info.run_name == "sweep prompt" and parents[0].info.status == "FINISHED"
+    assert {c.data.tags[PARENT_TAG] for c in children} == {parents[0].info.run_id}
+    assert {c.info.run_name for c in children} == {"prompt=v1", "prompt=v1_no_examples"}
+    assert all(c.info.status == "FINISHED" and MAIN in c.data.metrics for c in children)

@@ -57,6 +57,7 @@ RUN_ID_FIX = (
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
 SWEEP_KEY_TAG = "neuronbench.sweep_key"
+PARENT_KEEP_TAGS = (SWEEP_KEY_TAG, NOTE_TAG, "neuronbench.sweep_overrides")  # what sync re-creates a parent with
 PARENT_TAG = "mlflow.parentRunId"
 UI_PORT = 5000
 UI_VIEW = "?workflowType=machine_learning"
@@ -460,6 +461,10 @@ class MlflowSink:
             "choices": dict(redact(dict(choices or {}))),
             "tags": dict(redact(tags)),
         }
+        if parent_run_id:  # enough to find or re-create the sweep's parent on a store that lost it (sync)
+            parent = self.client.get_run(parent_run_id)
+            kept = {k: v for k, v in parent.data.tags.items() if k in PARENT_KEEP_TAGS}
+            record["parent"] = {"run_name": parent.info.run_name, "tags": redact(kept)}
         id_file.write_text(json.dumps(record))
         self._log_params(redact(reader_params(safe_config, choices or {})))
         self.client.log_dict(self.run_id, safe_config, "config.json")

@@ -5,7 +5,8 @@ mirrors it.  When the tracking server went away mid-run (the sink warned and sto
 wiped, or the run had ``tracking=none``, sync makes the mirror whole again:
 
 * the run recorded in ``mlflow_run.json`` is completed if the server has it; otherwise a run is created
-  with the recorded name, tags, parent (when the server has that parent) and params, and its id is
+  with the recorded name, tags, params and sweep parent (the recorded one, or one found or re-created by
+  its sweep key -- so a sweep's children synced into a fresh store share one parent again), and its id is
   recorded -- so a second sync finds it: running sync twice creates nothing twice;
 * every unit of ``results.jsonl`` missing under ``units/`` is logged; a finished run folder (its
   ``summary.json`` covers every result) gets the same headline metrics, description and files the sink
@@ -29,6 +30,8 @@ from bench.tracking.mlflow_sink import (
     ID_FILE,
     PARENT_TAG,
     RUN_ID_FIX,
+    SWEEP_KEY_TAG,
+    _close_sweep_parent,
     _yaml,
     checked_experiment,
     client_for,
@@ -144,14 +147,16 @@ def _sync(
     results = _results(run_dir)
     run = _exists(client, record.get("run_id"))
     created = run is None
+    parent = None
     if created:
         tags = {k: str(v) for k, v in (record.get("tags") or {"run_dir": str(run_dir)}).items()}
-        parent = record.get("parent_run_id")
-        if parent and _exists(client, parent) is not None:
+        parent = _parent(client, experiment_id, record)
+        if parent:
             tags[PARENT_TAG] = parent
         name = record.get("run_name") or run_dir.name
         run = client.create_run(experiment_id, run_name=name, tags=redact(tags))
         record = {**record, "run_id": run.info.run_id, "tracking_uri": redact(tracking.uri or ""), "run_name": name}
+        record["parent_run_id"] = parent
         (run_dir / ID_FILE).write_text(json.dumps(record))
     run_id = run.info.run_id
     _log_missing_params(client, run, reader_params(config, record.get("choices") or {}))
@@ -170,6 +175,8 @@ def _sync(
         stale = any(metrics.get(k) != v for k, v in headline_metrics(summary).items())
         if created or missing or stale or run.info.status != "FINISHED":
             complete_run(client, run_id, run_dir, summary, results, record.get("warnings") or [])
+    if parent:  # a sweep's parent found or re-created here: its children table shows this child too
+        _close_sweep_parent(tracking, parent, "FINISHED")
     return SyncReport(
         run_dir=run_dir,
         run_id=run_id,
@@ -178,6 +185,26 @@ def _sync(
         finished=summary is not None,
         url=ui_url(tracking.uri, experiment_id, run_id),
     )
+
+
+def _parent(client: Any, experiment_id: str, record: dict[str, Any]) -> str | None:
+    """The sweep parent a re-created child belongs under: the recorded one when this store has it, else
+    the one with the recorded sweep key (another child's sync re-created it), else a new one with the
+    recorded name and tags.  None for a run outside a sweep."""
+    recorded = record.get("parent_run_id")
+    if not recorded:
+        return None
+    if _exists(client, recorded) is not None:
+        return str(recorded)
+    info = record.get("parent") or {}
+    tags = {k: str(v) for k, v in (info.get("tags") or {}).items()}
+    key = tags.get(SWEEP_KEY_TAG)
+    if not key:
+        return None
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{SWEEP_KEY_TAG}` = '{key}'", max_results=1)
+    if found:
+        return str(found[0].info.run_id)
+    return str(client.create_run(experiment_id, run_name=info.get("run_name"), tags=tags).info.run_id)
 
 
 def _log_missing_params(client: Any, run: Any, params: dict[str, str]) -> None:
