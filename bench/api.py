@@ -62,5 +62,7 @@ def load_run(path: str | Path) -> pd.DataFrame:
         results = load_results(str(path))
     except UserError as err:
         raise UserError(f"load_run: {str(err).removeprefix('compare: ')}") from None
+    # results.jsonl holds units in the order they finished (many are in flight): rows in unit order
+    results = sorted(results, key=lambda r: (r.unit.kind, r.unit.layer, r.unit.index))
     rows: list[dict[str, Any]] = unit_rows(results)
     return pd.DataFrame(rows, columns=list(rows[0]) if rows else list(FIXED_COLUMNS))

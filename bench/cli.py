@@ -404,7 +404,8 @@ NOT_DETERMINING = (
     "output_dir",
     "run_name",
     "cache_dir",
-    "parallel_units",
+    "engine",
+    "runner",
     "fail_on",
     "warn_on",
 )
@@ -412,7 +413,7 @@ NOT_DETERMINING = (
 
 # ... and component fields that never change results, wherever they sit (e.g. subject.cache_dir).
 # batch_tokens / prefix_reuse (local LLMs) only regroup forward passes: equal results to float noise.
-NOT_DETERMINING_ANYWHERE = ("cache_dir", "progress", "batch_tokens", "prefix_reuse")
+NOT_DETERMINING_ANYWHERE = ("cache_dir", "progress", "batch_tokens", "prefix_reuse", "coalesce")
 
 
 def _without_keys(node: Any, keys: tuple[str, ...]) -> Any:

@@ -180,6 +180,43 @@ class WarnOnConfig:
             raise ValueError(f"unparsed_rate: must be in [0, 1], got {self.unparsed_rate}")
 
 
+@dataclass(frozen=True)
+class EngineConfig:
+    """How many units the request engine keeps in flight (:mod:`bench.engine`).
+
+    Every unit in flight is a worker thread; their requests to a batch-mode or in-process backend are
+    coalesced into one call per flush, and API backends see that many units' requests at once (keep it
+    at least ``concurrency`` / requests per unit so the concurrency limit stays full).  It never changes
+    results (left out of the run's config hash)."""
+
+    units_in_flight: int = 64
+
+    def __post_init__(self) -> None:
+        if isinstance(self.units_in_flight, bool) or self.units_in_flight < 1:
+            raise ValueError(f"units_in_flight: must be an integer >= 1, got {self.units_in_flight!r}")
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """Where a run's units execute: this process's request engine (``local``), or the workers of a Ray
+    cluster (``ray``: each worker builds the run's components from the same config and runs its share of
+    the units on its own engine; results stream back to this process, the single writer)."""
+
+    kind: str = "local"
+    address: str | None = None  # ray: None starts a local cluster; "auto" or "ray://host:10001" joins one
+    workers: int = 2  # ray: worker actors
+    cpus_per_worker: float = 1.0  # ray: CPUs reserved per worker actor
+    gpus_per_worker: float = 0.0  # ray: GPUs reserved per worker actor (in-process models, subjects)
+    units_per_task: int = 8  # ray: units handed to a worker at a time (they stream back one by one)
+    max_task_retries: int = 3  # ray: a unit whose worker died is retried elsewhere at most this often
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("local", "ray"):
+            raise ValueError(f"kind: {self.kind!r} is not one of local, ray")
+        if self.workers < 1 or self.units_per_task < 1 or self.max_task_retries < 0:
+            raise ValueError("workers and units_per_task must be >= 1, max_task_retries >= 0")
+
+
 RUN_NODES: dict[str, type] = {
     "units": UnitsConfig,
     "mining": MiningConfig,
@@ -188,6 +225,8 @@ RUN_NODES: dict[str, type] = {
     "scoring": ScoringConfig,
     "fail_on": FailOnConfig,
     "warn_on": WarnOnConfig,
+    "engine": EngineConfig,
+    "runner": RunnerConfig,
 }
 
 
@@ -278,7 +317,10 @@ class RunSettings:
     run_name: str | None
     cache_dir: str
     output_dir: str
-    parallel_units: int = 1
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    # the composed config, resolved (without hydra's node): what a runner=ray worker rebuilds the run from
+    config: dict[str, Any] | None = field(default=None, compare=False, repr=False)
     fail_on: FailOnConfig = field(default_factory=FailOnConfig)
     warn_on: WarnOnConfig = field(default_factory=WarnOnConfig)
 
@@ -293,15 +335,16 @@ def validate(cfg: Any) -> tuple[RunSettings, dict[str, Any]]:
         settings[key] = _structured(key, schema, node)
     if not isinstance(cfg.get("seed"), int):
         raise ConfigError("seed", f"must be an integer, got {cfg.get('seed')!r}")
-    parallel = cfg.get("parallel_units", 1)
-    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
-        raise ConfigError("parallel_units", f"must be an integer >= 1, got {parallel!r}")
+    if "parallel_units" in cfg:  # replaced by the request engine's setting
+        raise ConfigError(
+            "parallel_units", "was replaced by engine.units_in_flight; write engine.units_in_flight=N instead"
+        )
     run = RunSettings(
+        config=_plain_config(cfg),
         seed=cfg.seed,
         run_name=cfg.get("run_name"),
         cache_dir=str(cfg.cache_dir),
         output_dir=str(cfg.output_dir),
-        parallel_units=parallel,
         **settings,
     )
     need_top, need_random = 4 * run.units.examples_per_split, 3 * run.units.examples_per_split
@@ -320,6 +363,21 @@ def validate(cfg: Any) -> tuple[RunSettings, dict[str, Any]]:
     parts = build_parts(cfg)
     _check_compatibility(run, parts)
     return run, parts
+
+
+def _plain_config(cfg: Any) -> dict[str, Any] | None:
+    """The config as plain data (interpolations resolved, Hydra's own node dropped), or None when it
+    cannot be resolved outside Hydra (then ``runner=ray`` refuses to start)."""
+    from omegaconf import OmegaConf
+
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 - e.g. ${hydra:...} outside a Hydra app
+        return None
+    if not isinstance(plain, dict):
+        return None
+    plain.pop("hydra", None)
+    return {str(k): v for k, v in plain.items()}
 
 
 def _structured(key: str, schema: type, node: Any) -> Any:

@@ -1,6 +1,6 @@
 """One lock per in-process torch model.
 
-With ``parallel_units > 1`` several units run in threads.  Scorers that hook a module of the subject
+With ``engine.units_in_flight > 1`` several units run in threads.  Scorers that hook a module of the subject
 (ablation, output-centric boosting) would otherwise see each other's hooks -- a hook registered by
 one thread changes every other thread's forward pass -- so every pass that may run while a hook is
 registered takes the model's lock.  Local LLM calls take their model's lock too (they gain nothing

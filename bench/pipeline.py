@@ -152,24 +152,17 @@ class ExplanationStore:
 
 
 def as_finished(fn: Any, keys: Sequence[str], workers: int) -> Any:
-    """Yield ``(key, fn(key))`` as each finishes, ``workers`` at a time (threads: API backends wait on
-    the network, so several units keep their concurrency limit busy).  Results are consumed -- and
-    written -- by the caller's thread, one at a time."""
-    if workers <= 1:
-        for key in keys:
-            yield key, fn(key)
-        return
-    from concurrent.futures import ThreadPoolExecutor, as_completed
+    """Yield ``(key, fn(key))`` as each unit finishes, ``workers`` units in flight on the request
+    engine (:mod:`bench.engine`: their LLM requests coalesce per backend).  Results are consumed --
+    and written -- by the caller's thread, one at a time."""
+    from bench.engine import active, running
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="unit") as pool:
-        futures = {pool.submit(fn, key): key for key in keys}
-        try:
-            for future in as_completed(futures):
-                yield futures[future], future.result()
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+    engine = active()
+    if engine is not None:
+        yield from engine.run_units(fn, keys, workers)
+        return
+    with running() as engine:
+        yield from engine.run_units(fn, keys, workers)
 
 
 def _error_text(err: BaseException) -> str:
@@ -193,14 +186,16 @@ def run(
     from tqdm.auto import tqdm
 
     subject, simulator = parts["subject"], parts["simulator"]
-    scorers = list(parts["scorers"].values())
     run_dir.mkdir(parents=True, exist_ok=True)
     records, provenance = load_records(settings, subject, parts["dataset"])
     write_train_excerpts(run_dir, records, settings.units.examples_per_split)  # what the explainer saw (viewer)
     explained = ExplanationStore(run_dir / "explanations.jsonl")
+    context = UnitContext(settings, parts, records, provenance)
+    runner = _runner(settings, run_dir)
     explanations = explain_all(
-        settings, parts["explainer"], simulator, records, run_dir, progress, retry_failed=retry_failed, store=explained
-    )
+        settings, parts["explainer"], simulator, records, run_dir, progress, retry_failed=retry_failed, store=explained,
+        runner=runner, context=context,
+    )  # fmt: skip
     controls = assign_controls(settings, [k for k in records if explanations[k][0] is not None])
 
     done = store.finished_units()
@@ -225,16 +220,7 @@ def run(
                 transient=bool(failure.get("transient")),
             )
         else:
-            control_texts = [explanations[c][0].text for c in controls.get(key, [])]  # type: ignore[union-attr]
-            with metering() as meter:  # what this unit's scoring spent, should it fail
-                result = score_unit(
-                    settings, records[key], explanation, simulator, scorers, subject, control_texts, provenance
-                )
-            if result.status == "failed":  # spend not on a kept record (the simulation's usage is)
-                kept = result.simulation.usage if result.simulation is not None else Usage()
-                result.extras[FAILED_SPEND] = {
-                    COST_STAGE.get(result.stage or "", "simulator"): _minus(meter.total, kept)
-                }
+            result = scored[key] if key in scored else score_task(context, key, score_payload(key))
         spend = {k: Usage(**v) for k, v in carried.get(key, {}).items() if k != "explainer"}
         spend["explainer"] = explained.failed_spend(key)  # every failed explaining attempt, earlier runs' too
         for stage, usage in (result.extras.get(FAILED_SPEND) or {}).items():
@@ -245,14 +231,34 @@ def run(
             result.extras[FAILED_SPEND] = spend
         return result
 
+    def score_payload(key: str) -> tuple[Explanation, list[str]]:
+        explanation = explanations[key][0]
+        assert explanation is not None
+        return explanation, [explanations[c][0].text for c in controls.get(key, [])]  # type: ignore[union-attr]
+
+    def lost_unit(key: str, why: str) -> UnitResult:
+        explanation = explanations[key][0]
+        return UnitResult(
+            unit=records[key].unit, status="failed", explanation=explanation, error=why, stage="simulate",
+            extras={"provenance": provenance}, transient=True,
+        )  # fmt: skip
+
     pending = [k for k in records if k not in done]
-    finished = as_finished(unit_result, pending, settings.parallel_units)
+    scored: dict[str, UnitResult] = {}  # scored elsewhere (runner=ray), finished here
+    if runner is not None:
+        remote = [k for k in pending if explanations[k][0] is not None]
+        items = [(k, score_payload(k)) for k in remote]
+        finished = _finish(runner.map("score", items, lost=lost_unit), scored, unit_result, pending)
+    else:
+        finished = as_finished(unit_result, pending, settings.engine.units_in_flight)
     for key, result in tqdm(finished, total=len(pending), desc="simulate+score", disable=not progress):
         for sink in (store, *mirrors):
             sink.write(result)
         previous[key] = result
     results = [previous[k] for k in records if k in previous]  # in unit order, however they finished
 
+    if runner is not None:
+        runner.close()
     summary = aggregate(results, settings.scoring.bootstrap_resamples, settings.scoring.confidence, settings.seed)
     summary.update(backend_metrics(parts))  # retries, cache hits, dollars of the HTTP backends (this process)
     write_score_correlations(results, run_dir)  # score_correlations.{json,csv}: how scorers agree across units
@@ -264,6 +270,75 @@ def run(
             "batch): re-run the same command to retry them"
         )
     return RunOutcome(results=results, summary=summary, warnings=warnings)
+
+
+@dataclass(frozen=True)
+class UnitContext:
+    """What a unit's work needs besides its key: built once per process (the driver's, or each
+    ``runner=ray`` worker's own from the same config)."""
+
+    settings: RunSettings
+    parts: dict[str, Any]
+    records: dict[str, UnitRecord]
+    provenance: dict[str, Any]
+
+
+ExplainOutcome = tuple[Explanation | None, str | None, bool, Usage]  # explanation, error, transient, failed spend
+
+
+def explain_task(context: UnitContext, key: str, _payload: Any = None) -> ExplainOutcome:
+    """Explain one unit (best-of-k reranks here); a failure is returned with what it spent."""
+    settings, record = context.settings, context.records[key]
+    with metering() as meter:  # what this unit's explaining spent, should it fail
+        try:
+            splits = make_splits(record, settings.units.examples_per_split)
+            found = explain_unit(context.parts["explainer"], context.parts["simulator"], record.unit, splits)
+            if not found:
+                raise RuntimeError("explainer returned no explanation")
+            return found[0], None, False, Usage()
+        except UserError:
+            raise  # a user mistake (missing package, bad key ...) stops the run with one line
+        except Exception as err:  # noqa: BLE001 - a failed unit is recorded, the run goes on
+            log.debug("explain failed for %s", key, exc_info=True)
+            return None, _error_text(err), is_transient(err), meter.total
+
+
+def score_task(context: UnitContext, key: str, payload: tuple[Explanation, Sequence[str]]) -> UnitResult:
+    """Simulate, score and control one explained unit; a failed one carries what its scoring spent."""
+    explanation, control_texts = payload
+    parts = context.parts
+    with metering() as meter:  # what this unit's scoring spent, should it fail
+        result = score_unit(
+            context.settings, context.records[key], explanation, parts["simulator"],
+            list(parts["scorers"].values()), parts["subject"], control_texts, context.provenance,
+        )  # fmt: skip
+    if result.status == "failed":  # spend not on a kept record (the simulation's usage is)
+        kept = result.simulation.usage if result.simulation is not None else Usage()
+        result.extras[FAILED_SPEND] = {COST_STAGE.get(result.stage or "", "simulator"): _minus(meter.total, kept)}
+    return result
+
+
+TASKS = {"explain": explain_task, "score": score_task}
+
+
+def _runner(settings: RunSettings, run_dir: Path) -> Any:
+    """The runner that executes units elsewhere (``runner.kind=ray``), or None: this process's engine."""
+    if settings.runner.kind == "local":
+        return None
+    from bench.runners.ray_runner import RayRunner
+
+    return RayRunner(settings, run_dir)
+
+
+def _finish(remote: Any, done: dict[str, Any], finish: Any, keys: Sequence[str]) -> Any:
+    """Finish units whose work ran elsewhere (``done`` filled from ``remote`` as each arrives), then
+    the rest (failed explanations: nothing to run remotely) -- each through ``finish`` here."""
+    for key, value in remote:
+        done[key] = value
+        yield key, finish(key)
+    for key in keys:
+        if key not in done:
+            yield key, finish(key)
 
 
 def check_layers(settings: RunSettings, info: Any, dataset: Any = None) -> None:
@@ -384,6 +459,8 @@ def explain_all(
     progress: bool,
     retry_failed: bool = False,
     store: ExplanationStore | None = None,
+    runner: Any = None,
+    context: UnitContext | None = None,
 ) -> dict[str, tuple[Explanation | None, str | None]]:
     """Explain every unit first (resumable via explanations.jsonl): the control borrows them.
 
@@ -393,19 +470,12 @@ def explain_all(
     explained = store if store is not None else ExplanationStore(run_dir / "explanations.jsonl")
     explanations: dict[str, tuple[Explanation | None, str | None]] = {}
 
-    def explain(key: str) -> tuple[Explanation | None, str | None, bool, Usage]:
-        with metering() as meter:  # what this unit's explaining spent, should it fail
-            try:
-                splits = make_splits(records[key], settings.units.examples_per_split)
-                found = explain_unit(explainer, simulator, records[key].unit, splits)  # best-of-k reranks here
-                if not found:
-                    raise RuntimeError("explainer returned no explanation")
-                return found[0], None, False, Usage()
-            except UserError:
-                raise  # a user mistake (missing package, bad key ...) stops the run with one line
-            except Exception as err:  # noqa: BLE001 - a failed unit is recorded, the run goes on
-                log.debug("explain failed for %s", key, exc_info=True)
-                return None, _error_text(err), is_transient(err), meter.total
+    if context is None:
+        parts = {"explainer": explainer, "simulator": simulator}
+        context = UnitContext(settings, parts, records, {})
+
+    def explain(key: str) -> ExplainOutcome:
+        return explain_task(context, key)
 
     retry: set[str] = set()
     for key in records:
@@ -417,7 +487,10 @@ def explain_all(
     earlier = {key: explained.failed_spend(key) for key in retry}
     explained.forget(retry)
     pending = [k for k in records if k not in explanations]
-    finished = as_finished(explain, pending, settings.parallel_units)
+    if runner is not None:
+        finished = runner.map("explain", [(k, None) for k in pending], lost=lambda k, why: (None, why, True, Usage()))
+    else:
+        finished = as_finished(explain, pending, settings.engine.units_in_flight)
     for key, (explanation, error, transient, spent) in tqdm(
         finished, total=len(pending), desc="explain", disable=not progress
     ):

@@ -169,3 +169,33 @@ def test_smollm2_batched_with_prefix_reuse_equals_one_request_at_a_time() -> Non
     # real magnitudes (the values carry >= 1.3 % of the mass at every slot here), so 1e-5 is a meaningful bound
     assert min(sum(p.values()) for r in reference for p in r.probabilities) > 0.005
     assert together[0].meta["shared_prefix_tokens"] > 200 and reference[0].meta["shared_prefix_tokens"] == 0
+
+
+@pytest.mark.parametrize("min_saving", [1, 10**9])  # grow each batch's prefix cache / only the call's prefix
+def test_units_coalesced_by_the_engine_equal_one_request_at_a_time(
+    tiny_dir: Path, reference: list[Any], min_saving: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three units in flight hand their requests to the engine: ONE call answers all of them, batches keep
+    each unit's rows together over its longer shared prefix (explanation), and nothing changes."""
+    from bench.engine import RequestEngine
+    from bench.llm import local_transformers
+
+    monkeypatch.setattr(local_transformers, "MIN_EXTRA_PREFIX_SAVING", min_saving)
+    llm = _llm(tiny_dir, batch_size=4)
+    calls: list[int] = []
+    inner = llm._slots_now
+    object.__setattr__(llm, "_slots_now", lambda tagged: calls.append(len(tagged)) or inner(tagged))
+    reqs = _units_requests(top_k=None)
+    per_unit = [reqs[0:4], reqs[4:8], reqs[8:12]]
+    engine = RequestEngine()
+    from bench import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "_ACTIVE", engine)
+    got = dict(engine.run_units(lambda u: llm.slot_distributions(per_unit[u]), [0, 1, 2], workers=3))
+    assert calls == [12]
+    _assert_equal([r for u in range(3) for r in got[u]], reference)
+    shared = [r.meta["shared_prefix_tokens"] for u in range(3) for r in got[u]]
+    if min_saving == 1:  # some batch ran over a unit's explanation as well as the header
+        assert max(shared) > min(shared)
+    else:
+        assert len(set(shared)) == 1

@@ -159,11 +159,13 @@ def test_a_failing_scorer_is_a_nan_with_reason_and_the_others_still_score(tmp_pa
     assert "ablation" in extras["scorer_errors"]
 
 
-def test_parallel_units_give_the_same_results_and_resume_the_same_run(tmp_path, corpus, mlflow_store):
+def test_units_in_flight_give_the_same_results_and_resume_the_same_run(tmp_path, corpus, mlflow_store):
     subject = save_tiny_subject("gpt2", tmp_path / "tiny")
-    serial = run_job(compose(overrides(tmp_path / "a", subject, corpus, mlflow_store)), progress=False)
+    serial = run_job(
+        compose(overrides(tmp_path / "a", subject, corpus, mlflow_store, "engine.units_in_flight=1")), progress=False
+    )
     parallel = run_job(
-        compose(overrides(tmp_path / "b", subject, corpus, mlflow_store, "parallel_units=3")), progress=False
+        compose(overrides(tmp_path / "b", subject, corpus, mlflow_store, "engine.units_in_flight=3")), progress=False
     )
     assert [r.unit.key for r in serial.results] == [r.unit.key for r in parallel.results]
     for a, b in zip(serial.results, parallel.results, strict=True):
@@ -172,7 +174,7 @@ def test_parallel_units_give_the_same_results_and_resume_the_same_run(tmp_path, 
             {k: v.value for k, v in b.scores.items()}, nan_ok=True
         )
     assert serial.summary == pytest.approx(parallel.summary, nan_ok=True)
-    # parallel_units does not change the run's identity: same folder name
+    # engine.units_in_flight does not change the run's identity: same folder name
     assert [p.name for p in (tmp_path / "a" / "runs").iterdir()] == [
         p.name for p in (tmp_path / "b" / "runs").iterdir()
     ]

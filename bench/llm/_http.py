@@ -349,8 +349,14 @@ class Engine:
             self.counters.add(cache_hits=hits)
         todo = [i for i, o in enumerate(outcomes) if o is None]
         if todo:
-            fresh = LOOP.run(self._send_all([jobs[i] for i in todo], batch))
-            self._meter(fresh)
+            missing = [jobs[i] for i in todo]
+            if batch is None:
+                fresh = LOOP.run(self._send_all(missing, batch))
+            else:  # batch mode: every unit in flight adds its jobs to one provider batch (bench.engine)
+                from bench.engine import gather
+
+                fresh = gather(("batch", id(self)), missing, lambda js: LOOP.run(self._send_all(js, batch)))
+            self._meter(fresh)  # in the caller's thread: each unit's meter sees its own spend
             for i, outcome in zip(todo, fresh, strict=True):
                 outcomes[i] = outcome
         return [o for o in outcomes if o is not None]

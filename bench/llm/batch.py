@@ -45,9 +45,9 @@ stops with one line, finished units are kept, and re-running the same command re
 counters (``batches`` counts the jobs), billed at the backend's prices times ``batch_discount``
 (default 0.5).  Polls and file transfers are not model calls and are not counted.
 
-The pipeline calls ``generate()`` once per unit (and stage), so a run submits one small batch per call
-and waits for it; gathering every unit's requests into one batch would need the pipeline to collect
-them first.
+In a run, the request engine (:mod:`bench.engine`) gathers the requests of every unit in flight
+(``engine.units_in_flight``) before ``Engine.run`` sends them, so one stage of all those units is ONE
+batch job (split only at the provider's limits), not one per unit.
 """
 
 from __future__ import annotations

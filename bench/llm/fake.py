@@ -99,7 +99,9 @@ class FakeLLM:
     supports: tuple[str, ...] = ("generate", "generated_logprobs", "prompt_logprobs", "exact_prompt_logprobs")
     max_context: int | None = None
     version: int = 1
+    coalesce: bool = False  # like a batch/in-process backend: the request engine gathers many units' requests
     calls: list[Any] = field(default_factory=list, compare=False, repr=False)
+    backend_calls: list[tuple[str, int]] = field(default_factory=list, compare=False, repr=False)  # (kind, size)
 
     def __post_init__(self) -> None:
         known = {c.value for c in Capability}
@@ -128,7 +130,15 @@ class FakeLLM:
 
     # ------------------------------------------------------------------------------------------------
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        if self.coalesce:
+            from bench.engine import gather
+
+            return gather(("fake/generate", id(self)), list(requests), self._generate_now)
+        return self._generate_now(requests)
+
+    def _generate_now(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         self._require(Capability.GENERATE)
+        self.backend_calls.append(("generate", len(requests)))
         out = []
         for r in requests:
             self.calls.append(r)
@@ -186,7 +196,15 @@ class FakeLLM:
         )
 
     def slot_distributions(self, requests: Sequence[SlotRequest]) -> list[SlotResult]:
+        if self.coalesce:
+            from bench.engine import gather
+
+            return gather(("fake/slots", id(self)), list(requests), self._slots_now)
+        return self._slots_now(requests)
+
+    def _slots_now(self, requests: Sequence[SlotRequest]) -> list[SlotResult]:
         self._require(Capability.PROMPT_LOGPROBS)
+        self.backend_calls.append(("slots", len(requests)))
         out = []
         for r in requests:
             self.calls.append(r)

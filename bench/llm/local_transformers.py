@@ -53,6 +53,9 @@ SMOLLM2_OFFLINE = "smollm2-135m-instruct"
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 _LOCK = threading.RLock()
+# A batch grows the call's shared-prefix cache by its own longer common prefix only when that saves at
+# least this many token positions (one extra forward call costs about as much as a few dozen tokens).
+MIN_EXTRA_PREFIX_SAVING = 32
 _MODELS: dict[tuple[Any, ...], Any] = {}
 _TOKENIZERS: dict[tuple[Any, ...], Any] = {}
 _CONTINUATION_MASKS: dict[tuple[Any, ...], Any] = {}
@@ -138,6 +141,12 @@ class LocalChatModel:
         )
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        """Generations; in a run, every unit in flight adds its requests to one call (:mod:`bench.engine`)."""
+        from bench.engine import gather
+
+        return gather(("local/generate", id(self)), list(requests), self._generate_now)
+
+    def _generate_now(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         from bench.model_lock import model_lock
 
         if not requests:
@@ -163,10 +172,20 @@ class LocalChatModel:
         return [g for g in out if g is not None]
 
     def slot_distributions(self, requests: Sequence[SlotRequest]) -> list[SlotResult]:
+        """Value probabilities; in a run, every unit in flight adds its requests to one call
+        (:mod:`bench.engine`), each caller's requests tagged so that batches keep them together."""
+        from bench.engine import gather
+
+        tag = object()
+        return gather(("local/slots", id(self)), [(tag, r) for r in requests], self._slots_now)
+
+    def _slots_now(self, tagged: list[tuple[object, SlotRequest]]) -> list[SlotResult]:
         from bench.model_lock import model_lock
 
+        rank: dict[int, int] = {}
+        groups = [rank.setdefault(id(tag), len(rank)) for tag, _ in tagged]  # callers in the engine's order
         with model_lock(self.torch_model):
-            return self._slots(list(requests))
+            return self._slots([r for _, r in tagged], groups)
 
     # ------------------------------------------------------------------------------------------------
     # Prompt rendering and counting
@@ -285,10 +304,12 @@ class LocalChatModel:
     # ------------------------------------------------------------------------------------------------
     # Batching and the shared prefix
     # ------------------------------------------------------------------------------------------------
-    def _batches(self, lengths: Sequence[int]) -> list[list[int]]:
-        """Indices of rows grouped into padded batches: sorted by length (little padding), at most
-        ``batch_size`` rows and ``batch_tokens`` padded tokens (rows x longest) per batch."""
-        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    def _batches(self, lengths: Sequence[int], groups: Sequence[int] | None = None) -> list[list[int]]:
+        """Indices of rows grouped into padded batches: sorted by caller group, then length (rows of one
+        caller share a long prefix; little padding), at most ``batch_size`` rows and ``batch_tokens``
+        padded tokens (rows x longest) per batch."""
+        group = groups if groups is not None else [0] * len(lengths)
+        order = sorted(range(len(lengths)), key=lambda i: (group[i], lengths[i], i))
         batches: list[list[int]] = []
         for i in order:
             last = batches[-1] if batches else None
@@ -311,6 +332,19 @@ class LocalChatModel:
         with torch.inference_mode():
             ids = torch.tensor([list(prefix)], device=self.resolved_device)
             return self.torch_model(input_ids=ids, use_cache=True, logits_to_keep=1).cache
+
+    def _extended(self, prefix_cache: Any, ids: Sequence[int], start: int, end: int) -> Any:
+        """The KV cache of ``ids[:end]`` grown from ``prefix_cache`` (which holds ``ids[:start]``): a
+        batch whose rows share more than the call's common prefix (one unit's explanation after the
+        few-shot header) runs only the extra tokens once."""
+        if prefix_cache is None:
+            return self._prefix_cache(ids[:end])
+        import torch
+
+        cache = self._expanded(prefix_cache, 1)
+        with torch.inference_mode():
+            tokens = torch.tensor([list(ids[start:end])], device=self.resolved_device)
+            return self.torch_model(input_ids=tokens, cache=cache, use_cache=True, logits_to_keep=1).cache
 
     @staticmethod
     def _expanded(prefix_cache: Any, rows: int) -> Any:
@@ -547,8 +581,10 @@ class LocalChatModel:
             meta=meta,
         )
 
-    def _slots(self, requests: list[SlotRequest]) -> list[SlotResult]:
-        """All requests of one call: their common token prefix is run once and its KV cache reused."""
+    def _slots(self, requests: list[SlotRequest], groups: Sequence[int] | None = None) -> list[SlotResult]:
+        """All requests of one call (many units' in a run): the token prefix common to all of them (the
+        few-shot header) is run once and its KV cache reused; a batch whose rows share more (one unit's
+        explanation) grows that cache by its extra tokens once.  ``groups``: the caller of each request."""
         value_cache: dict[Any, list[list[int]]] = {}
         preps = [self._prepare_slots(r, value_cache) for r in requests]
         results: list[SlotResult | None] = [None] * len(requests)
@@ -560,11 +596,18 @@ class LocalChatModel:
                 results[i] = SlotResult(probabilities=[], usage=Usage(calls=0), meta={"slots": 0})
         shared = _common_prefix([preps[i] for i in live]) if self.prefix_reuse and len(live) > 1 else 0
         prefix_cache = self._prefix_cache(preps[live[0]]["ids"][:shared]) if live else None
-        for batch in self._batches([len(preps[i]["ids"]) - shared for i in live]):
+        row_groups = [groups[i] for i in live] if groups is not None else None
+        for batch in self._batches([len(preps[i]["ids"]) - shared for i in live], row_groups):
             chunk = [live[k] for k in batch]
-            probs = self._slots_rows([preps[i] for i in chunk], shared, self._expanded(prefix_cache, len(chunk)))
-            for i, rows in zip(chunk, probs, strict=True):
-                results[i] = self._slot_result(requests[i], preps[i], rows, shared)
+            rows = [preps[i] for i in chunk]
+            local = _common_prefix(rows) if self.prefix_reuse and len(rows) > 1 else shared
+            if (local - shared) * (len(rows) - 1) >= MIN_EXTRA_PREFIX_SAVING:
+                cache = self._expanded(self._extended(prefix_cache, rows[0]["ids"], shared, local), len(rows))
+            else:
+                local, cache = shared, self._expanded(prefix_cache, len(rows))
+            probs = self._slots_rows(rows, local, cache)
+            for i, got in zip(chunk, probs, strict=True):
+                results[i] = self._slot_result(requests[i], preps[i], got, local)
         return [r for r in results if r is not None]
 
     def _slots_rows(self, rows: list[dict[str, Any]], shared: int, cache: Any) -> list[list[list[float]]]:

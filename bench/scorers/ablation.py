@@ -126,7 +126,7 @@ def ablation_scores(
     ids = torch.tensor([r.token_ids for r in records], dtype=torch.long, device=device)
     sim = torch.tensor(np.asarray(simulated, dtype=np.float32), device=device)
     source = source if source is not None else neuron_source(hook_site, layer)
-    with model_lock(model):  # no other thread's hook may touch these passes (parallel_units)
+    with model_lock(model):  # no other thread's hook may touch these passes (units in flight)
         base = logprobs(model, ids)
         with_sim = divergences(base, logprobs(model, ids, source.replaced(model, index, sim)), ids)
         mean_values = torch.full_like(sim, float(mean_activation))

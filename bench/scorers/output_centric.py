@@ -94,7 +94,7 @@ def boost_logprob_change(
     device = next(model.parameters()).device
     ids = torch.tensor([r.token_ids for r in records], dtype=torch.long, device=device)
     source = source if source is not None else neuron_source(hook_site, layer)
-    with model_lock(model):  # no other thread's hook may touch these passes (parallel_units)
+    with model_lock(model):  # no other thread's hook may touch these passes (units in flight)
         base = logprobs(model, ids)
         boosted = logprobs(model, ids, source.boosted(model, index, delta))
     return (boosted - base).mean(dim=(0, 1))

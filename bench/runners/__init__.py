@@ -1,0 +1,1 @@
+"""Runners execute a run's units somewhere other than this process's request engine (``runner.kind``)."""

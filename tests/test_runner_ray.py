@@ -1,0 +1,91 @@
+"""``runner=ray``: one run's units on a local Ray cluster (127.0.0.1) equal the same run in one process,
+and a worker killed mid-unit loses nothing and duplicates nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest_models import _TRAINING_TEXT, save_tiny_subject, tiny_run
+
+ray = pytest.importorskip("ray")
+
+pytestmark = pytest.mark.e2e  # a Ray cluster takes ~10 s to start: the slow tier (still run by .ci/run)
+
+FAKE = ["~simulator.llm", "+simulator.llm={_target_:bench.llm.fake.FakeLLM,coalesce:true}"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="neuronbench-tests")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def subject(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_subject("llama", tmp_path_factory.mktemp("tiny") / "llama")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "text.txt"
+    path.write_text("\n".join(_TRAINING_TEXT * 6))
+    return path
+
+
+def _run(tmp: Path, subject: Path, corpus: Path, cache: Path, *extra: str) -> list[dict]:
+    from bench.cli import main
+
+    code = main(
+        [
+            "run",
+            "--no-progress",
+            *tiny_run(subject, corpus),
+            "explainer=token_list",
+            "simulator=smollm2_all_at_once",
+            *FAKE,
+            "scorer=[correlation,ablation]",
+            "units.count=6",
+            "tracking=none",
+            f"output_dir={tmp / 'runs'}",
+            f"cache_dir={cache}",
+            *extra,
+        ]
+    )
+    assert code == 0
+    run_dir = next((tmp / "runs").iterdir())
+    return [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+
+
+def _by_unit(lines: list[dict]) -> dict[str, dict]:
+    from bench.records import UnitId
+
+    return {UnitId(**r["unit"]).key: r for r in lines}
+
+
+def test_ray_workers_give_the_same_results_as_one_process_even_when_one_dies(
+    cluster, subject, corpus, tmp_path, monkeypatch
+) -> None:
+    cache = tmp_path / "cache"  # shared by both runs (the records are mined once, by the first driver)
+    local = _by_unit(_run(tmp_path / "local", subject, corpus, cache))
+    assert len(local) == 6 and all(r["status"] == "ok" for r in local.values())
+
+    marker = tmp_path / "died"
+    victim = sorted(local)[3]
+    monkeypatch.setenv("NEURONBENCH_TEST_RAY_DIE_AT", f"{victim}={marker}")
+    lines = _run(
+        tmp_path / "ray", subject, corpus, cache,
+        "runner.kind=ray", "runner.workers=2", "runner.cpus_per_worker=1", "runner.units_per_task=2",
+    )  # fmt: skip
+    assert marker.exists()  # a worker really died at that unit (and was replaced)
+    remote = _by_unit(lines)
+    assert len(lines) == len(remote) == len(local)  # one line per unit: nothing lost, nothing twice
+    assert remote.keys() == local.keys()
+    for key, r in remote.items():
+        assert r["status"] == "ok" and r["explanation"]["text"] == local[key]["explanation"]["text"]
+        got = {k: v["value"] for k, v in r["scores"].items()}
+        want = {k: v["value"] for k, v in local[key]["scores"].items()}
+        assert got.keys() == want.keys()
+        assert got == pytest.approx(want, nan_ok=True, abs=1e-6)
