@@ -114,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     view_p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/viewer)")
     merge_p = sub.add_parser("merge", help="join the shards of a sharded run (shard=i/n) into results.jsonl")
     merge_p.add_argument("run_dir", help="run folder (runs/<name>-<hash>) its shards wrote into")
+    sync_p = sub.add_parser("sync", help="re-create or complete runs' MLflow mirror from their run folders")
+    sync_p.add_argument("run_dirs", nargs="+", help="run folders (runs/<name>-<hash>); safe to repeat")
+    sync_p.add_argument("--tracking-uri", default=None, help="MLflow store/server (default: the run's tracking.uri)")
+    sync_p.add_argument("--experiment", default=None, help="MLflow experiment (default: the run's)")
     card_p = sub.add_parser("card", help="benchmark cards: freeze a benchmark definition (results/cards/)")
     card_sub = card_p.add_subparsers(dest="card_command", required=True)
     create_p = card_sub.add_parser("create", help="write results/cards/NAME.vN.yaml from conf/ + overrides")
@@ -183,6 +187,12 @@ def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
             return command_view(args.run_dir, args.out)
         if args.command == "merge":
             return command_merge(args.run_dir)
+        if args.command == "sync":
+            from bench.tracking.sync import sync_run
+
+            for run_dir in args.run_dirs:
+                print(sync_run(Path(run_dir), args.tracking_uri, args.experiment).line())
+            return 0
     except UserError as err:
         print(f"neuronbench: {err}", file=sys.stderr)
         return err.exit_code

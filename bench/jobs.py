@@ -105,6 +105,10 @@ def run_job(
     install_budget(settings.budget.max_usd)  # this job's dollar cap, nothing spent yet
     # before any run folder or MLflow run exists
     pipeline.check_layers(settings, parts.subject.info, parts.dataset)
+    if settings.tracking.enabled:  # also in a launcher's worker process and the Python API
+        from bench.tracking.server import check_reachable
+
+        check_reachable(settings.tracking.uri)
     check_writable_dirs(settings)
     choices = _hydra_choices() or dict(choices or {})
     name, digest = run_identity(cfg, choices)
@@ -161,6 +165,8 @@ def run_job(
     print_summary(name, run_dir, outcome)
     if tracked is not None:
         print(f"MLflow run: {tracked.url}" + (" (already complete: nothing logged again)" if tracked.finished else ""))
+        if tracked.lost:
+            print(f"MLflow mirror incomplete (the server went away): neuronbench sync {run_dir}")
     outcome.run_dir = run_dir
     pipeline.check_failure_rate(outcome.summary, settings)  # all units failed: exit 1, results kept
     return outcome

@@ -202,6 +202,9 @@ def run(
             sink.write(result)
         previous[key] = result
     results = [previous[k] for k in own if k in previous]  # in unit order, however they finished
+    if settings.shard is None:  # the files in unit order too (a shard's: the merge orders them)
+        store.order(list(records))
+        explained.order(list(records))
 
     if runner is not None:
         runner.close()

@@ -93,6 +93,10 @@ def validate_jobs(combos: list[list[str]]) -> list[Any]:
     validated = [validate(cfg) for cfg in composed]
     for _settings, parts in validated:
         check_ready(parts)  # API keys set, caches writable, servers up: one line before any job starts
+    from bench.tracking.server import check_reachable
+
+    for uri in dict.fromkeys(s.tracking.uri for s, _parts in validated if s.tracking.enabled):
+        check_reachable(uri)  # a tracking server that is down: one line naming tracking.uri, before any job
     return [settings for settings, _parts in validated]
 
 

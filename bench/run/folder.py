@@ -246,6 +246,18 @@ class JsonlSink:
     def abort(self) -> None:
         """Nothing to undo: every finished unit is already a whole line (the run resumes from them)."""
 
+    def order(self, keys: list[str]) -> None:
+        """Put the lines in unit order (units finish in any order when many are in flight), atomically:
+        two runs of one configuration then write the same file byte for byte."""
+        if not self.path.exists():
+            return
+        lines = read_result_lines(self.path)
+        rank = {key: i for i, key in enumerate(keys)}
+        ordered = sorted(lines, key=lambda k: (rank.get(k, len(rank)), k))
+        text = "".join(lines[k] for k in ordered)
+        if text.encode() != self.path.read_bytes():
+            rewrite_atomically(self.path, text)
+
     def close(self, summary: dict[str, float], results: list[UnitResult] | None = None) -> None:
         if self.writes_summary:
             RunFolder(self.path.parent).write_summary(summary)

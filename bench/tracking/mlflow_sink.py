@@ -14,15 +14,20 @@ What a reader sees in the UI is chosen, not dumped:
 The run id is kept in the run folder, so a resumed run continues the same MLflow run; a run that
 already FINISHED is left alone, so re-running a finished config logs nothing twice.  Everything
 logged passes through :func:`bench.tracking.redact.redact` at this boundary.
+
+On a tracking *server* the mirror may go away mid-run: the sink warns once and stops mirroring
+(``results.jsonl`` keeps everything); ``neuronbench sync RUN_DIR`` (:mod:`bench.tracking.sync`) completes
+it from what ``mlflow_run.json`` records (run id, name, parent, choices, tags, warnings).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import tempfile
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +37,10 @@ from bench.errors import ConfigError, UserError
 from bench.records import UnitResult
 from bench.state_files import DamagedFile, json_object, sqlite_damage, sqlite_problem
 from bench.tracking.redact import redact, redact_text
+from bench.tracking.server import is_server, server_gone
 from bench.unit_table import units_csv
+
+log = logging.getLogger(__name__)
 
 MAX_PARAMS = 25
 MAX_METRICS = 15
@@ -49,6 +57,7 @@ RUN_ID_FIX = (
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
 SWEEP_KEY_TAG = "neuronbench.sweep_key"
+PARENT_KEEP_TAGS = (SWEEP_KEY_TAG, NOTE_TAG, "neuronbench.sweep_overrides")  # what sync re-creates a parent with
 PARENT_TAG = "mlflow.parentRunId"
 UI_PORT = 5000
 UI_VIEW = "?workflowType=machine_learning"
@@ -338,7 +347,20 @@ def open_sweep_parent(tracking: TrackingConfig, overrides: Sequence[str], swept:
 
 
 def close_sweep_parent(tracking: TrackingConfig, run_id: str, status: str = "FINISHED") -> str:
-    """End the parent run (FINISHED, FAILED or KILLED); return its UI address."""
+    """End the parent run (FINISHED, FAILED or KILLED); return its UI address (with a note instead when
+    the tracking server went away: the jobs' results are in their run folders either way)."""
+    try:
+        return _close_sweep_parent(tracking, run_id, status)
+    except Exception as err:
+        if not (is_server(tracking.uri) and server_gone(err)):
+            raise
+        return (
+            f"parent run {run_id} not closed: the tracking server at {redact_text(tracking.uri or '')} is "
+            "unreachable; results are in the run folders (neuronbench sync RUN_DIR ... mirrors them)"
+        )
+
+
+def _close_sweep_parent(tracking: TrackingConfig, run_id: str, status: str) -> str:
     client = client_for(tracking)
     experiment_id = client.get_run(run_id).info.experiment_id
     children = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{run_id}'", max_results=1000)
@@ -366,6 +388,9 @@ def children_csv(children: Sequence[Any]) -> str:
 # ---------------------------------------------------------------------------------------------------
 # The sink
 # ---------------------------------------------------------------------------------------------------
+ID_FILE = "mlflow_run.json"
+
+
 class MlflowSink:
     def __init__(
         self,
@@ -377,18 +402,41 @@ class MlflowSink:
         choices: Mapping[str, str] | None = None,
         parent_run_id: str | None = None,
     ) -> None:
-        self.client = client_for(tracking)
         self.tracking = tracking
         self.run_dir = run_dir
-        self.experiment_id = checked_experiment(self.client, tracking)
         self.warnings: list[str] = []
-        id_file = run_dir / "mlflow_run.json"
+        self.lost: str | None = None  # why mirroring stopped (the tracking server went away), or None
+        try:
+            self._open(run_name, config, tags, choices, parent_run_id)
+        except Exception as err:
+            if not (is_server(tracking.uri) and server_gone(err)):
+                raise
+            raise ConfigError(  # before any work: the same one line as a server down at start
+                "tracking.uri",
+                f"the MLflow tracking server at {redact_text(tracking.uri or '')} failed ({type(err).__name__}); "
+                "check the server and re-run, or run with tracking=none",
+            ) from None
+
+    def _open(
+        self,
+        run_name: str,
+        config: dict[str, Any],
+        tags: dict[str, str],
+        choices: Mapping[str, str] | None,
+        parent_run_id: str | None,
+    ) -> None:
+        tracking, run_dir = self.tracking, self.run_dir
+        self.client = client_for(tracking)
+        self.experiment_id = checked_experiment(self.client, tracking)
+        id_file = run_dir / ID_FILE
         run_id = stored_run_id(id_file) if id_file.exists() else None
         previous = None
         if run_id is not None:
             try:
                 previous = self.client.get_run(run_id)
-            except Exception:  # noqa: BLE001 - the store was wiped or is another one: start afresh
+            except Exception as err:  # noqa: BLE001 - the store was wiped or is another one: start afresh
+                if is_server(tracking.uri) and server_gone(err):
+                    raise
                 previous = None
         # A FINISHED run already holds everything: re-running its config logs nothing twice.
         self.finished = previous is not None and previous.info.status == "FINISHED"
@@ -403,7 +451,21 @@ class MlflowSink:
             run_tags[PARENT_TAG] = parent_run_id
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=run_tags)
         self.run_id = run.info.run_id
-        id_file.write_text(json.dumps({"run_id": self.run_id, "tracking_uri": redact_text(tracking.uri or "")}))
+        # What `neuronbench sync` needs to re-create this run elsewhere, identically (all redacted).
+        record = {
+            "run_id": self.run_id,
+            "tracking_uri": redact_text(tracking.uri or ""),
+            "experiment": tracking.experiment,
+            "run_name": redact_text(run_name),
+            "parent_run_id": parent_run_id,
+            "choices": dict(redact(dict(choices or {}))),
+            "tags": dict(redact(tags)),
+        }
+        if parent_run_id:  # enough to find or re-create the sweep's parent on a store that lost it (sync)
+            parent = self.client.get_run(parent_run_id)
+            kept = {k: v for k, v in parent.data.tags.items() if k in PARENT_KEEP_TAGS}
+            record["parent"] = {"run_name": parent.info.run_name, "tags": redact(kept)}
+        id_file.write_text(json.dumps(record))
         self._log_params(redact(reader_params(safe_config, choices or {})))
         self.client.log_dict(self.run_id, safe_config, "config.json")
         self.client.log_text(self.run_id, _yaml(safe_config), "config.yaml")
@@ -417,47 +479,101 @@ class MlflowSink:
 
         self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
 
+    def _mirror(self, action: Callable[[], None]) -> None:
+        """Run one logging action; a tracking server that went away stops the mirror with one warning
+        (the run goes on: results.jsonl holds everything, ``neuronbench sync`` completes the mirror)."""
+        if self.lost is not None:
+            return
+        try:
+            action()
+        except Exception as err:
+            if not (is_server(self.tracking.uri) and server_gone(err)):
+                raise
+            self.lost = redact_text(f"{type(err).__name__}: {err}")[:300]
+            log.warning(
+                "MLflow server at %s went away (%s); mirroring stops for this run, results.jsonl keeps every "
+                "result. When the server is back: neuronbench sync %s",
+                redact_text(self.tracking.uri or ""),
+                self.lost,
+                self.run_dir,
+            )
+
     def write(self, result: UnitResult) -> None:
         if self.finished:
             return
         safe = redact(result.to_json())
-        self.client.log_dict(self.run_id, safe, f"units/{result.unit.key.replace('/', '_')}.json")
+        self._mirror(lambda: self.client.log_dict(self.run_id, safe, unit_artifact(result.unit.key)))
 
     def describe(self, warnings: Sequence[str]) -> None:
-        """Warnings to show in the run's description (set when the run closes)."""
+        """Warnings to show in the run's description (set when the run closes; kept in the run folder
+        too, so ``neuronbench sync`` writes the same description)."""
         self.warnings = list(warnings)
+        remember_warnings(self.run_dir, self.warnings)
 
     def log_artifacts(self, local_dir: Path, artifact_path: str | None = None) -> None:
         """Log a folder (e.g. a viewer site) under the run, every text file redacted on the way.  Also on a
         finished run: an artifact written again replaces the old copy, nothing accumulates."""
-        _log_redacted_dir(self.client, self.run_id, Path(local_dir), artifact_path)
+        self._mirror(lambda: _log_redacted_dir(self.client, self.run_id, Path(local_dir), artifact_path))
 
     def abort(self) -> None:
         """An interrupted or crashed run: mark it KILLED; re-running the command resumes it."""
         if not self.finished:
-            self.client.set_terminated(self.run_id, status="KILLED")
+            self._mirror(lambda: self.client.set_terminated(self.run_id, status="KILLED"))
 
     def close(self, summary: dict[str, float], results: list[UnitResult]) -> None:
         if self.finished:
             return
-        from mlflow.entities import Metric, RunTag
+        self._mirror(lambda: complete_run(self.client, self.run_id, self.run_dir, summary, results, self.warnings))
 
-        logged = self.client.get_run(self.run_id).data.metrics
-        headline = headline_metrics(summary)
-        fresh = {k: v for k, v in headline.items() if logged.get(k) != v}  # a crash inside close: no repeats
-        now = _now_ms()
-        tags = [RunTag(NOTE_TAG, redact(description(summary, self.warnings, self.run_dir)))]
-        nan_keys = sorted(k for k, v in summary.items() if isinstance(v, float) and math.isnan(v))
-        if nan_keys:
-            tags.append(RunTag("metrics_nan", ", ".join(nan_keys)[:5000]))
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, 0) for k, v in fresh.items()], tags=tags)
-        self.client.log_dict(self.run_id, {k: (None if v != v else v) for k, v in summary.items()}, "summary.json")
-        for name in ("results.jsonl", "explanations.jsonl", *SCORE_CORRELATIONS):
-            path = self.run_dir / name
-            if path.exists():
-                self.client.log_text(self.run_id, redact(path.read_text()), name)
-        self.client.log_text(self.run_id, redact(units_csv(results)), "units.csv")
-        self.client.set_terminated(self.run_id, status="FINISHED")
+
+def unit_artifact(key: str) -> str:
+    """Where a unit's result lives in its MLflow run."""
+    return f"units/{key.replace('/', '_')}.json"
+
+
+def remember_warnings(run_dir: Path, warnings: Sequence[str]) -> None:
+    """Keep the run's warnings in ``mlflow_run.json`` (for the description ``neuronbench sync`` writes)."""
+    id_file = Path(run_dir) / ID_FILE
+    if not id_file.exists():
+        return
+    try:
+        record = json.loads(id_file.read_text())
+    except ValueError:
+        return  # a damaged file is reported where it is read (stored_run_id), not here
+    if isinstance(record, dict):
+        record["warnings"] = [redact_text(w) for w in warnings]
+        id_file.write_text(json.dumps(record))
+
+
+def complete_run(
+    client: Any,
+    run_id: str,
+    run_dir: Path,
+    summary: Mapping[str, float],
+    results: Sequence[UnitResult],
+    warnings: Sequence[str],
+) -> None:
+    """Log a finished run's headline metrics, description and files, then mark it FINISHED.  Safe to
+    repeat (the sink's close, then ``neuronbench sync``): a metric already logged with this value is not
+    logged again, and artifacts written again replace their old copies."""
+    from mlflow.entities import Metric, RunTag
+
+    logged = client.get_run(run_id).data.metrics
+    headline = headline_metrics(summary)
+    fresh = {k: v for k, v in headline.items() if logged.get(k) != v}  # a crash inside close: no repeats
+    now = _now_ms()
+    tags = [RunTag(NOTE_TAG, redact(description(summary, warnings, run_dir)))]
+    nan_keys = sorted(k for k, v in summary.items() if isinstance(v, float) and math.isnan(v))
+    if nan_keys:
+        tags.append(RunTag("metrics_nan", ", ".join(nan_keys)[:5000]))
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in fresh.items()], tags=tags)
+    client.log_dict(run_id, {k: (None if v != v else v) for k, v in summary.items()}, "summary.json")
+    for name in ("results.jsonl", "explanations.jsonl", *SCORE_CORRELATIONS):
+        path = run_dir / name
+        if path.exists():
+            client.log_text(run_id, redact(path.read_text()), name)
+    client.log_text(run_id, redact(units_csv(list(results))), "units.csv")
+    client.set_terminated(run_id, status="FINISHED")
 
 
 def log_artifacts_to_run(run_dir: Path, local_dir: Path, artifact_path: str | None = None) -> str | None:
