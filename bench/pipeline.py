@@ -187,11 +187,13 @@ def run(
 
     subject, simulator = parts["subject"], parts["simulator"]
     run_dir.mkdir(parents=True, exist_ok=True)
+    runner = _runner(settings, run_dir)
+    if runner is not None:
+        runner.premine()  # runner=ray with GPUs: each layer mined in its own task, into the record cache
     records, provenance = load_records(settings, subject, parts["dataset"])
     write_train_excerpts(run_dir, records, settings.units.examples_per_split)  # what the explainer saw (viewer)
     explained = ExplanationStore(run_dir / "explanations.jsonl")
     context = UnitContext(settings, parts, records, provenance)
-    runner = _runner(settings, run_dir)
     explanations = explain_all(
         settings, parts["explainer"], simulator, records, run_dir, progress, retry_failed=retry_failed, store=explained,
         runner=runner, context=context,
