@@ -235,6 +235,7 @@ class RunnerConfig:
     gpus_per_worker: float = 0.0  # ray: GPUs reserved per worker actor (in-process models, subjects)
     units_per_task: int = 8  # ray: units handed to a worker at a time (they stream back one by one)
     max_task_retries: int = 3  # ray: a unit whose worker died is retried elsewhere at most this often
+    parallel_mining: bool | None = None  # ray: mine each layer in its own task; None (auto): with GPUs
 
     def __post_init__(self) -> None:
         if self.kind not in ("local", "ray"):

@@ -122,11 +122,13 @@ def run(
 
     subject, simulator = parts.subject, parts.simulator
     run_dir.mkdir(parents=True, exist_ok=True)
+    runner = _runner(settings, run_dir)
+    if runner is not None:
+        runner.premine()  # runner=ray with GPUs: each layer mined in its own task, into the record cache
     records, provenance = load_records(settings, subject, parts.dataset)
     write_train_excerpts(run_dir, records, settings.units.examples_per_split)  # what the explainer saw (viewer)
     explained = ExplanationStore(RunFolder(run_dir).explanations)
     context = UnitContext(settings, parts, records, provenance)
-    runner = _runner(settings, run_dir)
     own = dict.fromkeys(shard_units(settings.shard, list(records)))  # every unit, or this shard's slice (in order)
     whole = records if settings.shard is None else {}  # a shard explains below
     explanations = explain_all(

@@ -89,3 +89,30 @@ def test_ray_workers_give_the_same_results_as_one_process_even_when_one_dies(
         want = {k: v["value"] for k, v in local[key]["scores"].items()}
         assert got.keys() == want.keys()
         assert got == pytest.approx(want, nan_ok=True, abs=1e-6)
+
+
+def _passes(cache: Path) -> list[int]:
+    """``sources_in_pass`` of every record-cache file: how many layers the pass that mined it read."""
+    import numpy as np
+
+    out = []
+    for path in sorted((cache / "records").glob("*.npz")):
+        with np.load(path) as data:
+            out.append(json.loads(bytes(data["meta"]).decode())["mined"]["sources_in_pass"])
+    return out
+
+
+def test_layers_mined_as_parallel_ray_tasks_equal_one_pass(cluster, subject, corpus, tmp_path) -> None:
+    layers = ["units.layers=[0,1]", "units.count=2"]
+    local = _by_unit(_run(tmp_path / "local", subject, corpus, tmp_path / "cache-a", *layers))
+    lines = _run(
+        tmp_path / "ray", subject, corpus, tmp_path / "cache-b", *layers,
+        "runner.kind=ray", "runner.workers=2", "runner.parallel_mining=true",
+    )  # fmt: skip
+    assert _passes(tmp_path / "cache-a") == [2, 2]  # one process: both layers in one pass
+    assert _passes(tmp_path / "cache-b") == [1, 1]  # one Ray task per layer, shared through the cache
+    remote = _by_unit(lines)
+    assert remote.keys() == local.keys() and len(remote) == 4
+    for key, r in remote.items():
+        got = {k: v["value"] for k, v in r["scores"].items()}
+        assert got == pytest.approx({k: v["value"] for k, v in local[key]["scores"].items()}, nan_ok=True, abs=1e-6)

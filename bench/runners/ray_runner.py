@@ -36,6 +36,18 @@ log = logging.getLogger(__name__)
 DIE_AT_ENV = "NEURONBENCH_TEST_RAY_DIE_AT"  # tests: "<unit key>=<marker file>": a worker exits once at that unit
 
 
+def mine_one_layer(config: dict[str, Any]) -> int:
+    """A Ray task: mine the records of the config's (single) layer into the shared record cache."""
+    from omegaconf import OmegaConf
+
+    from bench.config import validate
+    from bench.pipeline import load_records
+
+    settings, parts = validate(OmegaConf.create(config))
+    records, _ = load_records(settings, parts.subject, parts.dataset)
+    return len(records)
+
+
 class UnitWorker:
     """One Ray actor: the run's components and records, built once from the config."""
 
@@ -110,17 +122,23 @@ class RayRunner:
         self._started_ray = False
 
     # -- lifecycle ------------------------------------------------------------------------------------
+    def _init_ray(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            return
+        try:
+            ray.init(address=self.runner.address, include_dashboard=False, log_to_driver=False)
+        except ConnectionError as err:
+            raise UserError(f"runner.address={self.runner.address!r}: no Ray cluster there ({err})") from None
+        self._started_ray = True
+
     def _start(self) -> list[Any]:
         import ray
 
         if self._actors is not None:
             return self._actors
-        if not ray.is_initialized():
-            try:
-                ray.init(address=self.runner.address, include_dashboard=False, log_to_driver=False)
-            except ConnectionError as err:
-                raise UserError(f"runner.address={self.runner.address!r}: no Ray cluster there ({err})") from None
-            self._started_ray = True
+        self._init_ray()
         env = {k: v for k, v in os.environ.items() if k.startswith("NEURONBENCH_")}  # never API keys
         actor = ray.remote(num_cpus=self.runner.cpus_per_worker, num_gpus=self.runner.gpus_per_worker, max_restarts=-1)(
             UnitWorker
@@ -141,6 +159,36 @@ class RayRunner:
         if self._started_ray:
             ray.shutdown()
             self._started_ray = False
+
+    # -- mining -------------------------------------------------------------------------------------
+    def premine(self) -> bool:
+        """Mine each layer in its own Ray task (a GPU each) when the run reads several layers and
+        ``runner.parallel_mining`` is true (null: when GPUs are reserved); the driver then finds every
+        layer in the record cache.  Without GPUs one pass over all layers is cheaper than parallel
+        passes, hence the default."""
+        import copy
+
+        layers = list(self.settings.units.layers or [])
+        mode = self.runner.parallel_mining
+        wanted = mode if mode is not None else self.runner.gpus_per_worker > 0
+        if not wanted or len(layers) < 2 or self.settings.units.kind not in ("mlp_neuron", "attention_head"):
+            return False
+        import ray
+
+        self._init_ray()  # no worker actors yet: the mining tasks get the CPUs / GPUs
+        task = ray.remote(num_cpus=self.runner.cpus_per_worker, num_gpus=self.runner.gpus_per_worker)(mine_one_layer)
+        configs = []
+        for layer in layers:
+            config = copy.deepcopy(self.settings.config)
+            config["units"]["layers"] = [layer]
+            configs.append(config)
+        log.info("mining %d layers as parallel Ray tasks", len(layers))
+        try:
+            ray.get([task.remote(c) for c in configs])
+        except Exception as err:  # noqa: BLE001 - e.g. a RayTaskError around a user error
+            cause = getattr(err, "cause", None)
+            raise cause if isinstance(cause, BaseException) else err from None
+        return True
 
     # -- one stage ------------------------------------------------------------------------------------
     def map(
