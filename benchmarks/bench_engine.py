@@ -138,6 +138,7 @@ def orchestration_child(args: argparse.Namespace) -> int:
             f"+simulator.llm={fake}",
             "units.examples_per_split=1",
             "scoring.bootstrap_resamples=100",
+            "scoring.calibration=none",  # a linear fit per unit is scoring CPU (not overhead): off, so 10^5 fits
             f"engine.units_in_flight={args.in_flight}",
         ]
     )
@@ -219,14 +220,20 @@ def orchestration(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         subject, corpus = tiny_inputs(tmp)
-        for n in args.sizes:
+        procs = []
+        for n in args.sizes:  # all sizes at once, each in its own process: CPU time and VmHWM are per process
             cmd = [sys.executable, __file__, "orchestration", "--child", str(n), "--subject", str(subject)]
             cmd += ["--corpus", str(corpus), "--tmp", str(tmp), "--in-flight", str(args.in_flight)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+            env = {**os.environ, "TQDM_DISABLE": "1"}
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+            if not args.concurrent:
+                procs[-1].wait()
+        for proc in procs:
+            out, err = proc.communicate()
             if proc.returncode != 0:
-                print(proc.stderr[-4000:], file=sys.stderr)
+                print(err[-4000:], file=sys.stderr)
                 return 1
-            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            row = json.loads(out.strip().splitlines()[-1])
             print(row, flush=True)
             rows.append(row)
     small, large = rows[0], rows[-1]
@@ -508,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     o = sub.add_parser("orchestration")
     o.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
     o.add_argument("--in-flight", type=int, default=64)
+    o.add_argument("--concurrent", action="store_true", help="run the sizes' processes at the same time")
     o.add_argument("--child", type=int, help=argparse.SUPPRESS)
     o.add_argument("--subject", help=argparse.SUPPRESS)
     o.add_argument("--corpus", help=argparse.SUPPRESS)
