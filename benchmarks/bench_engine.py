@@ -341,6 +341,9 @@ def api_run(tmp: Path, subject: Path, corpus: Path, server: Any, units: int, in_
         "ideal_s": round(ideal, 2),
         "ratio": round(wall / ideal, 3),
         "wall_s_per_unit": round(wall / units, 4),
+        "client_cpu_ms_per_request": round(1000 * (time.process_time() - cpu0) / max(requests, 1), 2),
+        # the client's CPU alone over the ideal: > 1 means no scheduling can reach the ideal on one core
+        "cpu_floor_ratio": round((time.process_time() - cpu0) / ideal, 3),
     }
 
 
@@ -391,6 +394,9 @@ def api(args: argparse.Namespace) -> int:
         "extrapolated per unit: "
         + ", ".join(f"units_in_flight={r['units_in_flight']} {r['engine_speedup']}x slower" for r in old)
         + f". Load (1 min) {info['load_1min_start']} at start.",
+        "",
+        f"Client CPU: {engine['client_cpu_ms_per_request']} ms per request, {engine['cpu_floor_ratio']}x the ideal by "
+        "itself (the process is one GIL: CPU per request above latency / concurrency makes the stage CPU-bound).",
         "",
     ]
     write("api", data, "\n".join(lines))
