@@ -214,8 +214,12 @@ def main(argv: list[str] | None = None) -> int:
         "max_probability_diff": prob_diff,
         "max_score_diff": score_diff,
         "scores": [None if s is None else round(s, 6) for s in scores_b],
-        "ok": speedup >= 3.0 and prob_diff <= 1e-5 and score_diff <= 1e-5 and same_missing
-        and best["one_at_a_time"] / best["engine"] >= 3.0 and engine_score_diff <= 1e-5,
+        "ok": speedup >= 3.0
+        and prob_diff <= 1e-5
+        and score_diff <= 1e-5
+        and same_missing
+        and best["one_at_a_time"] / best["engine"] >= 3.0
+        and engine_score_diff <= 1e-5,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
