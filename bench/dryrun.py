@@ -121,8 +121,9 @@ def estimate_run(settings: RunSettings, parts: dict[str, Any]) -> list[StageEsti
     length = int(getattr(parts["dataset"], "excerpt_len", 64))
     explainer, simulator = parts["explainer"], parts["simulator"]
     scorers = list(parts["scorers"].values())
-    engine = getattr(settings, "engine", None)
-    in_flight = int(getattr(engine, "units_in_flight", n_units) or n_units)
+    from bench.pipeline import in_flight as units_in_flight
+
+    in_flight = units_in_flight(settings, parts, n_units)
     cost = functools.partial(_cost, flush=(n_units, in_flight))
     out: list[StageEstimate] = []
 

@@ -89,6 +89,15 @@ def as_finished(fn: Any, keys: Sequence[str], workers: int) -> Any:
         yield from engine.run_units(fn, keys, workers)
 
 
+def in_flight(settings: RunSettings, parts: dict[str, Any], pending: int) -> int:
+    """``engine.units_in_flight``, or its automatic value for these parts' LLM backends."""
+    from bench.engine import units_in_flight
+
+    llms = [getattr(parts.get(role), "llm", None) for role in ("explainer", "simulator")]
+    inner = getattr(parts.get("explainer"), "explainer", None)  # best-of-k wraps the explainer
+    return units_in_flight(settings.engine.units_in_flight, [*llms, getattr(inner, "llm", None)], pending)
+
+
 def _error_text(err: BaseException) -> str:
     text = f"{type(err).__name__}: {err}".strip()
     return text if len(text) < 2000 else text[:2000] + " ..."
@@ -130,7 +139,7 @@ def run(
             lambda keys, retry: explain_all(settings, parts["explainer"], simulator, {k: records[k] for k in keys},
                                             run_dir, False, retry_failed=retry, store=explained, runner=runner,
                                             context=context),
-            retry_failed, settings.engine.units_in_flight,
+            retry_failed, in_flight(settings, parts, len(records)),
         )  # fmt: skip
     controls = assign_controls(settings, [k for k in records if explanations[k][0] is not None])
 
@@ -186,7 +195,7 @@ def run(
         items = [(k, score_payload(k)) for k in remote]
         finished = _finish(runner.map("score", items, lost=lost_unit), scored, unit_result, pending)
     else:
-        finished = as_finished(unit_result, pending, settings.engine.units_in_flight)
+        finished = as_finished(unit_result, pending, in_flight(settings, parts, len(pending)))
     for key, result in tqdm(finished, total=len(pending), desc="simulate+score", disable=not progress):
         for sink in (store, *mirrors):
             sink.write(result)
@@ -430,7 +439,7 @@ def explain_all(
     if runner is not None:
         finished = runner.map("explain", [(k, None) for k in pending], lost=lambda k, why: (None, why, True, Usage()))
     else:
-        finished = as_finished(explain, pending, settings.engine.units_in_flight)
+        finished = as_finished(explain, pending, in_flight(settings, context.parts, len(pending)))
     for key, (explanation, error, transient, spent) in tqdm(
         finished, total=len(pending), desc="explain", disable=not progress
     ):
