@@ -213,12 +213,13 @@ class EngineConfig:
     Every unit in flight is a worker thread; their requests to a batch-mode or in-process backend are
     coalesced into one call per flush, and API backends see that many units' requests at once (keep it
     at least ``concurrency`` / requests per unit so the concurrency limit stays full).  It never changes
-    results (left out of the run's config hash)."""
+    results (left out of the run's config hash).  Batch mode wants every unit in flight -- one provider
+    job per stage holds the requests of the units in flight -- so ``auto`` takes all of them there."""
 
-    units_in_flight: int = 64
+    units_in_flight: int | None = None  # None (auto): 64; with a batch-mode backend all units (up to 4,096)
 
     def __post_init__(self) -> None:
-        if isinstance(self.units_in_flight, bool) or self.units_in_flight < 1:
+        if self.units_in_flight is not None and (isinstance(self.units_in_flight, bool) or self.units_in_flight < 1):
             raise ValueError(f"units_in_flight: must be an integer >= 1, got {self.units_in_flight!r}")
 
 

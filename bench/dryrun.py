@@ -132,7 +132,9 @@ def estimate_run(settings: RunSettings, parts: RunParts) -> list[StageEstimate]:
     length = int(parts.dataset.excerpt_len)
     explainer, simulator = parts.explainer, parts.simulator
     scorers = list(parts.scorers.values())
-    in_flight = int(settings.engine.units_in_flight or n_units)
+    from bench.pipeline import in_flight as units_in_flight
+
+    in_flight = units_in_flight(settings, parts, n_units)
     cost = functools.partial(_cost, flush=(n_units, in_flight))
     out: list[StageEstimate] = []
 

@@ -243,6 +243,21 @@ def _next_order() -> tuple[str, int]:
     return (f"{n:012d}", calls)
 
 
+DEFAULT_UNITS_IN_FLIGHT = 64
+BATCH_UNITS_IN_FLIGHT_CAP = 4096  # one worker thread per unit in flight
+
+
+def units_in_flight(setting: int | None, llms: Sequence[Any], pending: int) -> int:
+    """How many units to keep in flight: ``setting`` when given; else all ``pending`` units (at most
+    :data:`BATCH_UNITS_IN_FLIGHT_CAP`) when a backend sends provider batch jobs -- each job holds the
+    requests of the units in flight, so one job per stage needs every unit in flight -- else 64."""
+    if setting is not None:
+        return setting
+    if any(getattr(llm, "batch", False) is True for llm in llms):  # HTTP backends' batch mode
+        return max(1, min(pending, BATCH_UNITS_IN_FLIGHT_CAP))
+    return DEFAULT_UNITS_IN_FLIGHT
+
+
 def active() -> RequestEngine | None:
     """The engine of the run in progress in this process, if any."""
     return _ACTIVE

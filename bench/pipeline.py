@@ -100,6 +100,16 @@ def as_finished(fn: Any, keys: Sequence[Any], workers: int) -> Any:
         yield from engine.run_units(fn, keys, workers)
 
 
+def in_flight(settings: RunSettings, parts: RunParts, pending: int) -> int:
+    """``engine.units_in_flight``, or its automatic value for these parts' LLM backends."""
+    from bench.engine import units_in_flight
+    from bench.protocols import WrapsExplainer
+
+    explainer = parts.explainer
+    inner = explainer.explainer.llm if isinstance(explainer, WrapsExplainer) else None  # best-of-k wraps one
+    return units_in_flight(settings.engine.units_in_flight, [explainer.llm, parts.simulator.llm, inner], pending)
+
+
 def _error_text(err: BaseException) -> str:
     text = f"{type(err).__name__}: {err}".strip()
     return text if len(text) < 2000 else text[:2000] + " ..."
@@ -141,7 +151,7 @@ def run(
             lambda keys, retry: explain_all(settings, parts.explainer, simulator, {k: records[k] for k in keys},
                                             run_dir, False, retry_failed=retry, store=explained, runner=runner,
                                             context=context),
-            retry_failed, settings.engine.units_in_flight,
+            retry_failed, in_flight(settings, parts, len(records)),
         )  # fmt: skip
     controls = assign_controls(settings, [k for k in records if explanations[k][0] is not None])
 
@@ -197,7 +207,7 @@ def run(
         items = [(k, score_payload(k)) for k in remote]
         finished = _finish(runner.map("score", items, lost=lost_unit), scored, unit_result, pending)
     else:
-        finished = as_finished(unit_result, pending, settings.engine.units_in_flight)
+        finished = as_finished(unit_result, pending, in_flight(settings, parts, len(pending)))
     sinks: list[Sink] = [store, *mirrors]
     for key, result in tqdm(finished, total=len(pending), desc="simulate+score", disable=not progress):
         for sink in sinks:
@@ -446,7 +456,7 @@ def explain_all(
     if runner is not None:
         finished = runner.map("explain", [(k, None) for k in pending], lost=lambda k, why: (None, why, True, Usage()))
     else:
-        finished = as_finished(explain, pending, settings.engine.units_in_flight)
+        finished = as_finished(explain, pending, in_flight(settings, context.parts, len(pending)))
     for key, (explanation, error, transient, spent) in tqdm(
         finished, total=len(pending), desc="explain", disable=not progress
     ):

@@ -8,8 +8,9 @@ to, and read from, the published GPT-2 files.
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 
@@ -216,8 +217,26 @@ class UnitResult:
     transient: bool = False  # a failure from an outage (bench.failures): re-running the command retries it
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-safe dict; NaN becomes ``None`` as in the reference's files."""
-        return _nan_to_none(asdict(self))
+        """A JSON-safe dict; NaN becomes ``None`` as in the reference's files.
+
+        Equal to ``_nan_to_none(asdict(self))`` in one walk without ``asdict``'s deep copies: built once
+        per unit for results.jsonl, it was a fifth of the pipeline's own CPU per unit."""
+        return _json_ready(self)
+
+
+def _json_ready(value: Any) -> Any:
+    """Dataclasses as dicts, tuples as lists, NaN as ``None``; anything else as is (copied if mutable)."""
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if value is None or isinstance(value, str | int):
+        return value
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(v) for v in value]
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _json_ready(getattr(value, f.name)) for f in fields(value)}
+    return _nan_to_none(copy.deepcopy(value))
 
 
 def _nan_to_none(value: Any) -> Any:

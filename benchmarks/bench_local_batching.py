@@ -9,7 +9,13 @@ estimator, in two modes measured side by side in one process, on one loaded mode
   forward pass over its whole prompt (few-shot header included);
 * ``batched``: the requests of *all* units in one ``slot_distributions`` call with
   ``batch_size=--batch-size`` and prefix reuse: the few-shot header (the token prefix every request
-  shares, up to the explanation) runs once, the rest in sorted, right-padded batches.
+  shares, up to the explanation) runs once, the rest in sorted, right-padded batches;
+* ``engine``: what a run does -- every unit is a worker of the request engine (``bench.engine``,
+  ``engine.units_in_flight`` = ``--units``) calling ``AllAtOnceSimulator.simulate`` on its own
+  excerpts; the engine coalesces the units' requests into one ``slot_distributions`` call on a fresh
+  ``LocalChatModel(batch_size=--batch-size, prefix_reuse=True)`` (its own prefix cache, so nothing of
+  ``batched`` is reused).  ``engine_speedup`` = one_at_a_time / engine, and its scores and expected
+  values must equal one_at_a_time's (``engine_max_score_diff``, ``engine_max_expected_value_diff``).
 
 Per unit the score is the correlation of the simulated expected values with the true activations
 (pooled over its excerpts); the two modes must give the same scores (``max_score_diff`` <= 1e-5) and
@@ -72,6 +78,38 @@ def _run(llm: Any, sim: Any, units: list[Any], per_request: bool) -> tuple[float
     return time.perf_counter() - start, results
 
 
+def _engine_run(sim: Any, units: list[Any]) -> tuple[float, list[Any]]:
+    """Every unit a worker of the request engine; the simulations in unit order."""
+    from bench.engine import running
+    from bench.records import ActivationRecord
+
+    def one(u: int) -> Any:
+        explanation, records = units[u]
+        return sim.simulate(explanation, [ActivationRecord(tokens, acts) for tokens, acts in records])
+
+    start = time.perf_counter()
+    with running() as engine:
+        done = dict(engine.run_units(one, list(range(len(units))), workers=len(units)))
+        stats = engine.stats
+    wall = time.perf_counter() - start
+    print(f"engine: {stats.flushes} flush(es), {stats.calls} backend call(s), {stats.requests} requests", flush=True)
+    return wall, [done[u] for u in range(len(units))]
+
+
+def _expected(units: list[Any], results: list[Any]) -> list[list[float]]:
+    """Per unit: the expected values of all its tokens (from slot results' probabilities)."""
+    from bench.simulators.expected_value import expected_value_from_probabilities
+
+    out, k = [], 0
+    for _explanation, records in units:
+        values: list[float] = []
+        for _ in records:
+            values.extend(expected_value_from_probabilities(p).value for p in results[k].probabilities)
+            k += 1
+        out.append(values)
+    return out
+
+
 def _scores(units: list[Any], results: list[Any]) -> list[float | None]:
     from bench.simulators.expected_value import expected_value_from_probabilities
 
@@ -110,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     alone.torch_model  # noqa: B018  (load once, outside the timings; both share the process's copy)
     _run(batched, sim, units[:1], per_request=False)  # warm-up: token texts, kernels
 
-    times: dict[str, list[float]] = {"one_at_a_time": [], "batched": []}
+    engined = LocalChatModel(device="cpu", batch_size=args.batch_size, prefix_reuse=True)
+    engine_sim = AllAtOnceSimulator(llm=engined, estimator=args.estimator)
+    times: dict[str, list[float]] = {"one_at_a_time": [], "batched": [], "engine": []}
     results: dict[str, list[Any]] = {}
     for _ in range(args.repeats):
         for mode, llm, per_request in (("one_at_a_time", alone, True), ("batched", batched, False)):
@@ -118,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
             times[mode].append(wall)
             results[mode] = res
             print(f"{mode}: {wall:.1f} s", flush=True)
+        wall, simulations = _engine_run(engine_sim, units)
+        times["engine"].append(wall)
+        print(f"engine: {wall:.1f} s", flush=True)
 
     prob_diff = max(
         abs(pa[v] - pb[v])
@@ -130,6 +173,20 @@ def main(argv: list[str] | None = None) -> int:
         (abs(a - b) for a, b in zip(scores_a, scores_b, strict=True) if a is not None and b is not None), default=0.0
     )
     same_missing = [a is None for a in scores_a] == [b is None for b in scores_b]
+    engine_scores = [
+        _score([v for q in sim_.sequences for v in q.expected], [a for _t, acts in records for a in acts])
+        for sim_, (_e, records) in zip(simulations, units, strict=True)
+    ]
+    engine_score_diff = max(
+        (abs(a - b) for a, b in zip(scores_a, engine_scores, strict=True) if a is not None and b is not None),
+        default=0.0,
+    )
+    engine_ev_diff = max(
+        abs(a - b)
+        for ev_a, sim_ in zip(_expected(units, results["one_at_a_time"]), simulations, strict=True)
+        for a, b in zip(ev_a, [v for q in sim_.sequences for v in q.expected], strict=True)
+    )
+    same_missing = same_missing and [a is None for a in scores_a] == [b is None for b in engine_scores]
     best = {mode: min(ts) for mode, ts in times.items()}
     speedup = best["one_at_a_time"] / best["batched"]
     shared = results["batched"][0].meta["shared_prefix_tokens"]
@@ -149,11 +206,20 @@ def main(argv: list[str] | None = None) -> int:
         "batched_s": round(best["batched"], 2),
         "all_times_s": {m: [round(t, 2) for t in ts] for m, ts in times.items()},
         "speedup": round(speedup, 2),
+        "engine_s": round(best["engine"], 2),
+        "engine_speedup": round(best["one_at_a_time"] / best["engine"], 2),
+        "engine_max_score_diff": engine_score_diff,
+        "engine_max_expected_value_diff": engine_ev_diff,
         "target_speedup": 3.0,
         "max_probability_diff": prob_diff,
         "max_score_diff": score_diff,
         "scores": [None if s is None else round(s, 6) for s in scores_b],
-        "ok": speedup >= 3.0 and prob_diff <= 1e-5 and score_diff <= 1e-5 and same_missing,
+        "ok": speedup >= 3.0
+        and prob_diff <= 1e-5
+        and score_diff <= 1e-5
+        and same_missing
+        and best["one_at_a_time"] / best["engine"] >= 3.0
+        and engine_score_diff <= 1e-5,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,

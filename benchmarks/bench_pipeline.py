@@ -5,12 +5,12 @@ simulate the scoring and calibration splits, the shuffled control, correlation s
 the OpenAI explainer and the OpenAI all-at-once generated-logprob simulator pointed at
 ``tests/fake_servers.py --simulate`` (its own process, answering every request after ``--latency``
 seconds).  ``ideal = HTTP requests x latency / concurrency`` (the backend's concurrency limit);
-``ratio = wall / ideal`` is measured side by side for ``parallel_units=1`` (units one after another:
-a unit's few requests cannot fill the concurrency limit) and ``parallel_units=P``.  Mining and model
+``ratio = wall / ideal`` is measured side by side for ``engine.units_in_flight=1`` (units one after another:
+a unit's few requests cannot fill the concurrency limit) and ``engine.units_in_flight=P``.  Mining and model
 loading are excluded (records are mined once before timing).  A second identical run must make 0
 requests (the response cache).
 
-    python benchmarks/bench_pipeline.py [--latency 0.5] [--units 8] [--parallel 8] \\
+    python benchmarks/bench_pipeline.py [--latency 0.5] [--units 8] [--parallel 8 (engine.units_in_flight)] \\
         [--out results/benchmarks/pipeline.json]
 """
 
@@ -64,7 +64,7 @@ def overrides(tmp: Path, subject: Path, corpus: Path, url: str, units: int, para
         "tracking=none",
         f"output_dir={tmp / ('runs-' + tag)}",
         f"cache_dir={tmp / 'cache'}",
-        f"parallel_units={parallel}",
+        f"engine.units_in_flight={parallel}",
     ]
 
 
@@ -86,7 +86,7 @@ def timed_run(args: argparse.Namespace, tmp: Path, subject: Path, corpus: Path, 
         d.rmdir()
     run_job(compose(overrides(tmp, subject, corpus, f"{server.root}/v1", args.units, parallel, tag)), False)
     return {
-        "parallel_units": parallel,
+        "units_in_flight": parallel,
         "units_ok": int(outcome.summary["units/ok"]),
         "http_requests": requests,
         "wall_s": round(wall, 3),
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             server.close()
     for r in rows:
         print(
-            f"parallel_units={r['parallel_units']:>2}: {r['http_requests']} requests, wall {r['wall_s']:.2f} s, "
+            f"units_in_flight={r['units_in_flight']:>2}: {r['http_requests']} requests, wall {r['wall_s']:.2f} s, "
             f"ideal {r['ideal_s']:.2f} s, ratio {r['ratio']:.2f} (target <= 1.2); "
             f"re-run requests {r['rerun_http_requests']}"
         )

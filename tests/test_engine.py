@@ -233,3 +233,15 @@ def test_batch_mode_sends_one_provider_batch_per_stage_for_all_units(subject, co
     assert len(results) == 5 and all(r["status"] == "ok" for r in results)
     assert len(jobs) == 3, requests_per_job
     assert requests_per_job[0] == 5  # one explanation request per unit, in one job
+
+
+def test_units_in_flight_auto_takes_every_unit_for_batch_backends_only() -> None:
+    from types import SimpleNamespace
+
+    from bench.engine import BATCH_UNITS_IN_FLIGHT_CAP, DEFAULT_UNITS_IN_FLIGHT, units_in_flight
+
+    batch, direct = SimpleNamespace(batch=True), SimpleNamespace(batch=False)
+    assert units_in_flight(None, [direct, None], 1000) == DEFAULT_UNITS_IN_FLIGHT
+    assert units_in_flight(None, [direct, batch], 1000) == 1000  # one provider job per stage for the run
+    assert units_in_flight(None, [batch], 10**6) == BATCH_UNITS_IN_FLIGHT_CAP
+    assert units_in_flight(7, [batch], 1000) == 7  # an explicit setting wins

@@ -238,8 +238,12 @@ def test_dry_run_counts_batch_jobs_per_stage_and_checks_the_cap() -> None:
     assert stages["explain"].batch_jobs == 1 and stages["simulate"].batch_jobs == 1  # one job per stage
     text = format_estimate(run, parts)
     assert "batch jobs" in text and "budget" not in text
-    # the request engine sends one call per flush of engine.units_in_flight units: 200 units, 64 in flight
+    # auto: every unit in flight in batch mode -> one job per stage; an explicit 64: one per flush of 64
     run, parts = validate(compose([*base[:2], *batch, "units.count=200", "units.layers=[0]"]))
+    assert run.engine.units_in_flight is None and estimate_run(run, parts)[0].batch_jobs == 1
+    run, parts = validate(
+        compose([*base[:2], *batch, "units.count=200", "units.layers=[0]", "engine.units_in_flight=64"])
+    )
     flushed = {s.stage: s for s in estimate_run(run, parts)}
     assert run.engine.units_in_flight == 64 and flushed["explain"].batch_jobs == 4  # ceil(200 / 64)
     # 60,000 units all in flight: the explain stage holds 60,000 requests -> two OpenAI jobs (50,000 per job)

@@ -116,3 +116,33 @@ def test_layers_mined_as_parallel_ray_tasks_equal_one_pass(cluster, subject, cor
     for key, r in remote.items():
         got = {k: v["value"] for k, v in r["scores"].items()}
         assert got == pytest.approx({k: v["value"] for k, v in local[key]["scores"].items()}, nan_ok=True, abs=1e-6)
+
+
+def test_a_sharded_run_on_the_ray_cluster_equals_the_unsharded_run(cluster, subject, corpus, tmp_path) -> None:
+    """Two shards, each run on the Ray workers; the second to finish merges into the unsharded run's lines."""
+    cache = tmp_path / "cache"
+    local = _by_unit(_run(tmp_path / "local", subject, corpus, cache))
+    ray_args = ["runner.kind=ray", "runner.workers=2", "runner.units_per_task=2"]
+    first = _try_run(tmp_path / "sharded", subject, corpus, cache, *ray_args, "shard=0/2")
+    assert first is None  # the other shard is still to run: nothing merged yet
+    merged = _by_unit(_run(tmp_path / "sharded", subject, corpus, cache, *ray_args, "shard=1/2"))
+    assert merged.keys() == local.keys()
+    for key, r in merged.items():
+        assert r["explanation"]["text"] == local[key]["explanation"]["text"]
+        got = {k: v["value"] for k, v in r["scores"].items()}
+        assert got == pytest.approx({k: v["value"] for k, v in local[key]["scores"].items()}, nan_ok=True, abs=1e-6)
+
+
+def _try_run(tmp: Path, subject: Path, corpus: Path, cache: Path, *extra: str) -> list[dict] | None:
+    """A shard's run: its results if it merged the run, else None."""
+    from bench.cli import main
+
+    args = [
+        "run", "--no-progress", *tiny_run(subject, corpus), "explainer=token_list", "simulator=smollm2_all_at_once",
+        *FAKE, "scorer=[correlation,ablation]", "units.count=6", "tracking=none", f"output_dir={tmp / 'runs'}",
+        f"cache_dir={cache}", *extra,
+    ]  # fmt: skip
+    assert main(args) == 0
+    run_dir = next((tmp / "runs").iterdir())
+    results = run_dir / "results.jsonl"
+    return [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else None

@@ -69,7 +69,7 @@ class UnitWorker:
 
     def run(self, stage: str, items: list[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
         """Yield ``(key, result)`` per unit as each finishes (a Ray streaming generator)."""
-        from bench.pipeline import TASKS, as_finished
+        from bench.pipeline import TASKS, as_finished, in_flight
 
         task = TASKS[stage]
         die_at = os.environ.get(DIE_AT_ENV, "")
@@ -83,7 +83,8 @@ class UnitWorker:
                     os._exit(1)  # the test's simulated crash: no cleanup, like kill -9
             return task(self.context, key, payload)
 
-        for item, value in as_finished(one, items, self.context.settings.engine.units_in_flight):
+        workers = in_flight(self.context.settings, self.context.parts, len(items))
+        for item, value in as_finished(one, items, workers):
             yield item[0], value
 
 

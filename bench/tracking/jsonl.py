@@ -4,6 +4,7 @@ folder); these names stay importable from here for plugins and tests written aga
 from __future__ import annotations
 
 from bench.run.folder import (
+    FSYNC_INTERVAL_S,
     RESULTS_FIX,
     JsonlSink,
     checked_result,
@@ -12,4 +13,12 @@ from bench.run.folder import (
     rewrite_atomically,
 )
 
-__all__ = ["RESULTS_FIX", "JsonlSink", "checked_result", "drop_torn_tail", "read_results", "rewrite_atomically"]
+__all__ = [
+    "FSYNC_INTERVAL_S",
+    "RESULTS_FIX",
+    "JsonlSink",
+    "checked_result",
+    "drop_torn_tail",
+    "read_results",
+    "rewrite_atomically",
+]
