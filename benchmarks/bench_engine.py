@@ -143,7 +143,7 @@ def orchestration_child(args: argparse.Namespace) -> int:
         ]
     )
     settings, parts = validate(cfg)
-    parts["scorers"] = {k: engine_fakes.TimedScorer(v) for k, v in parts["scorers"].items()}
+    parts = replace(parts, scorers={k: engine_fakes.TimedScorer(v) for k, v in parts.scorers.items()})
     import bench.pipeline
     import bench.scorers.metrics
 
@@ -159,12 +159,12 @@ def orchestration_child(args: argparse.Namespace) -> int:
             sink_wall[0] += time.perf_counter() - start
 
     # warm-up: lazy imports (scipy, sklearn), first calls and thread start-up are paid here, untimed
-    parts["dataset"] = engine_fakes.LazyRecordsDataset(n=args.in_flight)
+    parts = replace(parts, dataset=engine_fakes.LazyRecordsDataset(n=args.in_flight))
     warm = tmp / f"warm-{args.child}"
     warm.mkdir(parents=True)
     run(settings, parts, JsonlSink(warm / "results.jsonl"), [], warm, progress=False)
     engine_fakes.reset()
-    parts["dataset"] = engine_fakes.LazyRecordsDataset(n=args.child)
+    parts = replace(parts, dataset=engine_fakes.LazyRecordsDataset(n=args.child))
     run_dir = tmp / f"run-{args.child}"
     run_dir.mkdir(parents=True)
     gc.collect()
@@ -322,7 +322,7 @@ def api_run(tmp: Path, subject: Path, corpus: Path, server: Any, units: int, in_
         ]
     )
     settings, parts = validate(cfg)
-    parts["dataset"] = engine_fakes.LazyRecordsDataset(n=units, unique=True)
+    parts = replace(parts, dataset=engine_fakes.LazyRecordsDataset(n=units, unique=True))
     run_dir = tmp / f"run-{tag}"
     run_dir.mkdir(parents=True)
     before = server.requests()
@@ -448,7 +448,7 @@ def batch_run(tmp: Path, subject: Path, corpus: Path, provider: str, units: int,
             ]
         )
         settings, parts = validate(cfg)
-        parts["dataset"] = engine_fakes.LazyRecordsDataset(n=units, unique=True)
+        parts = replace(parts, dataset=engine_fakes.LazyRecordsDataset(n=units, unique=True))
         run_dir = tmp / f"run-{tag}"
         run_dir.mkdir(parents=True)
         start = time.perf_counter()
