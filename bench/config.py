@@ -317,6 +317,9 @@ def validate(cfg: Any) -> tuple[RunSettings, dict[str, Any]]:
             f"{run.mining.random_k} random excerpts are too few for units.examples_per_split="
             f"{run.units.examples_per_split}; need >= {need_random} (3 per example)",
         )
+    from bench.subject.synthetic import drop_default_subject_scorers
+
+    drop_default_subject_scorers(cfg)  # units=synthetic + the default scorers: the ones it can have
     parts = build_parts(cfg)
     _check_compatibility(run, parts)
     return run, parts
