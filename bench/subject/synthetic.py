@@ -156,7 +156,7 @@ def drop_default_subject_scorers(cfg: Any) -> list[str]:
             for name in drop:
                 del cfg.scorer[name]
         logging.getLogger(__name__).info(
-            "units=synthetic: scoring with scorer=[%s] (%s is undefined for rules over tokens); choose with scorer=[...]",
+            "units=synthetic: scoring with scorer=[%s] (%s undefined for rules over tokens); choose with scorer=[...]",
             ",".join(cfg.scorer),
             ", ".join(drop),
         )
