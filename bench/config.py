@@ -322,6 +322,10 @@ def validate(cfg: Any) -> tuple[RunSettings, dict[str, Any]]:
     drop_default_subject_scorers(cfg)  # units=synthetic + the default scorers: the ones it can have
     parts = build_parts(cfg)
     _check_compatibility(run, parts)
+    from bench.unit_nouns import for_unit_kind
+
+    for key in ("explainer", "simulator"):  # prompts say what the unit is (unchanged for mlp_neuron)
+        parts[key] = for_unit_kind(parts[key], run.units.kind)
     return run, parts
 
 
