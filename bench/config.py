@@ -326,6 +326,7 @@ def validate(cfg: Any) -> tuple[RunSettings, dict[str, Any]]:
 
     for key in ("explainer", "simulator"):  # prompts say what the unit is (unchanged for mlp_neuron)
         parts[key] = for_unit_kind(parts[key], run.units.kind)
+    parts["scorers"] = {name: for_unit_kind(s, run.units.kind) for name, s in parts["scorers"].items()}
     return run, parts
 
 

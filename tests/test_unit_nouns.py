@@ -78,3 +78,14 @@ def test_one_at_a_time_question_names_the_unit() -> None:
     text = "\n".join(m.content for m in request.messages).replace(EXPLANATION, "")
     assert "How strongly does the attention head react to the last token?" in text
     assert "Attention head" in text and not re.search("neuron", text, re.IGNORECASE)
+
+
+def test_detection_and_fuzzing_judges_name_the_unit() -> None:
+    plain = validate(compose(["scorer=[detection,fuzzing]"]))[1]["scorers"]
+    assert "You check explanations of neurons" in plain["detection"].conversation(EXPLANATION, ["a"])[0].content
+    scorers = validate(compose(["units=synthetic", "scorer=[correlation,detection,fuzzing]"]))[1]["scorers"]
+    for conversation in (scorers["detection"].conversation(EXPLANATION, ["a", "b"]),
+                         scorers["fuzzing"].conversation(EXPLANATION, ["a", "b"], [1])):  # fmt: skip
+        text = "\n".join(m.content for m in conversation)
+        assert EXPLANATION in text and "features" in text
+        assert not re.search("neuron", text.replace(EXPLANATION, ""), re.IGNORECASE)
