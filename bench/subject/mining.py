@@ -164,10 +164,10 @@ def capture_activations(model: Any, site: HookSite, layer: int, input_ids: Any, 
 
 
 # Units per chunk of the streaming update: the float64 moment temporaries of one chunk of a batch
-# (32 x 64 tokens x 512 units x 8 bytes = 8 MiB) stay in cache.  A multiple of 64, so every chunk
+# (32 x 64 tokens x 1,024 units x 8 bytes = 16 MiB) stay in cache.  A multiple of 64, so every chunk
 # boundary falls on a boundary of the vectorised column groups of torch's reductions: the per-unit
 # sums are the same, bit for bit, as over all units at once (tested).
-CHUNK_UNITS = 512
+CHUNK_UNITS = 1024
 
 
 class _Stream:
@@ -211,15 +211,15 @@ class _Stream:
             chunk = acts[:, :, c0:c1]
             torch.amax(chunk, dim=1, out=maxes[:, c0:c1])
             # shifted power sums in float64 (float32 - float64 promotes without a float64 copy of the batch)
-            flat = chunk.reshape(-1, c1 - c0).to(self.stats_device)
+            flat = chunk.to(self.stats_device)  # (B, L, C): a view on the same device, no copy
             if first:
-                self.shift[c0:c1] = flat.mean(dim=0, dtype=torch.float64)
+                self.shift[c0:c1] = flat.mean(dim=(0, 1), dtype=torch.float64)
             d = flat - self.shift[c0:c1]
             d2 = d * d
-            self.s1[c0:c1] += d.sum(dim=0)
-            self.s2[c0:c1] += d2.sum(dim=0)
-            self.s3[c0:c1] += (d2 * d).sum(dim=0)
-            self.s4[c0:c1] += (d2 * d2).sum(dim=0)
+            self.s1[c0:c1] += d.sum(dim=(0, 1))
+            self.s2[c0:c1] += d2.sum(dim=(0, 1))
+            self.s3[c0:c1] += (d2 * d).sum(dim=(0, 1))
+            self.s4[c0:c1] += (d2 * d2).sum(dim=(0, 1))
         maxes = torch.nan_to_num(maxes, nan=-math.inf)
 
         # top-k by excerpt maximum; stable sort keeps the lower excerpt index first on ties
