@@ -392,8 +392,20 @@ def validate(cfg: Any) -> tuple[RunSettings, RunParts]:
             f"{run.mining.random_k} random excerpts are too few for units.examples_per_split="
             f"{run.units.examples_per_split}; need >= {need_random} (3 per example)",
         )
+    from bench.subject.synthetic import drop_default_subject_scorers
+
+    drop_default_subject_scorers(cfg)  # units=synthetic + the default scorers: the ones it can have
     parts = build_parts(cfg)
     _check_compatibility(run, parts)
+    from bench.unit_nouns import for_unit_kind
+
+    kind = run.units.kind  # prompts say what the unit is (unchanged for mlp_neuron)
+    parts = dataclasses.replace(
+        parts,
+        explainer=for_unit_kind(parts.explainer, kind),
+        simulator=for_unit_kind(parts.simulator, kind),
+        scorers={name: for_unit_kind(s, kind) for name, s in parts.scorers.items()},
+    )
     return run, parts
 
 

@@ -16,6 +16,10 @@ allocated GPU memory per stage (null on CPU).  Writes ``results/benchmarks/minin
 target is missed.
 
     python benchmarks/bench_mining.py [--excerpts 1000] [--device auto] [--dtype float32] [--no-four-passes]
+                                      [--stages sae]
+
+``--stages`` re-measures only the named stages and keeps the others of the existing JSON (each stage
+records its own ``when``), for a machine too busy to give all stages a quiet stretch at once.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--no-four-passes", action="store_true", help="skip timing the old one-pass-per-layer way")
+    parser.add_argument("--stages", nargs="+", choices=sorted(TARGETS), default=sorted(TARGETS))
     parser.add_argument("--out", default=str(ROOT / "results" / "benchmarks" / "mining.json"))
     args = parser.parse_args(argv)
 
@@ -100,24 +105,26 @@ def main(argv: list[str] | None = None) -> int:
         stages: dict[str, dict] = {}
 
         def stage(name: str, sources: list, site: str, layer: int, extra: dict | None = None) -> None:
+            if name not in args.stages:
+                return
             base = bare(site, layer)
             seconds, peak = mine(sources)
             base = (base + bare(site, layer)) / 2  # bare before and after: drift on a busy machine cancels
             stages[name] = {"mine_s": round(seconds, 2), "bare_s": round(base, 2), "ratio": round(seconds / base, 3),
                             "target": TARGETS.get(name), "peak_rss_mb": round(rss_mb()), "peak_gpu_mb": peak,
-                            **(extra or {})}  # fmt: skip
+                            **(extra or {}), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
             print(name, stages[name], flush=True)
 
         stage("one_site", [NeuronSource.build(arch, 15)], "mlp.post", 15)
         four = [NeuronSource.build(arch, layer) for layer in (5, 10, 15, 20)]
         extra = {}
-        if not args.no_four_passes:
+        if not args.no_four_passes and "four_layers" in args.stages:
             started = time.perf_counter()
             for source in four:
                 mine([source])
             extra = {"four_passes_s": round(time.perf_counter() - started, 2)}
         stage("four_layers", four, "mlp.post", 20, extra)
-        if extra:
+        if extra and "four_layers" in stages:
             stages["four_layers"]["speedup_over_four_passes"] = round(
                 stages["four_layers"]["four_passes_s"] / stages["four_layers"]["mine_s"], 2
             )
@@ -125,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
 
     for s in stages.values():
         s["ok"] = s["target"] is None or s["ratio"] <= s["target"]
+    out = Path(args.out)
+    if set(stages) != set(TARGETS) and out.is_file():  # --stages: keep the other stages' last numbers
+        stages = {**json.loads(out.read_text())["stages"], **stages}
     report = {
         "benchmark": "mining",
         "subject": subject.info.model,
@@ -138,7 +148,6 @@ def main(argv: list[str] | None = None) -> int:
                     "note": "2-core shared machine; other jobs ran at the same time" if os.cpu_count() == 2 else ""},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }  # fmt: skip
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")

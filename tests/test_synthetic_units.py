@@ -112,7 +112,8 @@ def test_records_follow_the_miners_selection_rules():
 @pytest.mark.parametrize(
     "extra,key",
     [
-        ([], "scorer.ablation"),  # the default scorers include ablation: undefined here
+        (["scorer=[ablation]"], "scorer.ablation"),  # chosen explicitly: undefined here, refused
+        (["scorer=[correlation,detection,ablation]"], "scorer.ablation"),
         (["scorer=[correlation,output_centric]"], "scorer.output_centric"),
         (["scorer=[correlation]", "units.layers=[3]"], "units.layers"),
         (["scorer=[correlation]", "units.indices=[99]"], "units.indices"),
@@ -125,6 +126,25 @@ def test_synthetic_config_mistakes_are_one_line_naming_the_key(extra, key):
     with pytest.raises(ConfigError) as err:
         validate(compose(["units=synthetic", *extra]))
     assert err.value.key == key and "\n" not in str(err.value)
+
+
+def test_synthetic_units_with_the_default_scorers_drop_ablation_in_one_logged_line(caplog):
+    import logging
+
+    from bench.subject.synthetic import default_scorer_names
+
+    assert "ablation" in default_scorer_names()  # else this test tests nothing
+    cfg = compose(["units=synthetic"])
+    with caplog.at_level(logging.INFO, logger="bench.subject.synthetic"):
+        _settings, parts = validate(cfg)
+    assert list(parts["scorers"]) == [n for n in default_scorer_names() if n != "ablation"]
+    assert "ablation" not in cfg.scorer  # the composed config (hashed, saved with the run) says what ran
+    lines = [r.getMessage() for r in caplog.records if "undefined for rules over tokens" in r.getMessage()]
+    assert len(lines) == 1 and "ablation" in lines[0] and "\n" not in lines[0]
+    # the same choice typed out runs the same configuration
+    explicit = compose(["units=synthetic", "scorer=[correlation]"])
+    validate(explicit)
+    assert dict(explicit.scorer) == dict(cfg.scorer)
 
 
 def test_rules_are_refused_for_other_kinds():

@@ -169,6 +169,47 @@ def test_all_sources_in_one_pass_equal_separate_passes(tmp_path: Path) -> None:
     assert together[2].n_units == 48 and together[3].n_units == 2
 
 
+@pytest.mark.parametrize("architecture", ["standard", "jumprelu"])
+def test_fast_sae_mining_equals_the_plain_path(tmp_path: Path, monkeypatch, architecture: str) -> None:
+    """Mining's fast path (encoder into a reused buffer, slot-kept winners, column chunks) against the plain
+    one: every batch encoded by ``Sae.encode`` without a buffer, all activations kept, top-k by sorting."""
+    import bench.subject.mining as mining
+
+    monkeypatch.setattr(mining, "CHUNK_UNITS", 64)  # 200 latents: three full chunks and a ragged one
+    model = tiny_model("llama")
+    arch = architecture_for(model.config)
+    ids = random_token_ids(41, 7, seed=4)
+    folder = write_sae(tmp_path / "sae", 32, 200, "blocks.1.hook_resid_post", architecture, seed=3)
+    source = SaeSource.build(arch, Sae(read_spec(folder)))
+    dead = source.sae._weights["b_enc"]
+    dead[150:] = -1e4  # latents that never fire: every excerpt ties at 0, the lower index must win
+    fast = mine_sources(model, [source], ids, top_k=6, random_k=5, seed=2, batch_size=4, progress=False)[0]
+
+    plain = []
+    for s in range(0, len(ids), 4):
+        with hooks.capture(model, [source.read], stop=True) as captured:
+            hooks.forward(model, torch.from_numpy(ids[s : s + 4]))
+        plain.append(source.sae.encode(captured[source.read]).numpy())
+    acts = np.concatenate(plain)  # (N, L, U)
+    maxes = acts.max(axis=1)
+    assert np.all(maxes[:, 150:] == 0) and np.any(maxes[:, :150] > 0)
+    for unit in range(200):
+        order = np.lexsort((np.arange(len(ids)), -maxes[:, unit]))[:6]
+        assert fast.top_indices[:, unit].tolist() == order.tolist()
+        np.testing.assert_array_equal(fast.top_max[:, unit], maxes[order, unit])
+        np.testing.assert_array_equal(fast.top_acts[:, unit, :], acts[order, :, unit])
+    np.testing.assert_array_equal(fast.random_acts, acts[fast.random_indices].transpose(0, 2, 1))
+    flat = acts.reshape(-1, 200).astype(np.float64)
+    d = flat - flat.mean(axis=0)
+    m2 = (d**2).mean(axis=0)
+    live = m2 > 0
+    np.testing.assert_allclose(fast.mean, flat.mean(axis=0), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(fast.variance, m2, rtol=1e-7, atol=1e-12)
+    skew = (d[:, live] ** 3).mean(axis=0) / m2[live] ** 1.5
+    np.testing.assert_allclose(fast.skewness[live], skew, rtol=1e-6, atol=1e-9)
+    assert not live[150:].any() and np.all(np.isnan(fast.skewness[~live]))  # constant latents: undefined, not 0
+
+
 def test_shards_merge_exactly_into_one_pass() -> None:
     model = tiny_model("gpt2")
     source = NeuronSource.build(architecture_for(model.config), 1)

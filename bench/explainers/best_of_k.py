@@ -84,6 +84,12 @@ class BestOfKExplainer:
         if inner.samples != self.k:
             object.__setattr__(self, "explainer", dataclasses.replace(inner, samples=self.k))
 
+    def for_unit_kind(self, kind: str) -> BestOfKExplainer:
+        """The wrapped explainer worded for ``kind``'s units (:mod:`bench.unit_nouns`)."""
+        from bench.unit_nouns import for_unit_kind
+
+        return dataclasses.replace(self, explainer=for_unit_kind(self.explainer, kind))
+
     @property
     def required_capabilities(self) -> frozenset[Capability]:
         return frozenset(self.explainer.required_capabilities)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from bench.errors import UserError
@@ -101,6 +101,20 @@ class PromptSpec:
             raise ValueError("prompt: lead_in must not be empty")
         return spec
 
+    def for_unit_kind(self, kind: str) -> PromptSpec:
+        """The variant with its fixed text calling units ``kind``'s noun (:mod:`bench.unit_nouns`); the worked
+        examples' explanations are left as written."""
+        from bench.unit_nouns import reword
+
+        return replace(
+            self,
+            system=reword(self.system, kind),
+            lead_in=reword(self.lead_in, kind),
+            unit_header=reword(self.unit_header, kind),
+            activations_header=reword(self.activations_header, kind),
+            nonzero_header=reword(self.nonzero_header, kind),
+        )
+
 
 def format_unit(spec: PromptSpec, number: int, records: Sequence[ActivationRecord]) -> str:
     """One unit's user message: header, its excerpts, and the non-zero repeat when values are sparse."""
@@ -158,6 +172,10 @@ class LLMExplainer:
         if self.max_tokens < 1:
             raise ValueError("max_tokens: must be >= 1")
         object.__setattr__(self, "prompt", PromptSpec.parse(self.prompt))
+
+    def for_unit_kind(self, kind: str) -> LLMExplainer:
+        """This explainer with its prompt worded for ``kind``'s units (:mod:`bench.unit_nouns`)."""
+        return replace(self, prompt=self.prompt.for_unit_kind(kind))
 
     # ------------------------------------------------------------------------------------------------
     def _count(self, messages: Sequence[ChatMessage]) -> int:

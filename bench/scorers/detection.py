@@ -66,6 +66,14 @@ class DetectionScorer:
             if key not in self.question:
                 raise ValueError(f"question: must contain {key}")
 
+    def for_unit_kind(self, kind: str) -> DetectionScorer:
+        """This judge with its fixed prompt text calling units ``kind``'s noun (:mod:`bench.unit_nouns`)."""
+        from dataclasses import replace
+
+        from bench.unit_nouns import reword
+
+        return replace(self, system=reword(self.system, kind), question=reword(self.question, kind))
+
     def conversation(self, explanation: str, tokens: list[str]) -> tuple[ChatMessage, ...]:
         user = self.question.format(explanation=" ".join(explanation.split()), excerpt=excerpt_text(tokens))
         return (ChatMessage("system", self.system), ChatMessage("user", user))

@@ -102,6 +102,14 @@ class FuzzingScorer:
             if key not in self.question:
                 raise ValueError(f"question: must contain {key}")
 
+    def for_unit_kind(self, kind: str) -> FuzzingScorer:
+        """This judge with its fixed prompt text calling units ``kind``'s noun (:mod:`bench.unit_nouns`)."""
+        from dataclasses import replace
+
+        from bench.unit_nouns import reword
+
+        return replace(self, system=reword(self.system, kind), question=reword(self.question, kind))
+
     def conversation(self, explanation: str, tokens: list[str], marked: list[int]) -> tuple[ChatMessage, ...]:
         user = self.question.format(explanation=" ".join(explanation.split()), excerpt=excerpt_text(tokens, marked))
         return (ChatMessage("system", self.system), ChatMessage("user", user))

@@ -28,7 +28,7 @@ response (with k samples: only when no sample matches; the others are kept in ``
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bench.protocols import (
@@ -165,6 +165,7 @@ class AllAtOnceSimulator(EstimatorChoice):
     temperature: float | None = None
     top_logprobs: int = 20
     version: int = 1
+    unit_kind: str = "mlp_neuron"  # set from units.kind by the run (for_unit_kind): what the prompt calls a unit
 
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATOR_NEEDS:
@@ -228,12 +229,21 @@ class AllAtOnceSimulator(EstimatorChoice):
             return [self.build_request(explanation, r.tokens) for r in live]
         return [q for r in live for q in self.build_generation_requests(explanation, r.tokens)]
 
+    def for_unit_kind(self, kind: str) -> AllAtOnceSimulator:
+        """This simulator with its fixed prompt text calling units ``kind``'s noun (:mod:`bench.unit_nouns`)."""
+        from bench.unit_nouns import reword
+
+        return replace(
+            self, system=reword(self.system, kind), explanation_prefix=reword(self.explanation_prefix, kind),
+            unit_kind=kind,
+        )  # fmt: skip
+
     def _user_text(self, number: int, explanation: str) -> str:
+        from bench.unit_nouns import reword
+
         explanation = " ".join(explanation.strip().splitlines())
-        return (
-            f"Neuron {number}\nExplanation of neuron {number}: {self.explanation_prefix} {explanation}\n"
-            f"Predict its activation on every token."
-        )
+        header = reword(f"Neuron {number}\nExplanation of neuron {number}:", self.unit_kind)
+        return f"{header} {self.explanation_prefix} {explanation}\nPredict its activation on every token."
 
     def _write_back_text(self, number: int, explanation: str, tokens: Sequence[str]) -> str:
         excerpt = format_excerpt(tokens, [UNKNOWN] * len(tokens))

@@ -18,7 +18,7 @@ call shares the same cacheable prefix.  Costs ``tokens x samples`` calls per exc
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bench.protocols import Capability, ChatMessage, GenerationRequest
@@ -74,6 +74,7 @@ class OneAtATimeSimulator(EstimatorChoice):
     top_logprobs: int = 20
     max_tokens: int = 2
     version: int = 1
+    unit_kind: str = "mlp_neuron"  # set from units.kind by the run (for_unit_kind): what the prompt calls a unit
 
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATOR_NEEDS:
@@ -87,12 +88,25 @@ class OneAtATimeSimulator(EstimatorChoice):
         object.__setattr__(self, "few_shot", _parse_examples(self.few_shot))
 
     # ------------------------------------------------------------------------------------------------
+    def for_unit_kind(self, kind: str) -> OneAtATimeSimulator:
+        """This simulator with its fixed prompt text calling units ``kind``'s noun (:mod:`bench.unit_nouns`)."""
+        from bench.unit_nouns import reword
+
+        return replace(
+            self, system=reword(self.system, kind), explanation_prefix=reword(self.explanation_prefix, kind),
+            unit_kind=kind,
+        )  # fmt: skip
+
     def _question(self, number: int, explanation: str, tokens: Sequence[str], position: int) -> str:
+        from bench.unit_nouns import reword
+
         explanation = " ".join(explanation.strip().splitlines())
         text = "".join(tokens[: position + 1])
+        header = reword(f"Neuron {number}\nExplanation of neuron {number}:", self.unit_kind)
+        question = reword(QUESTION, self.unit_kind)
         return (
-            f"Neuron {number}\nExplanation of neuron {number}: {self.explanation_prefix} {explanation}\n"
-            f'Text:\n{START}{text}{END}\n{LAST_TOKEN}"{escape_token(tokens[position])}"\n{QUESTION}'
+            f"{header} {self.explanation_prefix} {explanation}\n"
+            f'Text:\n{START}{text}{END}\n{LAST_TOKEN}"{escape_token(tokens[position])}"\n{question}'
         )
 
     def _prefix(self) -> list[ChatMessage]:

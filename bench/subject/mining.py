@@ -163,8 +163,26 @@ def capture_activations(model: Any, site: HookSite, layer: int, input_ids: Any, 
     return captured[point]
 
 
+# Units per chunk of the streaming update: the float64 moment temporaries of one chunk of a batch
+# (32 x 64 tokens x 1,024 units x 8 bytes = 16 MiB) stay in cache.  A multiple of 64, so every chunk
+# boundary falls on a boundary of the vectorised column groups of torch's reductions: the per-unit
+# sums are the same, bit for bit, as over all units at once (tested).
+CHUNK_UNITS = 1024
+
+
 class _Stream:
-    """The streaming state of one source: top-k winners, the shared random sample, shifted power sums."""
+    """The streaming state of one source: top-k winners, the shared random sample, shifted power sums.
+
+    Why it is shaped this way (an SAE has 9,216+ units, and the plain ``cat``-then-``gather`` of all
+    ``(k + batch, units, excerpt_len)`` activations per batch cost more than the encoder):
+
+    * the winners' activations live in fixed **slots** ``top_acts[slot, unit]``; per batch only the
+      excerpts that enter a unit's top-k are copied, into the slots of those they push out, and the
+      slots are put in rank order once, in :meth:`finish`.  The *choice* of winners is the plain
+      stable sort of ``(k + batch)`` maxima per unit, so ties and NaNs resolve exactly as before;
+    * maxima and moments run over column chunks of :data:`CHUNK_UNITS` units, so their float64
+      temporaries stay in cache instead of being ``batch x tokens x units`` arrays.
+    """
 
     def __init__(self, k: int, length: int, random_slot: dict[int, int], n_random: int, device: Any) -> None:
         import torch
@@ -177,6 +195,7 @@ class _Stream:
         self.top_idx: Any = None
         self.top_acts: Any = None
         self.rand_acts: Any = None
+        self.slot: Any = None  # (k, units): rank j of unit u is in top_acts[slot[j, u], u]; None: in rank order
         self.shift: Any = None
         self.s1: Any = None
         self.s2: Any = None
@@ -190,9 +209,48 @@ class _Stream:
 
         b, _, units = acts.shape
         device = acts.device
+        maxes = torch.empty((b, units), dtype=acts.dtype, device=device)
+        first = self.shift is None
+        if first:
+            self.shift = torch.empty(units, dtype=torch.float64, device=self.stats_device)
+            self.s1, self.s2, self.s3, self.s4 = (torch.zeros_like(self.shift) for _ in range(4))
+        for c0 in range(0, units, CHUNK_UNITS):
+            c1 = min(c0 + CHUNK_UNITS, units)
+            chunk = acts[:, :, c0:c1]
+            torch.amax(chunk, dim=1, out=maxes[:, c0:c1])
+            # shifted power sums in float64 (float32 - float64 promotes without a float64 copy of the batch)
+            flat = chunk.to(self.stats_device)  # (B, L, C): a view on the same device, no copy
+            if first:
+                self.shift[c0:c1] = flat.mean(dim=(0, 1), dtype=torch.float64)
+            d = flat - self.shift[c0:c1]
+            d2 = d * d
+            self.s1[c0:c1] += d.sum(dim=(0, 1))
+            self.s2[c0:c1] += d2.sum(dim=(0, 1))
+            self.s3[c0:c1] += (d2 * d).sum(dim=(0, 1))
+            self.s4[c0:c1] += (d2 * d2).sum(dim=(0, 1))
+        maxes = torch.nan_to_num(maxes, nan=-math.inf)
+
         # top-k by excerpt maximum; stable sort keeps the lower excerpt index first on ties
-        maxes = torch.nan_to_num(acts.amax(dim=1), nan=-math.inf)  # (B, U)
         idx = torch.arange(start, start + b, device=device).unsqueeze(1).expand(b, units)
+        if self.top_vals is None or self.top_vals.shape[0] < self.k:
+            self._fill(acts, maxes, idx)
+        else:
+            self._replace(acts, maxes, idx)
+
+        # shared random sample
+        if self.rand_acts is None:
+            self.rand_acts = torch.zeros((self.n_random, units, self.length), dtype=torch.float32, device=device)
+        hits = [(i, self.random_slot[start + i]) for i in range(b) if start + i in self.random_slot]
+        if hits:
+            rows = torch.tensor([i for i, _ in hits], device=device)
+            slots = torch.tensor([s for _, s in hits], device=device)
+            self.rand_acts[slots] = acts[rows].permute(0, 2, 1)
+        self.seen += b
+
+    def _fill(self, acts: Any, maxes: Any, idx: Any) -> None:
+        """Fewer than k winners so far (the first batches): merge everything, in rank order."""
+        import torch
+
         per_unit = acts.permute(0, 2, 1)  # (B, U, L)
         if self.top_vals is None:
             cand_vals, cand_idx, cand_acts = maxes, idx, per_unit
@@ -204,28 +262,31 @@ class _Stream:
         self.top_vals = torch.gather(cand_vals, 0, order)
         self.top_idx = torch.gather(cand_idx, 0, order)
         self.top_acts = torch.gather(cand_acts, 0, order.unsqueeze(-1).expand(-1, -1, self.length)).contiguous()
+        if self.top_vals.shape[0] == self.k:
+            self.slot = torch.arange(self.k, device=acts.device).unsqueeze(1).expand_as(self.top_vals).contiguous()
 
-        # shared random sample
-        if self.rand_acts is None:
-            self.rand_acts = torch.zeros((self.n_random, units, self.length), dtype=torch.float32, device=device)
-        hits = [(i, self.random_slot[start + i]) for i in range(b) if start + i in self.random_slot]
-        if hits:
-            rows = torch.tensor([i for i, _ in hits], device=device)
-            slots = torch.tensor([s for _, s in hits], device=device)
-            self.rand_acts[slots] = per_unit[rows]
+    def _replace(self, acts: Any, maxes: Any, idx: Any) -> None:
+        """k winners kept: the same stable sort picks the new winners; only entering excerpts are copied."""
+        import torch
 
-        # shifted power sums in float64 (float32 - float64 promotes without a float64 copy of the batch)
-        flat = acts.reshape(-1, units).to(self.stats_device)
-        if self.shift is None:
-            self.shift = flat.mean(dim=0, dtype=torch.float64)
-            self.s1, self.s2, self.s3, self.s4 = (torch.zeros_like(self.shift) for _ in range(4))
-        d = flat - self.shift
-        d2 = d * d
-        self.s1 += d.sum(dim=0)
-        self.s2 += d2.sum(dim=0)
-        self.s3 += (d2 * d).sum(dim=0)
-        self.s4 += (d2 * d2).sum(dim=0)
-        self.seen += b
+        k = self.k
+        cand_vals = torch.cat([self.top_vals, maxes])
+        # the same stable sort along each unit's candidates, on a transposed copy (twice as fast as along dim 0)
+        order = torch.sort(cand_vals.t().contiguous(), dim=1, descending=True, stable=True).indices.t()
+        keep, drop = order[:k], order[k:]
+        self.top_vals = torch.gather(cand_vals, 0, keep)
+        self.top_idx = torch.gather(torch.cat([self.top_idx, idx]), 0, keep)
+        # per unit, as many excerpts enter (kept, from the batch) as old winners leave: pair them in order
+        entering = (keep >= k).t().nonzero()  # (n, 2): unit, rank
+        leaving = (drop < k).t().nonzero()  # (n, 2): unit, position in drop
+        units = entering[:, 0]
+        freed = self.slot[drop[leaving[:, 1], units], units]
+        new_slot = torch.gather(self.slot, 0, keep.clamp_max(k - 1))
+        new_slot[entering[:, 1], units] = freed
+        self.slot = new_slot
+        if units.numel():
+            rows = acts[keep[entering[:, 1], units] - k, :, units]  # (n, L)
+            self.top_acts.view(-1, self.length).index_copy_(0, freed * acts.shape[2] + units, rows)
 
     def finish(self, layer: int, random_indices: np.ndarray, start: int, stop: int | None) -> MinedLayer:
         import torch
@@ -244,11 +305,15 @@ class _Stream:
         def cpu(t: Any) -> np.ndarray:
             return t.detach().to("cpu").numpy()
 
+        top_acts = self.top_acts
+        if self.slot is not None:  # slots -> rank order
+            top_acts = torch.gather(top_acts, 0, self.slot.unsqueeze(-1).expand(-1, -1, self.length))
+
         return MinedLayer(
             layer=layer,
             top_indices=cpu(self.top_idx).astype(np.int64),
             top_max=cpu(self.top_vals).astype(np.float32),
-            top_acts=cpu(self.top_acts).astype(np.float32),
+            top_acts=cpu(top_acts).astype(np.float32),
             random_indices=random_indices,
             random_acts=cpu(self.rand_acts).astype(np.float32),
             count=count,

@@ -171,8 +171,15 @@ class Sae:
             return x * s.scaling_factor, s.scaling_factor
         return x, 1.0
 
-    def encode(self, x: Any) -> Any:
-        """Latents ``(..., d_sae)`` of activations ``(..., d_in)`` (float32)."""
+    def encode(self, x: Any, out: Any = None) -> Any:
+        """Latents ``(..., d_sae)`` of activations ``(..., d_in)`` (float32).
+
+        With ``out`` (a float32 tensor of the result's shape, on ``x``'s device) the pre-activations
+        are written into it and the activation is applied in place: the same operations, so the same
+        values bit for bit, without allocating (and page-faulting in) a fresh ``tokens x d_sae`` array
+        per batch -- for a 9,216-latent SAE that is 75 MB per batch of 32 x 64 tokens.  Mining passes
+        one buffer for all batches (:meth:`~bench.subject.units.sae_latent.SaeSource.encode`).
+        """
         import torch
 
         w = self.to(x.device)._weights
@@ -180,16 +187,21 @@ class Sae:
         x, _ = self._norm_in(x.float())
         if s.apply_b_dec_to_input:
             x = x - w["b_dec"]
-        h = x @ w["W_enc"] + w["b_enc"]
+        if out is None:
+            h = x @ w["W_enc"] + w["b_enc"]
+        else:  # not addmm: it rounds differently from matmul-then-add
+            h = torch.matmul(x, w["W_enc"], out=out)
+            h += w["b_enc"]
         if s.architecture == "topk":
             if s.rescale_acts_by_decoder_norm:
                 h = h * w["W_dec"].norm(dim=-1)
             vals, idx = torch.topk(h, k=min(s.k or 1, s.d_sae), dim=-1)
             return torch.zeros_like(h).scatter_(-1, idx, vals.relu())
-        acts = h.relu()
         if "jumprelu" in s.architecture:
-            acts = acts * (h > w["threshold"]).to(acts.dtype)
-        return acts
+            gate = h > w["threshold"]
+            acts = h.relu_() if out is not None else h.relu()
+            return acts.mul_(gate) if out is not None else acts * gate.to(acts.dtype)
+        return h.relu_() if out is not None else h.relu()
 
     def direction(self, index: int) -> Any:
         """Latent ``index``'s decoder row (what one unit of it writes, in the normalised space)."""

@@ -123,6 +123,49 @@ def check_units(units: Any) -> None:
         raise ValueError(f"layers: synthetic units have no layers; use units.layers=[0], got {list(units.layers)}")
 
 
+def default_scorer_names() -> list[str]:
+    """The scorer list ``conf/config.yaml`` selects when the user gives no ``scorer=``."""
+    import yaml
+
+    from bench.config import conf_dir
+
+    defaults = yaml.safe_load((conf_dir() / "config.yaml").read_text()).get("defaults") or []
+    chosen: Any = next((d["scorer"] for d in defaults if isinstance(d, dict) and "scorer" in d), [])
+    return [chosen] if isinstance(chosen, str) else list(chosen)
+
+
+def drop_default_subject_scorers(cfg: Any) -> list[str]:
+    """``units=synthetic`` with the *default* scorer list: drop the scorers it cannot have (one logged line).
+
+    The default list (correlation + ablation) is made for units of the subject; a rule over tokens has no
+    ablation, and typing ``scorer=[correlation]`` for every synthetic run is noise.  Hydra cannot let
+    ``conf/units/synthetic.yaml`` override the scorer group (an option file may only override groups that
+    come after it in ``config.yaml``'s defaults list, and ``units`` comes before ``scorer``), so this is
+    done on the composed config, before it is validated and hashed.  A list the user chose that differs
+    from the default is left alone and refused by :func:`check_scorers` (an explicit ``scorer=`` equal to
+    the default list is treated like the default).  Returns the dropped names.
+    """
+    import logging
+
+    from omegaconf import open_dict
+
+    units = cfg.get("units") or {}
+    scorers = cfg.get("scorer") or {}
+    if units.get("kind") != KIND or list(scorers) != default_scorer_names():
+        return []
+    drop = [name for name in scorers if name in SUBJECT_SCORERS]
+    if drop and len(drop) < len(scorers):
+        with open_dict(cfg):
+            for name in drop:
+                del cfg.scorer[name]
+        logging.getLogger(__name__).info(
+            "units=synthetic: scoring with scorer=[%s] (%s undefined for rules over tokens); choose with scorer=[...]",
+            ",".join(cfg.scorer),
+            ", ".join(drop),
+        )
+    return drop
+
+
 def check_scorers(kind: str, scorers: Mapping[str, Scorer], why: str) -> None:
     """Refuse scorers that need the subject model to compute the unit (one line naming the fix)."""
     for name, scorer in scorers.items():

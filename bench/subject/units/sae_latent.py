@@ -39,6 +39,8 @@ class SaeSource:
     write_site: str
     write: Point
     kind: str = "sae_latent"
+    # mining's reusable output buffer (see encode); not part of the source's identity
+    _scratch: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, hash=False)
 
     @classmethod
     def build(cls, arch: Architecture, sae: Sae) -> SaeSource:
@@ -77,7 +79,20 @@ class SaeSource:
         }
 
     def encode(self, captured: Mapping[Point, Any]) -> Any:
-        return self.sae.encode(captured[self.read])
+        """The latents of a captured batch, written into one buffer reused by every call of this source.
+
+        Mining consumes each batch before the next forward pass, and a fresh ``tokens x d_sae`` array
+        per batch costs more than the encoder's arithmetic; so the result is only valid until the next
+        call (copy it to keep it).
+        """
+        import torch
+
+        x = captured[self.read]
+        shape = (*x.shape[:-1], self.sae.spec.d_sae)
+        buf = self._scratch.get("out")
+        if buf is None or tuple(buf.shape[1:]) != shape[1:] or buf.shape[0] < shape[0] or buf.device != x.device:
+            buf = self._scratch["out"] = torch.empty(shape, dtype=torch.float32, device=x.device)
+        return self.sae.encode(x, out=buf[: shape[0]])
 
     @contextmanager
     def _edit(self, model: Any, index: int, change: Any) -> Iterator[None]:
