@@ -29,8 +29,28 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture
+def mlflow_server(tmp_path: Path, _mlflow_template: Path):
+    """A real ``mlflow server`` (sqlite backend, served artifacts) on 127.0.0.1: where a team's sweeps land."""
+    import shutil
+
+    from mlflow_servers import MlflowServer
+
+    root = tmp_path / "mlflow-server"
+    root.mkdir()
+    shutil.copyfile(_mlflow_template, root / "mlflow.db")
+    srv = MlflowServer(f"sqlite:///{root / 'mlflow.db'}", root / "artifacts", root / "server.log").start()
+    yield {"uri": srv.uri, "server": "true"}
+    srv.stop()
+
+
 def sweep_args(tmp: Path, subject: Path, corpus: Path, store: dict[str, str], *extra: str) -> list[str]:
     """`run -m` of 2 explainers x 2 prompt variants on a tiny subject with the fake LLM."""
+    tracking = (
+        ["tracking=server", f"tracking.uri={store['uri']}"]
+        if store.get("server")
+        else [f"tracking.uri={store['uri']}", f"tracking.artifact_location={store['artifacts']}"]
+    )
     return [
         "run",
         "-m",
@@ -41,8 +61,7 @@ def sweep_args(tmp: Path, subject: Path, corpus: Path, store: dict[str, str], *e
         "simulator=proxy_lexical",
         *tiny_run(subject, corpus),
         "units.count=2",
-        f"tracking.uri={store['uri']}",
-        f"tracking.artifact_location={store['artifacts']}",
+        *tracking,
         f"output_dir={tmp / 'runs'}",
         f"cache_dir={tmp / 'cache'}",
         f"hydra.sweep.dir={tmp / 'sweep'}",
@@ -91,7 +110,9 @@ def assert_one_parent_with_children(store: dict[str, str], names: set[str]) -> N
 ALL_FOUR = {f"explainer={e},prompt={p}" for e in ("smollm2", "openai_compatible") for p in ("v1", "v1_no_examples")}
 
 
-def test_joblib_launcher_runs_a_4_job_sweep_in_worker_processes_into_one_parent(tmp_path, corpus, mlflow_store):
+def test_joblib_launcher_runs_a_4_job_sweep_in_worker_processes_into_one_parent(tmp_path, corpus, mlflow_server):
+    """2 explainers x 2 prompt variants in joblib's worker processes, into one parent on an MLflow server."""
+    mlflow_store = mlflow_server
     subject = save_tiny_subject("llama", tmp_path / "tiny")
     args = sweep_args(tmp_path, subject, corpus, mlflow_store, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
     proc = run_cli(args, tmp_path)

@@ -10,7 +10,14 @@ import json
 
 import pytest
 from conftest_models import save_tiny_subject
-from test_sweep_launchers import ALL_FOUR, assert_one_parent_with_children, corpus, run_cli, sweep_args  # noqa: F401
+from test_sweep_launchers import (  # noqa: F401
+    ALL_FOUR,
+    assert_one_parent_with_children,
+    corpus,
+    mlflow_server,
+    run_cli,
+    sweep_args,
+)
 
 pytestmark = pytest.mark.e2e  # a Ray cluster start: the slow tier
 
@@ -21,7 +28,9 @@ LOCAL_RAY = [
 ]
 
 
-def test_ray_launcher_runs_a_4_job_sweep_in_ray_workers_into_one_parent(tmp_path, corpus, mlflow_store):  # noqa: F811
+def test_ray_launcher_runs_a_4_job_sweep_in_ray_workers_into_one_parent(tmp_path, corpus, mlflow_server):  # noqa: F811
+    """2 explainers x 2 prompt variants in Ray workers, into one parent on an MLflow server."""
+    mlflow_store = mlflow_server
     subject = save_tiny_subject("llama", tmp_path / "tiny")
     proc = run_cli(sweep_args(tmp_path, subject, corpus, mlflow_store, *LOCAL_RAY), tmp_path, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
