@@ -36,12 +36,22 @@ def free_port() -> int:
 
 
 def test_a_model_the_server_does_not_serve_is_one_line_naming_the_served_ones(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
     from bench.config import check_servers
+    from bench.protocols import RunParts
 
     with FakeLLMServer(models=("qwen", "llama")) as server:
         llm = vllm(server, tmp_path, model="gpt-4o-mini")
         with pytest.raises(UserError) as info:
-            check_servers({"simulator": type("S", (), {"llm": llm})()})
+            parts = RunParts(
+                subject=None,  # type: ignore[arg-type]
+                dataset=None,  # type: ignore[arg-type]
+                explainer=SimpleNamespace(llm=None),  # type: ignore[arg-type]
+                simulator=SimpleNamespace(llm=llm),  # type: ignore[arg-type]
+                scorers={},
+            )
+            check_servers(parts)
         assert server.count("/v1/completions") == server.count("/v1/chat/completions") == 0  # no model call
     message = str(info.value)
     assert message.startswith("simulator.llm: model 'gpt-4o-mini' is not served by http://127.0.0.1:")

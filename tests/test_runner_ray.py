@@ -11,7 +11,7 @@ from conftest_models import _TRAINING_TEXT, save_tiny_subject, tiny_run
 
 ray = pytest.importorskip("ray")
 
-pytestmark = pytest.mark.e2e  # a Ray cluster takes ~10 s to start: the slow tier (still run by .ci/run)
+pytestmark = pytest.mark.slow  # a Ray cluster and worker processes: the slow tier (.ci/run runs it)
 
 FAKE = ["~simulator.llm", "+simulator.llm={_target_:bench.llm.fake.FakeLLM,coalesce:true}"]
 

@@ -19,7 +19,7 @@ from test_sweep_launchers import (  # noqa: F401
     sweep_args,
 )
 
-pytestmark = pytest.mark.e2e  # a Ray cluster start: the slow tier
+pytestmark = pytest.mark.slow  # a Ray cluster start: the slow tier (.ci/run runs it)
 
 LOCAL_RAY = [
     "hydra/launcher=ray",

@@ -137,7 +137,7 @@ def test_synthetic_units_with_the_default_scorers_drop_ablation_in_one_logged_li
     cfg = compose(["units=synthetic"])
     with caplog.at_level(logging.INFO, logger="bench.subject.synthetic"):
         _settings, parts = validate(cfg)
-    assert list(parts["scorers"]) == [n for n in default_scorer_names() if n != "ablation"]
+    assert list(parts.scorers) == [n for n in default_scorer_names() if n != "ablation"]
     assert "ablation" not in cfg.scorer  # the composed config (hashed, saved with the run) says what ran
     lines = [r.getMessage() for r in caplog.records if "undefined for rules over tokens" in r.getMessage()]
     assert len(lines) == 1 and "ablation" in lines[0] and "\n" not in lines[0]
