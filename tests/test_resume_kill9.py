@@ -51,7 +51,8 @@ UNITS_IN_FLIGHT = "engine.units_in_flight"  # the override that sets how many un
 WAIT_S = 300.0  # a bound on waiting for a stage to be reached (a loaded CI machine), never a measurement
 CACHED_S = 60.0  # ... and for answers already given to reach the response cache (milliseconds, normally)
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+# several CLI processes killed and resumed per test: the slow tier (.ci/run runs it with -m slow)
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.slow]
 
 
 def _canon(body: dict[str, Any]) -> str:
