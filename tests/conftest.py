@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated MLflow store per test (migrated once per session, then copied)."""
+"""Shared fixtures: an isolated MLflow store per test (migrated once per session, then copied), and the
+tiny llama subject + text corpus that the CLI / pipeline test modules run on (a module may define its own)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,24 @@ def _mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
     mlflow.set_tracking_uri(f"sqlite:///{path}")
     mlflow.search_experiments()
+    return path
+
+
+@pytest.fixture(scope="module")
+def subject(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random llama saved as a ``from_pretrained`` folder (one per module)."""
+    from conftest_models import save_tiny_subject
+
+    return save_tiny_subject("llama", tmp_path_factory.mktemp("tiny") / "llama")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A text corpus of the tiny tokenizer's training text (one per module)."""
+    from conftest_models import _TRAINING_TEXT
+
+    path = tmp_path_factory.mktemp("corpus") / "text.txt"
+    path.write_text("\n".join(_TRAINING_TEXT * 6))
     return path
 
 

@@ -6,26 +6,13 @@ server, each with one of its estimators; a tiny in-process subject and a text-fi
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from conftest_models import _TRAINING_TEXT, save_tiny_subject, tiny_run
+from conftest_models import tiny_run
 from fake_servers import FakeLLMServer, benchmark_responder, simulating_next_token
 
 FAULTS = ({"status": 500}, {"status": 429, "retry_after": "0"}, {"disconnect": True})
 BATCH = [f"{role}.llm.{key}" for role in ("explainer", "simulator") for key in ("batch=true", "batch_poll_s=0.001")]
-
-
-@pytest.fixture(scope="module")
-def subject(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_subject("llama", tmp_path_factory.mktemp("tiny") / "llama")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("corpus") / "text.txt"
-    path.write_text("\n".join(_TRAINING_TEXT * 6))
-    return path
 
 
 def _backend(role: str, url: str) -> list[str]:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest_models import _TRAINING_TEXT, save_tiny_subject, tiny_run
+from conftest_models import tiny_run
 from fake_servers import FakeLLMServer, benchmark_responder
 
 from bench.engine import EngineStopped, RequestEngine, gather
@@ -141,18 +141,6 @@ def test_two_backends_flush_together() -> None:
 # ---------------------------------------------------------------------------------------------------
 # The pipeline on the engine
 # ---------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def subject(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_subject("llama", tmp_path_factory.mktemp("tiny") / "llama")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("corpus") / "text.txt"
-    path.write_text("\n".join(_TRAINING_TEXT * 6))
-    return path
-
-
 def _pipeline(tmp: Path, subject: Path, corpus: Path, *extra: str):
     """validate + pipeline.run, returning the outcome and the built parts (to count backend calls)."""
     from bench.config import compose, validate

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest_models import _TRAINING_TEXT, save_tiny_subject, tiny_run
+from conftest_models import tiny_run
 from fake_servers import FakeLLMServer, benchmark_responder, simulating_next_token
 
 from bench.errors import UserError
@@ -263,18 +263,6 @@ def test_dry_run_counts_batch_jobs_per_stage_and_checks_the_cap() -> None:
 # ---------------------------------------------------------------------------------------------------
 # End to end through the CLI
 # ---------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def subject(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_subject("llama", tmp_path_factory.mktemp("tiny") / "llama")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("corpus") / "text.txt"
-    path.write_text("\n".join(_TRAINING_TEXT * 6))
-    return path
-
-
 def test_cli_stops_at_the_cap_keeps_finished_units_and_a_rerun_pays_nothing_twice(
     subject: Path, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

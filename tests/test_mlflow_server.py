@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest_models import _TRAINING_TEXT, save_tiny_subject, tiny_run
+from conftest_models import tiny_run
 from fake_servers import FakeLLMServer, benchmark_responder, simulating_next_token
 from mlflow_servers import MlflowServer, PostgresCluster, free_port, postgres_bin
 
@@ -30,18 +30,6 @@ from bench.tracking.mlflow_sink import MAX_METRICS, PARENT_TAG, MlflowSink, clos
 MAIN = "score/correlation/top_and_random/mean"
 MODELS = ("gpt-4o-mini", "gpt-4.1-mini")  # two explainer models, both answered by the fake LLM
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def subject(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_subject("llama", tmp_path_factory.mktemp("tiny") / "llama")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("corpus") / "text.txt"
-    path.write_text("\n".join(_TRAINING_TEXT * 6))
-    return path
 
 
 @pytest.fixture(scope="module")

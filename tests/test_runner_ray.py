@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest_models import _TRAINING_TEXT, save_tiny_subject, tiny_run
+from conftest_models import tiny_run
 
 ray = pytest.importorskip("ray")
 
@@ -21,18 +21,6 @@ def cluster():
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="neuronbench-tests")
     yield
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def subject(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_subject("llama", tmp_path_factory.mktemp("tiny") / "llama")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("corpus") / "text.txt"
-    path.write_text("\n".join(_TRAINING_TEXT * 6))
-    return path
 
 
 def _run(tmp: Path, subject: Path, corpus: Path, cache: Path, *extra: str) -> list[dict]:

@@ -12,7 +12,6 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from conftest_models import _TRAINING_TEXT, save_tiny_subject
 from fake_servers import FakeLLMServer, benchmark_responder, simulating_next_token
 
 CANARY = "nbcanary-7f3a9c1e5b2d"  # named neither *API_KEY* nor *TOKEN*: only the config says it is a key
@@ -34,18 +33,6 @@ EVERY_SINK_OF_THE_CONFIG = (
     "mlruns/artifacts/**/config.yaml",
 )
 # MLflow params hold the reader's settings only (no base_url); a sweep's parent run keeps its overrides as a tag
-
-
-@pytest.fixture(scope="module")
-def subject(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_subject("llama", tmp_path_factory.mktemp("tiny") / "llama")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("corpus") / "text.txt"
-    path.write_text("\n".join(_TRAINING_TEXT * 6))
-    return path
 
 
 def _run_args(url: str, subject: Path, corpus: Path, tmp_path: Path, store: dict[str, str]) -> list[str]:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest_models import _TRAINING_TEXT, save_tiny_subject, tiny_run
+from conftest_models import tiny_run
 from fake_servers import FakeLLMServer, benchmark_responder, simulating_next_token
 
 from bench.errors import ConfigError
@@ -129,18 +129,6 @@ def test_merge_joins_shard_files_over_results_jsonl_in_unit_order_and_says_what_
 # ---------------------------------------------------------------------------------------------------
 # End to end: sharded + merged == unsharded
 # ---------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def subject(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_subject("llama", tmp_path_factory.mktemp("tiny") / "llama")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("corpus") / "text.txt"
-    path.write_text("\n".join(_TRAINING_TEXT * 6))
-    return path
-
-
 def _args(url: str, subject: Path, corpus: Path, where: Path, mlflow_store: dict[str, str]) -> list[str]:
     backend = [
         f"{role}.llm.{key}"
