@@ -225,13 +225,19 @@ def run(
     if settings.shard is None:  # a shard's slice is not the run: the merge writes them
         write_score_correlations(results, run_dir)  # score_correlations.{json,csv}: how scorers agree across units
     warnings = specificity_warnings(summary, settings) + unparsed_warnings(summary, settings, simulator)
-    outages = sum(1 for r in results if r.status == "failed" and r.transient)
-    if outages:
-        warnings.append(
-            f"{outages} unit(s) failed from an outage (connection error, timeout, 429/5xx after retries, expired "
-            "batch): re-run the same command to retry them"
-        )
+    warnings += outage_warnings(results, "re-run the same command to retry them")
     return RunOutcome(results=results, summary=summary, warnings=warnings)
+
+
+def outage_warnings(results: Sequence[UnitResult], retry: str) -> list[str]:
+    """One warning counting the units that failed from an outage (a re-run retries them), if any."""
+    outages = sum(1 for r in results if r.status == "failed" and r.transient)
+    if not outages:
+        return []
+    return [
+        f"{outages} unit(s) failed from an outage (connection error, timeout, 429/5xx after retries, expired "
+        f"batch): {retry}"
+    ]
 
 
 @dataclass(frozen=True)

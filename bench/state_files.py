@@ -9,7 +9,7 @@ the caches can be truncated, emptied, edited by hand or written by another tool.
   (:class:`DamagedFile`, exit code 2) that names the file, the line and the fix.  Silently skipping the
   line would redo (and re-pay) a unit or drop it from the scores; the user decides.
 
-A torn *last* line (a crash mid-write) is not damage: :func:`bench.tracking.jsonl.drop_torn_tail` cuts it
+A torn *last* line (a crash mid-write) is not damage: :func:`bench.run.folder.drop_torn_tail` cuts it
 and that unit is redone.
 """
 
@@ -53,7 +53,7 @@ def _short(err: BaseException) -> str:
 def jsonl_objects(path: Path, fix: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` for every non-blank line; :class:`DamagedFile` for a line that is not
     UTF-8, not JSON, or not a JSON object.  A last line without its newline is a write in progress or
-    torn by a crash: it is left out, as :func:`bench.tracking.jsonl.drop_torn_tail` would cut it."""
+    torn by a crash: it is left out, as :func:`bench.run.folder.drop_torn_tail` would cut it."""
     try:
         data = path.read_bytes()
     except OSError as err:

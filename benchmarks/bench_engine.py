@@ -123,7 +123,7 @@ def orchestration_child(args: argparse.Namespace) -> int:
 
     from bench.config import compose, validate
     from bench.pipeline import run
-    from bench.tracking.jsonl import JsonlSink
+    from bench.run.folder import JsonlSink
 
     tmp = Path(args.tmp)
     fake = "{_target_:engine_fakes.TimedFakeLLM,coalesce:true}"
@@ -297,7 +297,7 @@ def api_run(tmp: Path, subject: Path, corpus: Path, server: Any, units: int, in_
 
     from bench.config import compose, validate
     from bench.pipeline import run
-    from bench.tracking.jsonl import JsonlSink
+    from bench.run.folder import JsonlSink
 
     tag = f"api-{units}-{in_flight}"
     backend = []
@@ -419,7 +419,7 @@ def batch_run(tmp: Path, subject: Path, corpus: Path, provider: str, units: int,
 
     from bench.config import compose, validate
     from bench.pipeline import run
-    from bench.tracking.jsonl import JsonlSink
+    from bench.run.folder import JsonlSink
 
     explainer, simulator, path = BATCH_PRESETS[provider]
     tag = f"batch-{provider}-{units}-{in_flight}"

@@ -18,8 +18,8 @@ from bench.data.text_files import TextFiles
 from bench.errors import UserError
 from bench.llm.cache import ResponseCache, answer_shape
 from bench.pipeline import ExplanationStore
+from bench.run.folder import JsonlSink
 from bench.state_files import DamagedFile, check_writable_dir
-from bench.tracking.jsonl import JsonlSink
 from bench.tracking.mlflow_sink import check_tracking_db, stored_run_id
 
 GOOD_LINE = json.dumps({"unit": {"layer": 1, "index": 2}, "status": "failed", "error": "x", "stage": "explain"})
@@ -244,7 +244,7 @@ def test_compare_over_a_damaged_results_file_is_one_line_exit_2(tmp_path: Path, 
 
 
 def test_readers_leave_out_a_torn_last_line_without_touching_the_file(tmp_path: Path) -> None:
-    from bench.tracking.jsonl import read_results
+    from bench.run.folder import read_results
 
     path = tmp_path / "results.jsonl"
     path.write_text(GOOD_LINE + "\n" + GOOD_LINE[:25])  # another process is mid-write

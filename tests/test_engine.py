@@ -145,7 +145,7 @@ def _pipeline(tmp: Path, subject: Path, corpus: Path, *extra: str):
     """validate + pipeline.run, returning the outcome and the built parts (to count backend calls)."""
     from bench.config import compose, validate
     from bench.pipeline import run
-    from bench.tracking.jsonl import JsonlSink
+    from bench.run.folder import JsonlSink
 
     overrides = [
         *tiny_run(subject, corpus),

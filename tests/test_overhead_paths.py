@@ -22,7 +22,7 @@ from bench.records import (
     _nan_to_none,
     unit_result_from_json,
 )
-from bench.tracking.jsonl import JsonlSink, read_results
+from bench.run.folder import JsonlSink, read_results
 from bench.tracking.redact import MASK, redact
 
 Pair = namedtuple("Pair", "a b")

@@ -37,7 +37,7 @@ from bench.llm.cache import ResponseCache
 from bench.llm.errors import BackendError, ErrorInfo
 from bench.llm.loop import LOOP
 from bench.llm.pricing import Prices
-from bench.llm.types import BackendStats, Job, Limits, Outcome, call_dollars, estimate_tokens
+from bench.llm.types import COUNT_FIELDS, BackendStats, Job, Limits, Outcome, call_dollars, estimate_tokens
 from bench.records import Usage
 
 T = TypeVar("T")
@@ -67,20 +67,7 @@ class _Counters:
         with self.lock:
             v = dict(self.values)
             waits = tuple(self.waits)
-        ints = {
-            k: int(v.get(k, 0))
-            for k in (
-                "calls",
-                "cache_hits",
-                "retries",
-                "failures",
-                "input_tokens",
-                "cached_input_tokens",
-                "cache_write_tokens",
-                "output_tokens",
-                "batches",
-            )
-        }
+        ints = {k: int(v.get(k, 0)) for k in COUNT_FIELDS}
         return BackendStats(**ints, dollars=float(v.get("dollars", 0.0)), retry_waits_s=waits)
 
 

@@ -32,19 +32,21 @@ class BackendStats:
 
     def as_metrics(self, prefix: str = "") -> dict[str, float]:
         """Flat slash-named metrics, e.g. ``as_metrics("cost/simulator/")``."""
-        names = (
-            "calls",
-            "cache_hits",
-            "retries",
-            "failures",
-            "input_tokens",
-            "cached_input_tokens",
-            "cache_write_tokens",
-            "output_tokens",
-            "dollars",
-            "batches",
-        )
-        return {f"{prefix}{name}": float(getattr(self, name)) for name in names}
+        return {f"{prefix}{name}": float(getattr(self, name)) for name in (*COUNT_FIELDS, "dollars")}
+
+
+# BackendStats' integer counters (everything but ``dollars`` and the retry waits)
+COUNT_FIELDS = (
+    "calls",
+    "cache_hits",
+    "retries",
+    "failures",
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "batches",
+)
 
 
 @dataclass

@@ -275,19 +275,13 @@ def merged_warnings(
     """The warnings an unsharded run of this config ends with, from the merged summary."""
     from types import SimpleNamespace
 
-    from bench.pipeline import specificity_warnings, unparsed_warnings
+    from bench.pipeline import outage_warnings, specificity_warnings, unparsed_warnings
 
     warn_on = SimpleNamespace(unparsed_rate=float((config.get("warn_on") or {}).get("unparsed_rate", 0.05)))
     settings: Any = SimpleNamespace(warn_on=warn_on)
     sim = SimpleNamespace(estimator=str(simulator.get("estimator", "?")), top_k=simulator.get("top_k"))
     warnings = specificity_warnings(summary, settings) + unparsed_warnings(summary, settings, sim)
-    outages = sum(1 for r in results if r.status == "failed" and r.transient)
-    if outages:
-        warnings.append(
-            f"{outages} unit(s) failed from an outage (connection error, timeout, 429/5xx after retries, expired "
-            "batch): re-run the shards' commands to retry them, then merge"
-        )
-    return warnings
+    return warnings + outage_warnings(results, "re-run the shards' commands to retry them, then merge")
 
 
 def _mirror(folder: RunFolder, config: dict[str, Any], done: ShardDone | None, tracking: Any, merged: Merged) -> None:

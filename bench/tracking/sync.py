@@ -111,7 +111,7 @@ def _record(run_dir: Path) -> dict[str, Any]:
 
 
 def _results(run_dir: Path) -> list[UnitResult]:
-    from bench.tracking.jsonl import read_results
+    from bench.run.folder import read_results
 
     path = run_dir / "results.jsonl"
     return list(read_results(path).values()) if path.exists() else []
