@@ -20,10 +20,11 @@ from bench.errors import UserError
 
 def _wait_until(predicate, what: str) -> None:
     """Poll for a state another thread reaches (never a timing assertion: only the order is forced)."""
-    for _ in range(20_000):
+    deadline = time.monotonic() + 300  # a bound for a starved CI machine, never a measurement
+    while time.monotonic() < deadline:
         if predicate():
             return
-        time.sleep(0.0005)
+        time.sleep(0.001)
     raise AssertionError(f"never reached: {what}")
 
 
