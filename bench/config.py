@@ -212,9 +212,10 @@ class EngineConfig:
 
     Every unit in flight is a worker thread; their requests to a batch-mode or in-process backend are
     coalesced into one call per flush, and API backends see that many units' requests at once (keep it
-    at least ``concurrency`` / requests per unit so the concurrency limit stays full).  It never changes
-    results (left out of the run's config hash).  Batch mode wants every unit in flight -- one provider
-    job per stage holds the requests of the units in flight -- so ``auto`` takes all of them there."""
+    at least ``concurrency`` / requests per unit so the concurrency limit stays full).  Left out of the
+    run's config hash: answers do not depend on it (an in-process model's padding: float noise only).
+    Batch mode wants every unit in flight -- one provider job per stage holds the requests of the units
+    in flight -- so ``None`` (auto) takes all of them there."""
 
     units_in_flight: int | None = None  # None (auto): 64; with a batch-mode backend all units (up to 4,096)
 
