@@ -102,17 +102,24 @@ def run_definition(results: list[UnitResult], config: dict[str, Any]) -> dict[st
     }
 
 
-def check_comparable(a: dict[str, Any], b: dict[str, Any]) -> None:
-    """Refuse, in one line, two runs whose units cannot be paired (see :func:`run_definition`)."""
+def check_comparable(
+    a: dict[str, Any],
+    b: dict[str, Any],
+    who: str = "compare",
+    names: tuple[str, str] = ("A", "B"),
+    hint: str = "pair runs over the same subject, excerpts and units",
+) -> None:
+    """Refuse, in one line, two runs whose units cannot be paired (see :func:`run_definition`): the one
+    check behind ``neuronbench compare`` and the leaderboard's paired differences (``who`` says which
+    command refuses, ``names`` which runs, ``hint`` what to do instead)."""
+    na, nb = names
     for key in a:
         va, vb = a.get(key), b.get(key)
         if va is None or vb is None or va == vb:
             continue
         if key == "units":
             shared = len(set(va) & set(vb))
-            detail = f"A has {len(va)} units, B {len(vb)}, {shared} shared"
+            detail = f"{na} has {len(va)} units, {nb} {len(vb)}, {shared} shared"
         else:
-            detail = f"A {va}, B {vb}"
-        raise UserError(
-            f"compare: the runs differ in {key} ({detail}); pair runs over the same subject, excerpts and units"
-        )
+            detail = f"{na} {va}, {nb} {vb}"
+        raise UserError(f"{who}: the runs differ in {key} ({detail}); {hint}")

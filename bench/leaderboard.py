@@ -107,6 +107,8 @@ def _simulator(node: Any, run: FinishedRun) -> str:
         estimator = sims[0].estimator
         top_k = sims[0].top_k  # alternatives read per token (recorded by logprob estimators)
         extra = [f"k={top_k}"] if top_k is not None else []
+        if top_k is not None and sims[0].top_k_taper:  # a ramped cut reads differently from the reference's step
+            extra.append(f"taper={sims[0].top_k_taper:g}")
         extra += [f"{k}={v}" for k, v in sorted(sims[0].meta.items()) if k in ("samples",) and v is not None]
         label += f" · {estimator}{' ' + ' '.join(extra) if extra else ''}"
     return label
@@ -174,36 +176,23 @@ def differing_settings(runs: list[FinishedRun]) -> list[str]:
 
 # ---------------------------------------------------------------------------------------- pairing
 def check_pairable(runs: list[FinishedRun]) -> None:
-    """Refuse (one line) to pair runs over different subjects, unit sets or excerpt fingerprints."""
+    """Refuse (one line) to pair runs whose units cannot be paired: the check of ``neuronbench compare``
+    (:func:`bench.compare.check_comparable`) -- same subject, excerpts, scored split and unit set."""
+    from bench.compare import check_comparable, run_definition
+
     if len(runs) < 2:
         return
     first = runs[0]
+    base = run_definition(first.results, first.config)
     for other in runs[1:]:
-        for what, get in (
-            ("subjects", lambda r: json.dumps(r.provenance.get("subject"), sort_keys=True)),
-            ("unit sets", lambda r: sorted(r.unit_keys)),
-            ("excerpt fingerprints", lambda r: r.provenance.get("excerpts")),
-        ):
-            a, b = get(first), get(other)
-            if a != b:
-                detail = _difference(what, first, other)
-                raise UserError(
-                    f"leaderboard: {first.name} and {other.name} have different {what} ({detail}); paired "
-                    "differences need the same units on the same excerpts: pass runs of one benchmark, "
-                    "or --no-pairing for an unpaired table"
-                )
-
-
-def _difference(what: str, a: FinishedRun, b: FinishedRun) -> str:
-    if what == "unit sets":
-        sa, sb = set(a.unit_keys), set(b.unit_keys)
-        return f"{len(sa)} vs {len(sb)} units, {len(sa & sb)} shared"
-    if what == "subjects":
-        pa: dict[str, Any] = a.provenance.get("subject") or {}
-        pb: dict[str, Any] = b.provenance.get("subject") or {}
-        keys = [k for k in sorted({*pa, *pb}) if pa.get(k) != pb.get(k)]
-        return ", ".join(f"{k}: {pa.get(k)} vs {pb.get(k)}" for k in keys[:3])
-    return f"{a.provenance.get('excerpts')} vs {b.provenance.get('excerpts')}"
+        check_comparable(
+            base,
+            run_definition(other.results, other.config),
+            who="leaderboard",
+            names=(first.name, other.name),
+            hint="paired differences need the same units on the same excerpts: pass runs of one benchmark, "
+            "or --no-pairing for an unpaired table",
+        )
 
 
 def check_same_card(runs: list[FinishedRun]) -> None:

@@ -2,6 +2,7 @@ import csv
 import io
 import json
 import logging
+import re
 
 import pytest
 
@@ -58,12 +59,12 @@ def test_prompt_variant_and_swept_settings_are_shown_in_full(tmp_path):
 
 @pytest.mark.parametrize(
     ("kwargs", "what"),
-    [({"fingerprint": "fp-2"}, "excerpt fingerprints"), ({"layers": [15, 15, 15, 15, 14]}, "unit sets")],
+    [({"fingerprint": "fp-2"}, "excerpts (fingerprint)"), ({"layers": [15, 15, 15, 15, 14]}, "units")],
 )
 def test_pairing_refuses_runs_over_different_units_or_excerpts(tmp_path, capsys, kwargs, what):
     make_run(tmp_path, "a", GOOD, CONTROL_LOW)
     make_run(tmp_path, "b", GOOD, CONTROL_LOW, **kwargs)
-    with pytest.raises(UserError, match=what):
+    with pytest.raises(UserError, match=re.escape(f"leaderboard: the runs differ in {what} (")):
         read_rows(run_folders(tmp_path))
     assert main(["leaderboard", "--runs", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
