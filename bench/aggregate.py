@@ -120,6 +120,8 @@ def aggregate(
     ks = {s.top_k for s in sims}  # the k of a top-logprob estimator (NaN: exact, sampled, or mixed)
     k = ks.pop() if len(ks) == 1 else None
     out["simulation/top_k"] = float(k) if k is not None else math.nan
+    tapers = {s.top_k_taper or 0.0 for s in sims if s.top_k is not None}  # the ramp of its cut (0: hard)
+    out["simulation/top_k_taper"] = tapers.pop() if len(tapers) == 1 else math.nan
     usage = {"explainer": Usage(), "simulator": Usage(), "control": Usage()}
     for r in results:
         if r.explanation is not None:

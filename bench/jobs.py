@@ -80,9 +80,7 @@ def run_identity(cfg: Any, choices: dict[str, str]) -> tuple[str, str]:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name), digest
 
 
-def run_job(
-    cfg: Any, progress: bool = True, retry_failed: bool = False, choices: dict[str, str] | None = None
-) -> Any:
+def run_job(cfg: Any, progress: bool = True, retry_failed: bool = False, choices: dict[str, str] | None = None) -> Any:
     """One job: validate, build parts, run the pipeline with its sinks, print the summary.
 
     ``choices`` are the config group choices when no Hydra job is running (the Python API)."""
@@ -190,6 +188,7 @@ def _finish_shard(settings: Any, parts: Any, folder: Any, outcome: Any, mlflow_s
             simulator={
                 "estimator": simulator.recorded_estimator,
                 "top_k": simulator.top_k,
+                "top_k_taper": simulator.recorded_taper,
             },
         ),
     )
@@ -275,7 +274,6 @@ def _hydra_choices() -> dict[str, str]:
         return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra/")}
     except ValueError:  # not inside a Hydra job (tests call run_job directly)
         return {}
-
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -579,6 +579,7 @@ def estimator_record(simulation: Simulation) -> dict[str, Any]:
     return {
         "estimator": simulation.estimator,
         "top_k": simulation.top_k,
+        "top_k_taper": simulation.top_k_taper,
         "unparsed_tokens": simulation.unparsed_tokens,
         "tokens": simulation.total_tokens,
         "unparsed_rate": None if math.isnan(rate) else rate,

@@ -107,13 +107,16 @@ class SlotRequest:
     each position (and at each chaining step) are visible, everything else counts as 0 -- so that an
     in-process model and an HTTP server compute the same numbers (method.md section 5;
     :mod:`bench.simulators.topk_values` is the one definition both use).  ``None``: the backend's own
-    default -- the whole vocabulary in-process (exact), ``slot_top_k`` over HTTP.
+    default -- the whole vocabulary in-process (exact), ``slot_top_k`` over HTTP.  ``top_k_taper`` > 0:
+    the cut at rank ``top_k`` is a ramp of that width in nats, set by the (k+1)-th token (the backend
+    reads one more alternative; :func:`bench.simulators.topk_values.visible_top`).
     """
 
     messages: tuple[ChatMessage, ...]
     slots: tuple[int, ...]
     values: tuple[str, ...] = VALUE_STRINGS
     top_k: int | None = None
+    top_k_taper: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -280,7 +283,8 @@ class Simulator(Protocol):
     ``estimator`` is the configured name, ``recorded_estimator`` the full one recorded with every
     result (e.g. ``"all_at_once/prompt_logprobs"``; equal to ``estimator`` for simulators with one way
     of reading values); ``top_k`` how many alternatives per token a logprob estimator reads (``None``:
-    not a top-k reading); ``llm`` the backend (``None``: no LLM, e.g. the proxies)."""
+    not a top-k reading) and ``recorded_taper`` the ramp width of its cut (0: the reference's hard cut;
+    ``None``: not a top-k reading); ``llm`` the backend (``None``: no LLM, e.g. the proxies)."""
 
     @property
     def name(self) -> str: ...
@@ -293,6 +297,9 @@ class Simulator(Protocol):
 
     @property
     def top_k(self) -> int | None: ...
+
+    @property
+    def recorded_taper(self) -> float | None: ...
 
     @property
     def llm(self) -> LLMClient | None: ...

@@ -164,8 +164,10 @@ class SequenceSimulation:
 class Simulation:
     """All excerpts a simulator predicted for one explanation, plus how it did it.
 
-    ``estimator`` and ``top_k`` say how values were read: ``top_k`` is the k of a top-logprob estimator
-    (the same k means the same numbers on every backend), ``None`` for exact or sampled estimators.
+    ``estimator``, ``top_k`` and ``top_k_taper`` say how values were read: ``top_k`` is the k of a
+    top-logprob estimator (the same k means the same numbers on every backend), ``None`` for exact or
+    sampled estimators; ``top_k_taper`` the width in nats of the ramp that replaces the hard cut at rank
+    k (0: the reference's hard cut; None: no top-k reading, or a result written before it existed).
     """
 
     sequences: list[SequenceSimulation]
@@ -174,6 +176,7 @@ class Simulation:
     usage: Usage = field(default_factory=Usage)
     meta: dict[str, Any] = field(default_factory=dict)
     top_k: int | None = None
+    top_k_taper: float | None = None
 
     @property
     def unparsed_tokens(self) -> int:
@@ -278,6 +281,7 @@ def unit_result_from_json(data: dict[str, Any]) -> UnitResult:
                 usage=usage(sim.get("usage")),
                 meta=sim.get("meta", {}),
                 top_k=sim.get("top_k"),
+                top_k_taper=sim.get("top_k_taper"),
             )
             if sim
             else None

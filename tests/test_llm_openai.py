@@ -431,6 +431,26 @@ def test_slot_request_top_k_is_what_the_server_is_asked_and_read(server: FakeLLM
         client.slot_distributions([replace(slot_request(), top_k=50)])
 
 
+def test_a_tapered_slot_request_asks_for_k_plus_one_and_ramps_the_cut(server: FakeLLMServer, tmp_path: Path) -> None:
+    """top_k=2, top_k_taper=2: the server is asked for 3 logprobs at every position and chaining step; the
+    3rd sets the floor and the two visible tokens keep the weight (logprob - floor) / 2 of their mass."""
+    from dataclasses import replace
+
+    client = make(server, tmp_path, model="qwen", prompt_logprobs=True)
+    [result] = client.slot_distributions([replace(slot_request(), top_k=2, top_k_taper=2.0)])
+    w0, w1 = math.log(0.5 / 0.1) / 2, math.log(0.25 / 0.1) / 2  # floor: "2" / "unknown" at .1
+    zero_after_one = 0.4 * math.log(0.4 / 0.1) / 2  # after "\t1": "\n" .5, "0" .4, floor "5" .1
+    for probs in result.probabilities:
+        assert probs["0"] == pytest.approx(0.5 * w0) and probs["2"] == 0.0 and probs["5"] == 0.0
+        assert probs["10"] == pytest.approx(0.25 * w1 * zero_after_one)
+        assert probs["1"] == pytest.approx(0.25 * w1 * (1 - zero_after_one))
+    echo, chain = server.log[0]["body"], server.log[1]["body"]
+    assert echo["prompt_logprobs"] == 3 and echo["logprobs"] == 3 and chain["logprobs"] == 3
+    assert result.meta["top_k"] == 2 and result.meta["top_k_taper"] == 2.0
+    with pytest.raises(ValueError, match=r"top 21 logprobs \(k=20 plus the \(k\+1\)-th.*--max-logprobs >= 21"):
+        client.slot_distributions([replace(slot_request(), top_k=20, top_k_taper=0.1)])
+
+
 def test_a_simulator_k_above_the_server_cap_is_a_config_error(server: FakeLLMServer, tmp_path: Path) -> None:
     from bench.simulators.all_at_once import AllAtOnceSimulator
 
@@ -438,6 +458,10 @@ def test_a_simulator_k_above_the_server_cap_is_a_config_error(server: FakeLLMSer
     with pytest.raises(ValueError, match="top_logprobs: 50 exceeds simulator.llm.slot_top_k=20"):
         AllAtOnceSimulator(llm=client, top_logprobs=50)
     assert AllAtOnceSimulator(llm=client, top_logprobs=20).build_request("x", ["a"]).top_k == 20
+    with pytest.raises(ValueError, match=r"top_logprobs: 20 \+ 1 \(top_k_taper > 0 reads the \(k\+1\)-th"):
+        AllAtOnceSimulator(llm=client, top_logprobs=20, top_k_taper=0.1)
+    request = AllAtOnceSimulator(llm=client, top_logprobs=19, top_k_taper=0.1).build_request("x", ["a"])
+    assert (request.top_k, request.top_k_taper) == (19, 0.1)
     assert server.count() == 0
 
 

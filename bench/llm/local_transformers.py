@@ -25,6 +25,8 @@ Prompt-logprob slots (``slot_distributions``):
   and at each chaining step (:mod:`bench.simulators.topk_values`, shared with the vLLM backend), so
   ``all_at_once/prompt_logprobs`` gives the same numbers in-process and over HTTP; ``None`` is the
   exact full-vocabulary computation above (``all_at_once/prompt_logprobs_exact``).
+  ``SlotRequest.top_k_taper`` > 0 reads the (k+1)-th token too and ramps the cut, as the vLLM backend
+  does (:func:`bench.simulators.topk_values.visible_top`).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from bench.protocols import (
     TokenLogprobs,
 )
 from bench.records import Usage
-from bench.simulators.topk_values import chain_pieces, merge_top, value_probabilities, wanted_pieces
+from bench.simulators.topk_values import chain_pieces, read_k, value_probabilities, visible_top, wanted_pieces
 
 SMOLLM2_OFFLINE = "smollm2-135m-instruct"
 DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -300,17 +302,18 @@ class LocalChatModel:
                 _TOKEN_TEXTS[key] = tok.batch_decode([[i] for i in range(n)]) + [""] * (vocab_size - n)
             return _TOKEN_TEXTS[key]
 
-    def _top_k_logprobs(self, probs: Any, k: int) -> dict[str, float]:
-        """The ``k`` most likely tokens of a distribution as an API returns them: text -> logprob, equal
-        texts merged (what :func:`bench.simulators.topk_values.value_probabilities` reads)."""
+    def _top_k_logprobs(self, probs: Any, k: int, taper: float = 0.0) -> dict[str, float]:
+        """The ``k`` most likely tokens of a distribution as an API returns them -- and, with a taper, the
+        (k+1)-th that sets the ramp: text -> logprob, equal texts merged (what
+        :func:`bench.simulators.topk_values.value_probabilities` reads)."""
         import torch
 
         texts = self._token_texts(int(probs.shape[-1]))
-        values, indices = torch.topk(probs, min(k, int(probs.shape[-1])))
+        values, indices = torch.topk(probs, min(read_k(k, taper), int(probs.shape[-1])))
         pairs = [
             (texts[i], math.log(v) if v > 0 else -1e30) for v, i in zip(values.tolist(), indices.tolist(), strict=True)
         ]
-        return merge_top(pairs)
+        return visible_top(pairs, k, taper)
 
     # ------------------------------------------------------------------------------------------------
     # Batching and the shared prefix
@@ -565,6 +568,7 @@ class LocalChatModel:
             "positions": positions,
             "value_ids": value_ids,
             "top_k": req.top_k,
+            "top_k_taper": req.top_k_taper,
             "values": req.values,
             "piece_ids": piece_ids,
         }
@@ -583,6 +587,7 @@ class LocalChatModel:
             "terminated_prefix_values": sorted(_prefix_values(req.values, value_ids)),
             "chain_min_prob": self.chain_min_prob,
             "top_k": prep["top_k"],  # None: the whole vocabulary (exact)
+            **({"top_k_taper": prep["top_k_taper"]} if prep["top_k_taper"] else {}),
             "prompt_tokens": len(prep["ids"]),
             "shared_prefix_tokens": shared,
         }
@@ -665,7 +670,9 @@ class LocalChatModel:
                 visible.append([])
                 wanted.append([])
             else:  # only what an API would show: the top k, then the pieces visible among them
-                dists = [self._top_k_logprobs(first[b, s], p["top_k"]) for s in range(len(p["positions"]))]
+                dists = [
+                    self._top_k_logprobs(first[b, s], p["top_k"], p["top_k_taper"]) for s in range(len(p["positions"]))
+                ]
                 pieces = [wanted_pieces(p["values"], dist, self.chain_min_prob) for dist in dists]
                 nodes: set[tuple[int, tuple[int, ...]]] = set()
                 for s, slot_pieces in enumerate(pieces):
@@ -719,7 +726,9 @@ class LocalChatModel:
                 per_slot_k = []
                 for s, dist in enumerate(visible[b]):
                     after = {
-                        piece: self._top_k_logprobs(node_probs[b][(s, tuple(p["piece_ids"][s][piece]))], p["top_k"])
+                        piece: self._top_k_logprobs(
+                            node_probs[b][(s, tuple(p["piece_ids"][s][piece]))], p["top_k"], p["top_k_taper"]
+                        )
                         for piece in wanted[b][s]
                     }
                     probs = value_probabilities(p["values"], dist, after)

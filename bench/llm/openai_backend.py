@@ -73,7 +73,7 @@ from bench.protocols import (
     SlotResult,
     TokenLogprobs,
 )
-from bench.simulators.topk_values import value_probabilities, wanted_pieces
+from bench.simulators.topk_values import read_k, value_probabilities, visible_top, wanted_pieces
 
 OFFICIAL_BASE_URL = "https://api.openai.com/v1"
 PREFILL_MODES = ("auto", "fold", "continue_final_message", "trailing_assistant")
@@ -164,8 +164,12 @@ class OpenAIChatModel(HTTPBackend):
             )
         if self.prefill not in PREFILL_MODES:
             raise ValueError(f"prefill: {self.prefill!r} is not one of {', '.join(PREFILL_MODES)}")
-        if not 1 <= self.slot_top_k <= 100:
-            raise ValueError(f"slot_top_k: must be in 1..100 (vLLM's default cap is 20), got {self.slot_top_k}")
+        top = self.slot_top_k
+        if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= 1000:
+            raise ValueError(
+                f"slot_top_k: must be an integer in 1..1000 (the server's --max-logprobs; vLLM's default is 20), "
+                f"got {self.slot_top_k!r}"
+            )
         if not 0.0 <= self.chain_min_prob < 1.0:
             raise ValueError("chain_min_prob: must be in [0, 1)")
         if self.chat_template not in CHAT_TEMPLATES and "{" not in self.chat_template:
@@ -413,10 +417,12 @@ class OpenAIChatModel(HTTPBackend):
         """How many alternatives per position a slot request reads: its own ``top_k`` (the simulator's
         recorded k, the same in-process), else ``slot_top_k``; never more than the server returns."""
         k = self.slot_top_k if r.top_k is None else int(r.top_k)
-        if k > self.slot_top_k:
+        asked = read_k(k, r.top_k_taper)
+        if asked > self.slot_top_k:
+            taper = f" (k={k} plus the (k+1)-th that sets top_k_taper's ramp)" if asked > k else ""
             raise ValueError(
-                f"{self.name}: a request reads the top {k} logprobs but slot_top_k={self.slot_top_k} (the server's "
-                f"--max-logprobs); start the server with --max-logprobs >= {k} and set slot_top_k to match"
+                f"{self.name}: a request reads the top {asked} logprobs{taper} but slot_top_k={self.slot_top_k} (the "
+                f"server's --max-logprobs); start the server with --max-logprobs >= {asked} and set slot_top_k to match"
             )
         return k
 
@@ -462,13 +468,16 @@ class _SlotRun:
         b = self.b
         rendered = [b._render_slots(r) for r in self.requests]
         ks = [b.slot_k(r) for r in self.requests]
-        first = b.engine.run([b._slot_job(prompt, k) for (prompt, _), k in zip(rendered, ks, strict=True)])
+        tapers = [r.top_k_taper for r in self.requests]
+        asked = [read_k(k, t) for k, t in zip(ks, tapers, strict=True)]
+        first = b.engine.run([b._slot_job(prompt, n) for (prompt, _), n in zip(rendered, asked, strict=True)])
         dists: list[list[dict[str, float]]] = []
         for r, (prompt, head), outcome, k in zip(self.requests, rendered, first, ks, strict=True):
             if outcome.error is not None:
                 raise outcome.error
             assert outcome.value is not None
-            dists.append(_slot_distributions(outcome.value["result"], prompt, [head + s for s in r.slots], b.name, k))
+            offsets = [head + s for s in r.slots]
+            dists.append(_slot_distributions(outcome.value["result"], prompt, offsets, b.name, k, r.top_k_taper))
         # Chaining: for each slot, every visible first piece u of a value that either prefixes another
         # value ("1" of "10") or is only the start of one (a split "10").
         chains: list[list[tuple[int, str]]] = []
@@ -483,7 +492,7 @@ class _SlotRun:
         for i, ((prompt, head), r, wanted) in enumerate(zip(rendered, self.requests, chains, strict=True)):
             if wanted:
                 prompts = [prompt[: head + r.slots[j]] + piece for j, piece in wanted]
-                jobs.append(b._completions_job(prompts, echo=False, kind="chain", k=ks[i]))
+                jobs.append(b._completions_job(prompts, echo=False, kind="chain", k=asked[i]))
                 owners.append(i)
         second = b.engine.run(jobs) if jobs else []
         next_dists: dict[int, list[dict[str, float]]] = {}
@@ -492,7 +501,7 @@ class _SlotRun:
             if outcome.error is not None:
                 raise outcome.error
             assert outcome.value is not None
-            next_dists[i] = [_first_generated(choice, ks[i]) for choice in outcome.value["result"]["choices"]]
+            next_dists[i] = [_first_generated(c, ks[i], tapers[i]) for c in outcome.value["result"]["choices"]]
             chain_outcomes[i] = outcome
 
         results = []
@@ -512,6 +521,7 @@ class _SlotRun:
                     meta={
                         "method": "vllm_completions_echo_prompt_logprobs",
                         "top_k": ks[i],
+                        **({"top_k_taper": tapers[i]} if tapers[i] else {}),
                         "chained_slots": len({j for j, _ in chains[i]}),
                         "chain_min_prob": b.chain_min_prob,
                         "min_visible_mass": min(visible) if visible else None,
@@ -539,10 +549,11 @@ def _strip_echoed_prefix(
 
 
 def _slot_distributions(
-    result: dict[str, Any], prompt: str, offsets: list[int], backend: str, k: int | None = None
+    result: dict[str, Any], prompt: str, offsets: list[int], backend: str, k: int | None = None, taper: float = 0.0
 ) -> list[dict[str, float]]:
     """The distribution (token text -> logprob) at each character offset of ``prompt``: its top ``k``
-    by rank (vLLM adds the prompt's own token to each position even when it is not among them)."""
+    by rank (vLLM adds the prompt's own token to each position even when it is not among them); with a
+    ``taper``, the (k+1)-th by rank sets the ramp (:func:`bench.simulators.topk_values.visible_top`)."""
     choice = result["choices"][0]
     tokens, legacy, plp = choice.get("tokens"), choice.get("top_logprobs"), choice.get("prompt_logprobs")
     if tokens is None:
@@ -568,24 +579,29 @@ def _slot_distributions(
                 f"with the text before: {prompt[max(0, offset - 12) : offset + 6]!r}); put a separator before slots"
             )
         if plp is not None and plp[i] is not None:
-            entries = [e for e in plp[i].values() if k is None or e.get("rank") is None or int(e["rank"]) <= k]
-            dist = merge_top([[entry.get("decoded_token") or "", entry["logprob"]] for entry in entries])
+            asked = None if k is None else read_k(k, taper)
+            entries = [e for e in plp[i].values() if asked is None or e.get("rank") is None or int(e["rank"]) <= asked]
+            pairs = [[entry.get("decoded_token") or "", entry["logprob"]] for entry in entries]
+            if taper > 0:
+                dist = visible_top(sorted(pairs, key=lambda kv: -float(kv[1])), k, taper)
+            else:
+                dist = merge_top(pairs)
         elif legacy is not None and legacy[i] is not None:
             ranked = sorted(legacy[i].items(), key=lambda kv: -float(kv[1]))
-            dist = merge_top(ranked if k is None else ranked[:k])
+            dist = visible_top(ranked, k, taper)
         else:
             raise ValueError(f"{backend}: no logprobs at prompt position {i}")
         out.append(dist)
     return out
 
 
-def _first_generated(choice: dict[str, Any], k: int | None = None) -> dict[str, float]:
-    """The top ``k`` alternatives of the one generated token (servers may add the sampled token)."""
+def _first_generated(choice: dict[str, Any], k: int | None = None, taper: float = 0.0) -> dict[str, float]:
+    """The top ``k`` alternatives of the one generated token (servers may add the sampled token), ramped
+    by the (k+1)-th with a ``taper``."""
     top = choice.get("top_logprobs")
     if not top or top[0] is None:
         raise ValueError("the chaining request returned no logprobs")
-    ranked = sorted(top[0].items(), key=lambda kv: -float(kv[1]))
-    return merge_top(ranked if k is None else ranked[:k])
+    return visible_top(sorted(top[0].items(), key=lambda kv: -float(kv[1])), k, taper)
 
 
 __all__ = ["CHAT_TEMPLATES", "FOLD_INSTRUCTION", "VALUE_STRINGS", "OpenAIChatModel", "render_chat"]

@@ -68,6 +68,7 @@ ESTIMATOR_NEEDS: dict[str, frozenset[Capability]] = {
 }
 GENERATION_ESTIMATORS = ("generated_logprobs", "sampled")
 SLOT_ESTIMATORS = ("prompt_logprobs", "prompt_logprobs_exact")
+OPENAI_TOP_LOGPROBS = 20  # the most alternatives per generated token OpenAI's chat API returns
 WRITE_BACK = (
     f"Write the excerpt again between {START} and {END}, one line per token as token<TAB>activation, in the "
     f"same order, copying every token exactly as written above (escapes included) and replacing each "
@@ -150,7 +151,9 @@ class AllAtOnceSimulator(EstimatorChoice):
     1.0 for several.  ``top_logprobs``: the ``k`` of every top-logprob estimator, recorded as
     ``Simulation.top_k``: alternatives asked for at every generated token (OpenAI: <= 20), and for
     ``prompt_logprobs`` the tokens visible at every slot (<= 100; a vLLM server must allow it with
-    ``--max-logprobs``).
+    ``--max-logprobs``).  ``top_k_taper``: 0 cuts at rank k as the reference does (a step: engines whose
+    logprobs differ by float noise can disagree on a token at the cut); τ > 0 ramps the cut over τ nats
+    above the (k+1)-th token, which is read too (:mod:`bench.simulators.topk_values`); recorded.
     """
 
     strategy = STRATEGY  # not a field: EstimatorChoice reads it
@@ -164,6 +167,7 @@ class AllAtOnceSimulator(EstimatorChoice):
     samples: int = 1
     temperature: float | None = None
     top_logprobs: int = 20
+    top_k_taper: float = 0.0
     version: int = 1
     unit_kind: str = "mlp_neuron"  # set from units.kind by the run (for_unit_kind): what the prompt calls a unit
 
@@ -173,14 +177,15 @@ class AllAtOnceSimulator(EstimatorChoice):
                 f"estimator: {self.estimator!r} is not an all-at-once estimator; use one of "
                 f"{', '.join(ESTIMATOR_NEEDS)} (or simulator=<..._one_at_a_time> for the one-at-a-time strategy)"
             )
-        check_sampling_fields(self, max_top=100 if self.estimator == "prompt_logprobs" else 20)
+        check_sampling_fields(self, max_top=100 if self.estimator == "prompt_logprobs" else OPENAI_TOP_LOGPROBS)
         if self.estimator in SLOT_ESTIMATORS and self.samples != 1:
             raise ValueError(f"samples: {self.estimator} reads distributions, not samples; samples must be 1")
         cap = self.llm.slot_top_k if isinstance(self.llm, SlotTopK) else None
-        if self.estimator == "prompt_logprobs" and isinstance(cap, int) and self.top_logprobs > cap:
+        if self.estimator == "prompt_logprobs" and isinstance(cap, int) and self.asked_top_logprobs > cap:
+            plus = " + 1 (top_k_taper > 0 reads the (k+1)-th token too)" if self.top_k_taper else ""
             raise ValueError(
-                f"top_logprobs: {self.top_logprobs} exceeds simulator.llm.slot_top_k={cap} (the most the server "
-                f"returns per position, its --max-logprobs); lower top_logprobs or raise both"
+                f"top_logprobs: {self.top_logprobs}{plus} exceeds simulator.llm.slot_top_k={cap} (the most the "
+                f"server returns per position, its --max-logprobs); lower top_logprobs or raise both"
             )
         object.__setattr__(self, "few_shot", _parse_examples(self.few_shot))
 
@@ -200,7 +205,13 @@ class AllAtOnceSimulator(EstimatorChoice):
         messages.append(ChatMessage("user", self._user_text(len(self.few_shot) + 1, explanation)))
         body, slots = format_unknown_excerpt(tokens)
         messages.append(ChatMessage("assistant", body))
-        return SlotRequest(messages=tuple(messages), slots=tuple(slots), values=VALUE_STRINGS, top_k=self.top_k)
+        return SlotRequest(
+            messages=tuple(messages),
+            slots=tuple(slots),
+            values=VALUE_STRINGS,
+            top_k=self.top_k,
+            top_k_taper=self.top_k_taper if self.top_k is not None else 0.0,
+        )
 
     def build_generation_requests(self, explanation: str, tokens: Sequence[str]) -> list[GenerationRequest]:
         """The ``samples`` chat requests for one excerpt (generation estimators; exposed for tests)."""
@@ -217,7 +228,7 @@ class AllAtOnceSimulator(EstimatorChoice):
                 temperature=self.resolved_temperature,
                 sample_index=i,
                 stop=(END,),
-                top_logprobs=self.top_logprobs if self.estimator == "generated_logprobs" else 0,
+                top_logprobs=self.asked_top_logprobs if self.estimator == "generated_logprobs" else 0,
             )
             for i in range(self.samples)
         ]
@@ -317,6 +328,7 @@ class AllAtOnceSimulator(EstimatorChoice):
             usage=usage,
             meta=meta,
             top_k=self.top_k,
+            top_k_taper=self.recorded_taper,
         )
 
     def _read_generation(
@@ -330,9 +342,8 @@ class AllAtOnceSimulator(EstimatorChoice):
             return [one_hot(parse_value(line.value_text)) for line in lines]
         logprobs = generation.logprobs
         if logprobs is None:
-            raise SimulationParseError(
-                f"{self.llm.name} returned no logprobs for a generated_logprobs request", text
-            )
+            raise SimulationParseError(f"{self.llm.name} returned no logprobs for a generated_logprobs request", text)
+        logprobs = self.tapered(logprobs)
         starts = token_starts(text, logprobs)
         out: list[list[float] | None] = []
         for line in lines:
@@ -399,13 +410,14 @@ class AllAtOnceSimulator(EstimatorChoice):
             usage=usage,
             meta=meta,
             top_k=self.top_k,
+            top_k_taper=self.recorded_taper,
         )
 
 
 # ---------------------------------------------------------------------------------------------------
 # Shared by the generation estimators (also used by the one-at-a-time simulator)
 # ---------------------------------------------------------------------------------------------------
-def check_sampling_fields(obj: Any, max_top: int = 20) -> None:
+def check_sampling_fields(obj: Any, max_top: int = OPENAI_TOP_LOGPROBS) -> None:
     """``__post_init__`` checks of ``samples`` / ``temperature`` / ``top_logprobs`` (ValueError "field: ...")."""
     if isinstance(obj.samples, bool) or not isinstance(obj.samples, int) or obj.samples < 1:
         raise ValueError(f"samples: must be an integer >= 1, got {obj.samples!r}")
@@ -415,6 +427,16 @@ def check_sampling_fields(obj: Any, max_top: int = 20) -> None:
     if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= max_top:
         why = "OpenAI's maximum" if max_top == 20 else "prompt logprobs"
         raise ValueError(f"top_logprobs: must be an integer in 1..{max_top} ({why}), got {top!r}")
+    from bench.simulators.topk_values import check_taper, read_k
+
+    taper = check_taper(obj.top_k_taper)
+    # generated tokens' alternatives are asked of the API, whose cap is max_top (OpenAI: 20); a prompt-logprob
+    # server's cap is simulator.llm.slot_top_k, checked against the same read_k in __post_init__
+    if obj.top_k is not None and max_top <= OPENAI_TOP_LOGPROBS and read_k(top, taper) > max_top:
+        raise ValueError(
+            f"top_k_taper: a taper reads the (k+1)-th token too, so top_logprobs must be <= {max_top - 1} "
+            f"(got {top}, the API returns at most {max_top}); lower top_logprobs or set top_k_taper=0"
+        )
 
 
 def one_hot(value: int | None) -> list[float] | None:

@@ -57,14 +57,49 @@ def refusal(estimator: str, llm: LLMClient) -> str | None:
 
 class EstimatorChoice:
     """What every LLM simulator strategy says about its estimator: what it needs and how it is
-    recorded.  A subclass sets ``strategy`` and has an ``estimator``, ``llm``, ``temperature`` and
-    ``samples`` field."""
+    recorded.  A subclass sets ``strategy`` and has an ``estimator``, ``llm``, ``temperature``,
+    ``samples``, ``top_logprobs`` and ``top_k_taper`` field, and a ``top_k`` property (None when the
+    estimator reads no top-k logprobs)."""
 
     strategy: ClassVar[str]
     estimator: str
     llm: Any
     temperature: float | None
     samples: int
+    top_logprobs: int
+    top_k_taper: float
+
+    @property
+    def top_k(self) -> int | None:
+        raise NotImplementedError
+
+    @property
+    def recorded_taper(self) -> float | None:
+        """The ramp width of the top-k cut recorded with every result (0: the reference's hard cut); None
+        when the estimator reads no top-k logprobs."""
+        return float(self.top_k_taper) if self.top_k is not None else None
+
+    @property
+    def asked_top_logprobs(self) -> int:
+        """Alternatives asked for per generated token: ``k``, plus the (k+1)-th that sets a taper's ramp."""
+        from bench.simulators.topk_values import read_k
+
+        return read_k(self.top_logprobs, self.top_k_taper)
+
+    def tapered(self, logprobs: list[Any]) -> list[Any]:
+        """Generated tokens' alternatives cut to the top ``k`` by the one definition
+        (:func:`bench.simulators.topk_values.visible_top`); as they are without a taper (a backend
+        returns exactly the ``k`` asked for)."""
+        if not self.top_k_taper or self.top_k is None:
+            return logprobs
+        from dataclasses import replace
+
+        from bench.simulators.topk_values import visible_top
+
+        k, taper = self.top_k, self.top_k_taper
+        return [
+            replace(t, top=visible_top(sorted(t.top.items(), key=lambda kv: -float(kv[1])), k, taper)) for t in logprobs
+        ]
 
     @property
     def required_capabilities(self) -> frozenset[Capability]:

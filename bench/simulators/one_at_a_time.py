@@ -58,7 +58,7 @@ class OneAtATimeSimulator(EstimatorChoice):
     ``max_tokens``: tokens generated per answer.  2 (default) lets a value the tokenizer splits into
     "1","0" be read whole (sampled) or chained (logprobs); 1 is exact where "0".."10" are single
     tokens (OpenAI) and saves an output token per call.  ``samples`` / ``temperature`` /
-    ``top_logprobs`` as in the all-at-once simulator.
+    ``top_logprobs`` / ``top_k_taper`` as in the all-at-once simulator.
     """
 
     strategy = STRATEGY  # not a field: EstimatorChoice reads it
@@ -72,6 +72,7 @@ class OneAtATimeSimulator(EstimatorChoice):
     samples: int = 1
     temperature: float | None = None
     top_logprobs: int = 20
+    top_k_taper: float = 0.0
     max_tokens: int = 2
     version: int = 1
     unit_kind: str = "mlp_neuron"  # set from units.kind by the run (for_unit_kind): what the prompt calls a unit
@@ -140,7 +141,7 @@ class OneAtATimeSimulator(EstimatorChoice):
                         max_tokens=self.max_tokens,
                         temperature=self.resolved_temperature,
                         sample_index=i,
-                        top_logprobs=self.top_logprobs if self.estimator == "logprobs" else 0,
+                        top_logprobs=self.asked_top_logprobs if self.estimator == "logprobs" else 0,
                     )
                 )
         return out
@@ -184,12 +185,13 @@ class OneAtATimeSimulator(EstimatorChoice):
             usage=usage,
             meta=meta,
             top_k=self.top_k,
+            top_k_taper=self.recorded_taper,
         )
 
     def _read(self, generation: Any, counts: dict[str, int]) -> list[float] | None:
         if self.estimator == "sampled":
             return one_hot(parse_answer(generation.text))
-        logprobs = generation.logprobs or []
+        logprobs = self.tapered(generation.logprobs or [])
         index = first_answer_token(logprobs)
         if index is None:
             return None

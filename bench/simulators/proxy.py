@@ -222,6 +222,7 @@ class LexicalProxySimulator:
     required_capabilities: ClassVar[frozenset[Any]] = frozenset()
     llm: ClassVar[None] = None
     top_k: ClassVar[None] = None  # reads no logprobs
+    recorded_taper: ClassVar[None] = None
 
     def __post_init__(self) -> None:
         if not self.name:
