@@ -28,7 +28,7 @@ from typing import Any
 
 from bench.llm.cache import cache_key
 from bench.llm.errors import ErrorInfo, describe_sdk_error
-from bench.llm.http_backend import HTTPBackend, check_common_fields
+from bench.llm.http_backend import HTTPBackend, check_common_fields, raw_json
 from bench.llm.providers.anthropic import EPHEMERAL, messages_request, parse_messages
 from bench.llm.text import apply_stops
 from bench.llm.types import CostEstimate, Job, Outcome
@@ -156,8 +156,8 @@ class AnthropicModel(HTTPBackend):
         )
 
         async def send(client: Any) -> dict[str, Any]:
-            response = await client.messages.create(**params, extra_body=extra)
-            return parse_messages(response.model_dump())
+            raw = await client.messages.with_raw_response.create(**params, extra_body=extra)
+            return parse_messages(await raw_json(raw))
 
         job = Job(
             key=key,

@@ -53,7 +53,7 @@ from typing import Any
 from bench.errors import UserError
 from bench.llm.cache import cache_key
 from bench.llm.errors import ErrorInfo, describe_sdk_error
-from bench.llm.http_backend import HTTPBackend, check_common_fields
+from bench.llm.http_backend import HTTPBackend, check_common_fields, raw_json
 from bench.llm.providers.openai import (
     FOLD_INSTRUCTION,
     chat_request,
@@ -375,8 +375,8 @@ class OpenAIChatModel(HTTPBackend):
         )
 
         async def send(client: Any) -> dict[str, Any]:
-            response = await client.chat.completions.create(**params, extra_body=extra or None)
-            return parse_chat(response.model_dump())
+            raw = await client.chat.completions.with_raw_response.create(**params, extra_body=extra or None)
+            return parse_chat(await raw_json(raw))
 
         job = Job(
             key=key,
@@ -440,8 +440,8 @@ class OpenAIChatModel(HTTPBackend):
         chars = len(prompt) if isinstance(prompt, str) else sum(len(p) for p in prompt)
 
         async def send(client: Any) -> dict[str, Any]:
-            response = await client.completions.create(**params, extra_body=extra or None)
-            return parse_completions(response.model_dump())
+            raw = await client.completions.with_raw_response.create(**params, extra_body=extra or None)
+            return parse_completions(await raw_json(raw))
 
         return Job(
             key=key,
