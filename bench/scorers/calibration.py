@@ -38,6 +38,9 @@ def fit_calibration(method: str, simulated: ArrayLike, real: ArrayLike) -> Calib
     if method == "linear":
         from sklearn.linear_model import LinearRegression
 
+        from bench.scorers.sklearn_once import warm
+
+        warm()  # 64 threads' first fits would each rediscover narwhals' plugins
         model = LinearRegression().fit(sim.reshape(-1, 1), act)
         return lambda x: model.predict(np.asarray(x, dtype=np.float64).reshape(-1, 1))
     if method == "percentile":

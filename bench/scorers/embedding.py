@@ -83,6 +83,9 @@ class EmbeddingScorer:
         labels = [1] * len(positives) + [0] * len(negatives)
         from sklearn.metrics import roc_auc_score
 
+        from bench.scorers.sklearn_once import warm
+
+        warm()
         out[f"{self.name}/auc"] = Score(f"{self.name}/auc", float(roc_auc_score(labels, cos)))
         out[f"{self.name}/similarity_gap"] = Score(f"{self.name}/similarity_gap", float(pos.mean() - neg.mean()))
         ctx.details[self.name] = {

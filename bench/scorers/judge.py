@@ -265,6 +265,9 @@ def binary_scores(
     else:
         from sklearn.metrics import roc_auc_score
 
+        from bench.scorers.sklearn_once import warm
+
+        warm()
         out[auc] = Score(auc, float(roc_auc_score(y, s)))
     return out
 
