@@ -158,6 +158,18 @@ class ResponseCache:
         cache = self._open()
         return cache is not None and key in cache
 
+    def _stored(self, key: str) -> bool:
+        """Whether ``key`` has an entry, without reading it (an answer with 20 top logprobs per token is
+        ~100 KB of JSON: reading it back only to test presence was a visible share of a run's CPU); a
+        damaged database counts as not stored."""
+        import sqlite3
+
+        try:
+            return key in self
+        except sqlite3.DatabaseError as err:
+            self._give_up(err)
+            return False
+
     def __len__(self) -> int:
         cache = self._open()
         return 0 if cache is None else len(cache)
@@ -223,7 +235,7 @@ class ResponseCache:
     def _release(self, key: str, path: Path, lock: Any, sent: bool) -> None:
         """Remove ``key``'s lock file once its answer is cached (while still held), then release it."""
         try:
-            if not sent or self.get(key) is not None:  # get() turns a damaged database into a miss
+            if not sent or self._stored(key):
                 path.unlink(missing_ok=True)
         except OSError as err:  # tidying lock files must never fail a request
             self._warn_once("lock files", f"{type(err).__name__}: {err}")
