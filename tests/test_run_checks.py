@@ -50,10 +50,11 @@ def test_a_high_unparsed_rate_warns_what_to_change() -> None:
 
 def test_every_result_records_estimator_k_and_unparsed_rate() -> None:
     seqs = [SequenceSimulation(["a", "b"], [0.0, 1.0], [0.0, 1.0], unparsed=1), SequenceSimulation(["c"], [2.0], [2.0])]
-    record = estimator_record(Simulation(seqs, "s", "all_at_once/prompt_logprobs", top_k=20))
+    record = estimator_record(Simulation(seqs, "s", "all_at_once/prompt_logprobs", top_k=20, top_k_taper=0.1))
     assert record == {
         "estimator": "all_at_once/prompt_logprobs",
         "top_k": 20,
+        "top_k_taper": 0.1,
         "unparsed_tokens": 1,
         "tokens": 3,
         "unparsed_rate": pytest.approx(1 / 3),
